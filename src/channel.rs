@@ -1,0 +1,127 @@
+//! A control connection carrying framed [`Message`]s, and on Unix the listening sockets that
+//! ride along with a `Listeners` frame.
+
+use std::io;
+
+#[cfg(unix)]
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::handoff::{self, Stream};
+use crate::protocol::{self, FrameDecoder, Message};
+
+pub(crate) struct Channel {
+    stream: Stream,
+    decoder: FrameDecoder,
+    /// Descriptors received and not yet claimed by a `Listeners` frame.
+    #[cfg(unix)]
+    fds: Vec<OwnedFd>,
+    /// Only a generation expects descriptors; the front drops any a peer sends it.
+    accept_fds: bool,
+    buf: Box<[u8]>,
+}
+
+impl Channel {
+    pub(crate) fn new(stream: Stream, accept_fds: bool) -> Self {
+        Channel {
+            stream,
+            decoder: FrameDecoder::new(),
+            #[cfg(unix)]
+            fds: Vec::new(),
+            accept_fds,
+            buf: vec![0; 8 * 1024].into_boxed_slice(),
+        }
+    }
+
+    /// Reads the next message; `Ok(None)` at a clean end of stream.
+    ///
+    /// Cancel-safe: bytes already read stay in the decoder, so this can sit in a `select!`.
+    pub(crate) async fn recv(&mut self) -> io::Result<Option<Message>> {
+        loop {
+            if let Some(msg) = self.decoder.next_message()? {
+                return Ok(Some(msg));
+            }
+            let n = self.read_some().await?;
+            if n == 0 {
+                return if self.decoder.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "risefront: control peer closed the connection in the middle of a frame",
+                    ))
+                };
+            }
+            self.decoder.push(&self.buf[..n])?;
+        }
+    }
+
+    #[cfg(unix)]
+    async fn read_some(&mut self) -> io::Result<usize> {
+        let n = handoff::recv_with_fds(&self.stream, &mut self.buf, &mut self.fds).await?;
+        if !self.accept_fds || self.fds.len() > handoff::MAX_FDS {
+            let count = self.fds.len();
+            self.fds.clear();
+            if self.accept_fds {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("risefront: control peer sent {count} descriptors, more than expected"),
+                ));
+            }
+        }
+        Ok(n)
+    }
+
+    pub(crate) async fn send(&mut self, msg: &Message) -> io::Result<()> {
+        let mut frame = Vec::new();
+        protocol::encode(msg, &mut frame)?;
+        self.write_frame(&frame, &[]).await
+    }
+
+    #[cfg(unix)]
+    async fn write_frame(
+        &mut self,
+        frame: &[u8],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        handoff::send_with_fds(&self.stream, frame, fds).await
+    }
+
+    /// Sends the generation number and the listening sockets (as `SCM_RIGHTS` on Unix).
+    #[cfg(unix)]
+    pub(crate) async fn send_listeners(
+        &mut self,
+        generation: u64,
+        listeners: &[std::net::TcpListener],
+    ) -> io::Result<()> {
+        let msg = Message::Listeners {
+            generation,
+            sockets: vec![Vec::new(); listeners.len()],
+        };
+        let mut frame = Vec::new();
+        protocol::encode(&msg, &mut frame)?;
+        let fds: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
+        self.write_frame(&frame, &fds).await
+    }
+
+    /// Claims the descriptors that came with a `Listeners` frame of `count` sockets.
+    #[cfg(unix)]
+    pub(crate) fn take_listeners(
+        &mut self,
+        count: usize,
+    ) -> io::Result<Vec<std::net::TcpListener>> {
+        if self.fds.len() != count {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "risefront: front announced {count} listening sockets but passed {}",
+                    self.fds.len()
+                ),
+            ));
+        }
+        Ok(self
+            .fds
+            .drain(..)
+            .map(std::net::TcpListener::from)
+            .collect())
+    }
+}

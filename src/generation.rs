@@ -1,0 +1,385 @@
+//! The generation side: joining a front, telling it when we are ready, and draining when a
+//! newer generation takes over.
+//!
+//! One process is one generation, so this state is process-wide: [`superseded`] and [`ready`]
+//! are free functions that work from anywhere in the app.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, timeout};
+
+use crate::builder::Config;
+use crate::channel::Channel;
+use crate::handoff::{self, Stream};
+use crate::listener::{RiseFrontListener, Slot};
+use crate::protocol::{Message, Role};
+
+/// Resolves when this generation should stop serving: a newer generation has taken over, the
+/// front is shutting the service down, or the process got SIGTERM/SIGINT (Ctrl-C).
+///
+/// The listener stops accepting at that moment, but this future resolves only after the idle
+/// grace (500 ms by default, see [`Builder::idle_grace`](crate::Builder::idle_grace)) or as
+/// soon as the generation has no connection left, whichever comes first. That delay is what
+/// keeps requests from failing: hyper cancels connections it has accepted but not yet read
+/// from, and closes idle keep-alive connections that clients may be sending on right now, the
+/// instant graceful shutdown starts.
+///
+/// Passing it to a server's graceful shutdown also tells risefront that the app ends the
+/// process itself; without it, a superseded generation exits on its own once its last
+/// connection closes. Either way it exits at the drain deadline.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// let app = axum::Router::new()
+///     .route("/", axum::routing::get(|| async { "hello" }))
+///     .layer(risefront::DrainLayer::new());
+/// axum::serve(risefront::bind(["127.0.0.1:8080"]).await?, app)
+///     .with_graceful_shutdown(risefront::superseded())
+///     .await
+/// # }
+/// ```
+pub fn superseded() -> impl Future<Output = ()> + Send + 'static {
+    let process = process();
+    process.handled.store(true, Ordering::Relaxed);
+    async move {
+        process.install_signals();
+        let since = process.draining_since().await;
+        let grace = process.idle_grace();
+        tokio::select! {
+            _ = tokio::time::sleep_until(since + grace) => {}
+            _ = process.idle() => {}
+        }
+    }
+}
+
+/// Whether this generation has stopped accepting because it was superseded or told to stop.
+pub fn is_draining() -> bool {
+    process().draining.borrow().is_some()
+}
+
+/// Tells the front this generation is ready to take over; see [`RiseFrontListener::ready`].
+pub fn ready() {
+    process().mark_ready();
+}
+
+pub(crate) fn process() -> &'static Process {
+    static PROCESS: LazyLock<Process> = LazyLock::new(Process::new);
+    &PROCESS
+}
+
+/// Process-wide generation state.
+pub(crate) struct Process {
+    generation: AtomicU64,
+    joined: AtomicBool,
+    /// Set once the app took responsibility for exiting, by asking for [`superseded`].
+    handled: AtomicBool,
+    signals: AtomicBool,
+    ready: AtomicBool,
+    ready_changed: Notify,
+    draining: watch::Sender<Option<Instant>>,
+    live: AtomicUsize,
+    idle_changed: Notify,
+    idle_grace_ms: AtomicU64,
+    drain_timeout_ms: AtomicU64,
+    slots: Mutex<Vec<Weak<Slot>>>,
+}
+
+impl Process {
+    fn new() -> Self {
+        Process {
+            generation: AtomicU64::new(0),
+            joined: AtomicBool::new(false),
+            handled: AtomicBool::new(false),
+            signals: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            ready_changed: Notify::new(),
+            draining: watch::Sender::new(None),
+            live: AtomicUsize::new(0),
+            idle_changed: Notify::new(),
+            idle_grace_ms: AtomicU64::new(500),
+            drain_timeout_ms: AtomicU64::new(30_000),
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn configure(&self, config: &Config, generation: u64) {
+        self.generation.store(generation, Ordering::Relaxed);
+        self.idle_grace_ms
+            .store(millis(config.idle_grace), Ordering::Relaxed);
+        self.drain_timeout_ms
+            .store(millis(config.drain_timeout), Ordering::Relaxed);
+    }
+
+    fn idle_grace(&self) -> Duration {
+        Duration::from_millis(self.idle_grace_ms.load(Ordering::Relaxed))
+    }
+
+    fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn register(&self, slot: &Arc<Slot>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|s| s.strong_count() > 0);
+        slots.push(Arc::downgrade(slot));
+        if self.draining.borrow().is_some() {
+            slot.close();
+        }
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_changed.notify_waiters();
+        }
+    }
+
+    /// Resolves when no connection is open.
+    async fn idle(&self) {
+        loop {
+            let changed = self.idle_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    pub(crate) fn mark_ready(&self) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.ready_changed.notify_waiters();
+        }
+    }
+
+    async fn wait_ready(&self) {
+        loop {
+            let changed = self.ready_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.ready.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    async fn draining_since(&self) -> Instant {
+        let mut rx = self.draining.subscribe();
+        let since = rx.wait_for(Option::is_some).await.map(|since| *since);
+        match since {
+            Ok(since) => since.unwrap_or_else(Instant::now),
+            // The sender lives in a static and is never dropped.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Stops accepting and starts draining; later calls do nothing.
+    fn start_draining(&'static self, why: &str) {
+        let now = Instant::now();
+        let started = self.draining.send_if_modified(|state| {
+            if state.is_some() {
+                return false;
+            }
+            *state = Some(now);
+            true
+        });
+        if !started {
+            return;
+        }
+        let slots = std::mem::take(&mut *self.slots.lock().unwrap_or_else(|e| e.into_inner()));
+        for slot in slots.iter().filter_map(Weak::upgrade) {
+            slot.close();
+        }
+        let generation = self.generation.load(Ordering::Relaxed);
+        tracing::info!(
+            generation,
+            connections = self.live.load(Ordering::Relaxed),
+            "generation {generation} {why}: stopped accepting, draining"
+        );
+        tokio::spawn(self.drain(now));
+    }
+
+    /// Ends the process once drained when nobody else will (a plain `axum::serve` without
+    /// graceful shutdown never returns), and in every case at the drain deadline.
+    async fn drain(&'static self, since: Instant) {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let deadline = since + self.drain_timeout();
+        if tokio::time::timeout_at(deadline, self.idle()).await.is_ok() {
+            tracing::info!(
+                generation,
+                "generation {generation} drained in {} ms",
+                since.elapsed().as_millis()
+            );
+            if !self.handled.load(Ordering::Relaxed) {
+                std::process::exit(0);
+            }
+            tokio::time::sleep_until(deadline).await;
+            tracing::warn!(
+                generation,
+                "generation {generation} drained but the app did not exit by the drain deadline; exiting"
+            );
+        } else {
+            tracing::warn!(
+                generation,
+                open = self.live.load(Ordering::Relaxed),
+                "generation {generation} still had connections at the drain deadline ({:?}); closing them and exiting",
+                self.drain_timeout()
+            );
+        }
+        std::process::exit(0);
+    }
+
+    /// SIGTERM or SIGINT start draining; a second one ends the process at once, as people
+    /// pressing Ctrl-C twice expect.
+    pub(crate) fn install_signals(&'static self) {
+        if self.signals.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut signals = match crate::signal::Terminate::new() {
+            Ok(signals) => signals,
+            Err(e) => {
+                tracing::warn!("cannot listen for termination signals: {e}");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            loop {
+                let signal = signals.recv().await;
+                if self.draining.borrow().is_some() {
+                    tracing::warn!("second {signal} while draining: exiting now");
+                    std::process::exit(130);
+                }
+                self.start_draining(&format!("got {signal}"));
+            }
+        });
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Refuses a second `bind` in one process: a process is one generation of one service.
+pub(crate) fn claim() -> io::Result<()> {
+    if process().joined.swap(true, Ordering::AcqRel) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "risefront: bind was already called in this process; pass every address to one bind call",
+        ));
+    }
+    Ok(())
+}
+
+/// Joins the front on `stream`: introduces ourselves, receives our generation number and the
+/// listening sockets, and keeps the channel open in the background for the rest of our life.
+pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFrontListener> {
+    let mut channel = Channel::new(stream, true);
+    let handshake = async {
+        channel
+            .send(&Message::Hello {
+                pid: handoff::current_pid(),
+                role: Role::Generation,
+            })
+            .await?;
+        channel.recv().await
+    };
+    let reply = timeout(config.handshake_timeout, handshake)
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "risefront: the front did not answer within {:?}",
+                    config.handshake_timeout
+                ),
+            )
+        })??;
+    let (generation, count) = match reply {
+        Some(Message::Listeners {
+            generation,
+            sockets,
+        }) => (generation, sockets.len()),
+        Some(Message::Error { reason }) => {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("risefront: the front refused this generation: {reason}"),
+            ));
+        }
+        Some(other) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("risefront: the front sent {other:?} instead of the listening sockets"),
+            ));
+        }
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "risefront: the front closed the connection during the handshake",
+            ));
+        }
+    };
+    let mut listeners = Vec::with_capacity(count);
+    for std_listener in channel.take_listeners(count)? {
+        std_listener.set_nonblocking(true)?;
+        listeners.push(tokio::net::TcpListener::from_std(std_listener)?);
+    }
+    let process = process();
+    process.configure(config, generation);
+    process.install_signals();
+    let listener = RiseFrontListener::new(listeners, generation, config);
+    tracing::info!(
+        generation,
+        pid = handoff::current_pid(),
+        addresses = ?listener.local_addrs(),
+        "generation {generation} received its listeners"
+    );
+    tokio::spawn(talk_to_front(channel, process, generation));
+    Ok(listener)
+}
+
+/// The generation's half of the control channel, for as long as the process lives.
+async fn talk_to_front(mut channel: Channel, process: &'static Process, generation: u64) {
+    let mut ready_sent = false;
+    loop {
+        tokio::select! {
+            _ = process.wait_ready(), if !ready_sent => {
+                ready_sent = true;
+                if let Err(e) = channel.send(&Message::Ready).await {
+                    process.start_draining(&format!("lost the front ({e})"));
+                    return;
+                }
+                tracing::debug!(generation, "generation {generation} told the front it is ready");
+            }
+            message = channel.recv() => match message {
+                Ok(Some(Message::Superseded)) => process.start_draining("was superseded by a newer generation"),
+                Ok(Some(Message::Shutdown)) => process.start_draining("was asked to stop by the front"),
+                Ok(Some(Message::Error { reason })) => {
+                    tracing::warn!(generation, "the front says: {reason}");
+                }
+                Ok(Some(other)) => {
+                    tracing::warn!(generation, "ignoring unexpected control message {other:?}");
+                }
+                Ok(None) => {
+                    process.start_draining("lost the front (it exited)");
+                    return;
+                }
+                Err(e) => {
+                    process.start_draining(&format!("lost the front ({e})"));
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Unix transport for the control channel: a socket file in a private directory, peer
+//! credentials checked on every connection, and listening sockets passed with `SCM_RIGHTS`.
+//!
+//! Everything here is safe Rust: `rustix` wraps `sendmsg`/`recvmsg` and the descriptors come
+//! back as `OwnedFd`, so no `unsafe` is needed on Unix.
+
+use std::fs;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use tokio::io::Interest;
+use tokio::net::{UnixListener, UnixStream};
+
+/// Most descriptors one frame may carry; a front has one per listening address.
+pub(crate) const MAX_FDS: usize = 64;
+
+/// The stream type of the control channel on this platform.
+pub(crate) type Stream = UnixStream;
+
+/// The directory holding control sockets, created private (0700) and checked before use.
+///
+/// `$XDG_RUNTIME_DIR/risefront` when set (it is per-user and cleaned at logout), otherwise
+/// `/tmp/risefront-<uid>`. A directory that another user owns or that others can enter is
+/// refused: whoever controls it could plant a socket and hand us their own listeners.
+pub(crate) fn runtime_dir() -> io::Result<PathBuf> {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(base) if !base.is_empty() => PathBuf::from(base).join("risefront"),
+        _ => PathBuf::from(format!(
+            "/tmp/risefront-{}",
+            rustix::process::getuid().as_raw()
+        )),
+    };
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(context(e, "create control directory", &dir)),
+    }
+    let meta =
+        fs::symlink_metadata(&dir).map_err(|e| context(e, "inspect control directory", &dir))?;
+    let uid = rustix::process::getuid().as_raw();
+    if !meta.is_dir() {
+        return Err(refuse(&dir, "it is not a directory"));
+    }
+    if meta.uid() != uid {
+        return Err(refuse(
+            &dir,
+            &format!("it is owned by uid {}, not {uid}", meta.uid()),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(refuse(
+            &dir,
+            &format!("its mode is {:o}; it must be 0700", meta.mode() & 0o7777),
+        ));
+    }
+    Ok(dir)
+}
+
+fn refuse(dir: &Path, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "risefront: refusing to use control directory {}: {why}",
+            dir.display()
+        ),
+    )
+}
+
+/// Adds the operation and path to an error, so `bind` failures say what they were doing.
+pub(crate) fn context(e: io::Error, op: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("risefront: {op} {}: {e}", path.display()))
+}
+
+/// The control endpoint of a service, and the lock that decides who is its front.
+pub(crate) struct Endpoint {
+    pub(crate) socket: PathBuf,
+    lock: PathBuf,
+}
+
+impl Endpoint {
+    pub(crate) fn new(dir: &Path, name: &str) -> Self {
+        Endpoint {
+            socket: dir.join(format!("{name}.sock")),
+            lock: dir.join(format!("{name}.lock")),
+        }
+    }
+
+    /// Connects to a running front. `Ok(None)` means there is none (no socket, or a stale one).
+    pub(crate) async fn connect(&self) -> io::Result<Option<UnixStream>> {
+        match UnixStream::connect(&self.socket).await {
+            Ok(stream) => {
+                check_peer(&stream)?;
+                Ok(Some(stream))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(context(e, "connect to front at", &self.socket)),
+        }
+    }
+
+    /// Tries to become the front: takes the service's lock without waiting. `Ok(None)` means
+    /// another process holds it (a front is running or starting).
+    ///
+    /// The lock, not the socket file, decides: a socket file survives a `kill -9`, a lock does
+    /// not, so two processes starting at once can never both become the front.
+    pub(crate) fn try_lock(&self) -> io::Result<Option<FrontLock>> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)
+            .map_err(|e| context(e, "open lock file", &self.lock))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(FrontLock { _file: file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(context(e.into(), "lock", &self.lock)),
+        }
+    }
+
+    /// Binds the control socket, replacing a stale file left by a front that was killed.
+    /// Only called while holding the lock, so the file cannot belong to a live front.
+    pub(crate) fn listen(&self, _lock: &FrontLock) -> io::Result<UnixListener> {
+        match fs::remove_file(&self.socket) {
+            Ok(()) => {
+                tracing::debug!(path = %self.socket.display(), "removed stale control socket")
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(context(e, "remove stale control socket", &self.socket)),
+        }
+        UnixListener::bind(&self.socket)
+            .map_err(|e| context(e, "bind control socket", &self.socket))
+    }
+
+    /// Removes the socket and lock files; called by a front on its way out.
+    pub(crate) fn remove(&self) {
+        let _ = fs::remove_file(&self.socket);
+        let _ = fs::remove_file(&self.lock);
+    }
+}
+
+/// Held by the front for its whole life; the kernel releases it if the front dies.
+pub(crate) struct FrontLock {
+    _file: fs::File,
+}
+
+/// The verified identity of a control peer.
+pub(crate) struct Peer {
+    /// Process id reported by the kernel, where the platform reports one.
+    pub(crate) pid: Option<u32>,
+}
+
+/// Checks that the peer runs as our user; anyone else is refused before a byte is read.
+pub(crate) fn check_peer(stream: &UnixStream) -> io::Result<Peer> {
+    let cred = stream.peer_cred()?;
+    let ours = rustix::process::getuid().as_raw();
+    if cred.uid() != ours {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "risefront: control peer runs as uid {} (pid {:?}), not uid {ours}",
+                cred.uid(),
+                cred.pid()
+            ),
+        ));
+    }
+    Ok(Peer {
+        pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
+    })
+}
+
+/// Writes all of `bytes`, attaching `fds` to the first segment with `SCM_RIGHTS`.
+pub(crate) async fn send_with_fds(
+    stream: &UnixStream,
+    mut bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut fds = fds;
+    while !bytes.is_empty() {
+        let n = stream
+            .async_io(Interest::WRITABLE, || {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "risefront: cannot pass {} descriptors in one frame",
+                            fds.len()
+                        ),
+                    ));
+                }
+                Ok(rustix::net::sendmsg(
+                    stream,
+                    &[IoSlice::new(bytes)],
+                    &mut control,
+                    send_flags(),
+                )?)
+            })
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        // The kernel attached the descriptors to the bytes just written.
+        fds = &[];
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+fn send_flags() -> SendFlags {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return SendFlags::NOSIGNAL;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return SendFlags::empty();
+}
+
+/// Reads some bytes into `buf`, collecting any descriptors that arrive with them into `fds`.
+/// Returns 0 at end of stream.
+pub(crate) async fn recv_with_fds(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    stream
+        .async_io(Interest::READABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let msg = rustix::net::recvmsg(
+                stream,
+                &mut [IoSliceMut::new(buf)],
+                &mut control,
+                recv_flags(),
+            )?;
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    for fd in received {
+                        set_cloexec(&fd)?;
+                        fds.push(fd);
+                    }
+                }
+            }
+            if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "risefront: front sent more descriptors than fit in one message",
+                ));
+            }
+            Ok(msg.bytes)
+        })
+        .await
+}
+
+fn recv_flags() -> RecvFlags {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    return RecvFlags::CMSG_CLOEXEC;
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    return RecvFlags::empty();
+}
+
+/// Where `MSG_CMSG_CLOEXEC` exists the descriptor already is close-on-exec; elsewhere (macOS)
+/// there is a short window in which a concurrent `exec` could leak it, which is why the
+/// flag is used where available.
+fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
+    rustix::io::fcntl_setfd(fd.as_fd(), rustix::io::FdFlags::CLOEXEC)?;
+    Ok(())
+}
+
+/// Kills a generation the front did not spawn itself (one started by hand), by its verified pid.
+pub(crate) fn kill_pid(pid: u32) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// The current process id.
+pub(crate) fn current_pid() -> u32 {
+    rustix::process::getpid()
+        .as_raw_nonzero()
+        .get()
+        .unsigned_abs()
+}

@@ -1,0 +1,60 @@
+//! Zero-downtime upgrades for Rust TCP servers: a new build takes over the listening sockets
+//! of the running one, and the old one finishes its requests and exits. Clients see no refused
+//! connection and no failed request.
+//!
+//! ```no_run
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     // The first process becomes the "front": it binds the sockets and runs generations of
+//!     // this same program; every generation gets the sockets back from this call.
+//!     let listener = risefront::bind(["127.0.0.1:8080"]).await?;
+//!     let app = axum::Router::new()
+//!         .route("/", axum::routing::get(|| async { "hello" }))
+//!         .layer(risefront::DrainLayer::new()); // Connection: close once superseded
+//!     axum::serve(listener, app)
+//!         .with_graceful_shutdown(risefront::superseded()) // fires after the idle grace
+//!         .await
+//! }
+//! ```
+//!
+//! Upgrade by starting the new binary with the same addresses, by `kill -HUP <front pid>`
+//! (the front runs the program at the path it was started from again), or with
+//! [`upgrade`] from any process of the same user. The new generation takes over only once it
+//! is ready (its server polls the listener, or it calls [`ready`]); if it exits or times out
+//! first, the old one keeps serving.
+//!
+//! # How a takeover stays invisible
+//!
+//! Old and new generation accept on the same kernel sockets, so no connection is refused at
+//! any instant. When the new one is ready the old one stops accepting at once, but
+//! [`superseded`] resolves only after a short idle grace: hyper's graceful shutdown cancels
+//! connections it has not read from yet and closes idle keep-alive connections immediately,
+//! and both fail requests that are already on the wire. With the grace and [`DrainLayer`]'s
+//! `Connection: close`, keep-alive clients leave after their current request instead.
+//!
+//! # Platform support
+//!
+//! Linux and macOS (sockets passed with `SCM_RIGHTS`). The control socket lives in a private
+//! directory (`$XDG_RUNTIME_DIR/risefront` or `/tmp/risefront-<uid>`, mode 0700) and only
+//! processes of the same user are answered.
+
+#![warn(missing_docs)]
+
+#[cfg(not(unix))]
+compile_error!("risefront supports Unix (Linux, macOS) so far; Windows support is in progress");
+
+mod builder;
+mod channel;
+mod front;
+mod generation;
+mod handoff;
+mod layer;
+mod listener;
+mod protocol;
+mod signal;
+mod upgrade;
+
+pub use builder::{Builder, bind, upgrade};
+pub use generation::{is_draining, ready, superseded};
+pub use layer::{DrainFuture, DrainLayer, DrainService};
+pub use listener::{Addr, Connection, RiseFrontListener};

@@ -1,0 +1,432 @@
+//! [`RiseFrontListener`], the [`Connection`]s it yields and their [`Addr`].
+//!
+//! A generation accepts directly on duplicates of the front's listening sockets: no proxy,
+//! no per-connection cost, real client addresses. When the generation is superseded its
+//! duplicates are closed at once, so the kernel hands every new connection to the successor.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+use pin_project::{pin_project, pinned_drop};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+
+use crate::builder::Config;
+use crate::generation;
+
+/// Accepts connections on the sockets handed over by the front.
+///
+/// Implements [`axum::serve::Listener`], so it goes straight into `axum::serve`, and
+/// [`futures_core::Stream`] for hand-written hyper loops. Connections are accepted fairly from
+/// every address. Transient accept errors (out of descriptors, aborted handshakes) are logged
+/// and retried with backoff; they never end the listener.
+///
+/// Once the generation is superseded (or asked to stop) the listener stops accepting: the
+/// stream ends, and `axum::serve`'s accept waits forever while the server drains.
+///
+/// # Example
+///
+/// ```no_run
+/// use axum::{Router, extract::ConnectInfo, routing::get};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let listener = risefront::bind(["127.0.0.1:8080"]).await?;
+/// let app = Router::new().route(
+///     "/",
+///     get(|ConnectInfo(client): ConnectInfo<risefront::Addr>| async move {
+///         format!("hello {client}\n")
+///     }),
+/// );
+/// axum::serve(listener, app.into_make_service_with_connect_info::<risefront::Addr>())
+///     .with_graceful_shutdown(risefront::superseded())
+///     .await
+/// # }
+/// ```
+pub struct RiseFrontListener {
+    slot: Arc<Slot>,
+    local: Vec<SocketAddr>,
+    generation: u64,
+    next: usize,
+    auto_ready: bool,
+    backoff: Option<Pin<Box<Sleep>>>,
+    delay: Duration,
+}
+
+/// The listening sockets of one listener, shared with the drain logic so that they can be
+/// closed the instant the generation is superseded, even if nobody is polling `accept`.
+pub(crate) struct Slot {
+    inner: Mutex<SlotInner>,
+}
+
+struct SlotInner {
+    listeners: Vec<TcpListener>,
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotInner> {
+        // A poisoned lock only means a panic elsewhere; the data is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes our duplicates of the listening sockets; the front and the successor keep theirs.
+    pub(crate) fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.listeners.clear();
+        if let Some(waker) = inner.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+impl RiseFrontListener {
+    pub(crate) fn new(listeners: Vec<TcpListener>, generation: u64, config: &Config) -> Self {
+        let local = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let slot = Arc::new(Slot {
+            inner: Mutex::new(SlotInner {
+                listeners,
+                closed: false,
+                waker: None,
+            }),
+        });
+        generation::process().register(&slot);
+        RiseFrontListener {
+            slot,
+            local,
+            generation,
+            next: 0,
+            auto_ready: !config.manual_ready,
+            backoff: None,
+            delay: MIN_BACKOFF,
+        }
+    }
+
+    /// Binds every address in this process, with no front (standalone mode).
+    pub(crate) async fn standalone(addrs: &[Vec<SocketAddr>], config: &Config) -> io::Result<Self> {
+        let mut listeners = Vec::with_capacity(addrs.len());
+        for candidates in addrs {
+            listeners.push(bind_first(candidates).await?);
+        }
+        generation::process().configure(config, 0);
+        generation::process().install_signals();
+        Ok(Self::new(listeners, 0, config))
+    }
+
+    /// The generation number the front gave this process: 1 for the first, then 2, 3, …
+    /// (0 in standalone mode).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The addresses this listener accepts on.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local
+    }
+
+    /// Tells the front this generation is ready to take over. Only needed with
+    /// [`Builder::manual_ready`](crate::Builder::manual_ready); otherwise the first poll for a
+    /// connection says so. Calling it again does nothing.
+    pub fn ready(&self) {
+        generation::process().mark_ready();
+    }
+
+    /// Polls for the next connection; `Ready(None)` once the generation stopped accepting.
+    pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Connection, Addr)>> {
+        if self.auto_ready {
+            self.auto_ready = false;
+            generation::process().mark_ready();
+        }
+        loop {
+            if let Some(sleep) = self.backoff.as_mut() {
+                ready!(sleep.as_mut().poll(cx));
+                self.backoff = None;
+            }
+            let error = {
+                let slot = Arc::clone(&self.slot);
+                let mut inner = slot.lock();
+                if inner.closed {
+                    return Poll::Ready(None);
+                }
+                if !inner
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    inner.waker = Some(cx.waker().clone());
+                }
+                match self.poll_listeners(&inner.listeners, cx) {
+                    Poll::Ready(Ok(accepted)) => {
+                        self.delay = MIN_BACKOFF;
+                        return Poll::Ready(Some(accepted));
+                    }
+                    Poll::Ready(Err(e)) => e,
+                    Poll::Pending => return Poll::Pending,
+                }
+            };
+            tracing::warn!(error = %error, retry_in = ?self.delay, "accept failed");
+            self.backoff = Some(Box::pin(tokio::time::sleep(self.delay)));
+            self.delay = (self.delay * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One pass over the listeners, starting after the one that last yielded, so a busy address
+    /// cannot starve the others.
+    fn poll_listeners(
+        &mut self,
+        listeners: &[TcpListener],
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Connection, Addr)>> {
+        let n = listeners.len();
+        for i in 0..n {
+            let index = (self.next + i) % n;
+            loop {
+                match listeners[index].poll_accept(cx) {
+                    Poll::Ready(Ok((stream, peer))) => {
+                        self.next = index + 1;
+                        return Poll::Ready(Ok((Connection::new(stream, peer), Addr(peer))));
+                    }
+                    // The client gave up before we accepted; nothing is wrong with the listener.
+                    Poll::Ready(Err(e)) if is_per_connection(&e) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Waits for the next connection; `None` once the generation stopped accepting.
+    pub async fn accept(&mut self) -> Option<(Connection, Addr)> {
+        poll_fn(|cx| self.poll_accept(cx)).await
+    }
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Binds the first candidate that works, like `tokio::net::TcpListener::bind`.
+pub(crate) async fn bind_first(candidates: &[SocketAddr]) -> io::Result<TcpListener> {
+    let mut last = None;
+    for addr in candidates {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => {
+                last = Some(io::Error::new(
+                    e.kind(),
+                    format!("risefront: bind {addr}: {e}"),
+                ))
+            }
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "risefront: no address")))
+}
+
+impl fmt::Debug for RiseFrontListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RiseFrontListener")
+            .field("generation", &self.generation)
+            .field("local_addrs", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl futures_core::Stream for RiseFrontListener {
+    type Item = io::Result<Connection>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut()
+            .poll_accept(cx)
+            .map(|accepted| accepted.map(|(conn, _)| Ok(conn)))
+    }
+}
+
+impl axum::serve::Listener for RiseFrontListener {
+    type Io = Connection;
+    type Addr = Addr;
+
+    async fn accept(&mut self) -> (Connection, Addr) {
+        match RiseFrontListener::accept(self).await {
+            Some(accepted) => accepted,
+            // Superseded: accept nothing more; the server's graceful shutdown (or the drain
+            // deadline) ends the process.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Addr> {
+        self.local.first().copied().map(Addr).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                "risefront: listener has no address",
+            )
+        })
+    }
+}
+
+/// A client connection accepted by a [`RiseFrontListener`].
+///
+/// Counts itself as live until dropped, which is how a superseded generation knows it has
+/// drained. `TCP_NODELAY` is on, as HTTP servers want.
+#[pin_project(PinnedDrop)]
+pub struct Connection {
+    #[pin]
+    stream: TcpStream,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, peer: SocketAddr) -> Self {
+        // Best effort: a socket that refuses NODELAY still works.
+        let _ = stream.set_nodelay(true);
+        generation::process().connection_opened();
+        Connection { stream, peer }
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The local address the client connected to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
+    /// The underlying TCP stream, for socket options.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Connection {
+    fn drop(self: Pin<&mut Self>) {
+        generation::process().connection_closed();
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().stream.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().stream.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().stream.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
+    }
+}
+
+/// A client's address, as given to axum's `ConnectInfo`.
+///
+/// Displays and debugs like the [`SocketAddr`] it wraps, and dereferences to it.
+///
+/// ```no_run
+/// use axum::extract::ConnectInfo;
+///
+/// async fn handler(ConnectInfo(client): ConnectInfo<risefront::Addr>) -> String {
+///     format!("your address is {client}, port {}\n", client.port())
+/// }
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr(pub SocketAddr);
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::ops::Deref for Addr {
+    type Target = SocketAddr;
+
+    fn deref(&self) -> &SocketAddr {
+        &self.0
+    }
+}
+
+impl From<Addr> for SocketAddr {
+    fn from(addr: Addr) -> SocketAddr {
+        addr.0
+    }
+}
+
+impl From<SocketAddr> for Addr {
+    fn from(addr: SocketAddr) -> Addr {
+        Addr(addr)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, RiseFrontListener>>
+    for Addr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, RiseFrontListener>) -> Self {
+        *stream.remote_addr()
+    }
+}

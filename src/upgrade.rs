@@ -1,0 +1,56 @@
+//! The client side of `risefront::upgrade`: asks a running front to start a new generation and
+//! waits until it serves (or fails), so a deploy script can rely on the exit status.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::time::timeout;
+
+use crate::builder::Config;
+use crate::channel::Channel;
+use crate::handoff::{self, Endpoint};
+use crate::protocol::{Message, Role};
+
+pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> io::Result<u64> {
+    let Some(stream) = endpoint.connect().await? else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "risefront: no front is running for service {:?} (no live socket at {})",
+                config.name,
+                endpoint.socket.display()
+            ),
+        ));
+    };
+    let mut channel = Channel::new(stream, false);
+    channel
+        .send(&Message::Hello {
+            pid: handoff::current_pid(),
+            role: Role::Control,
+        })
+        .await?;
+    channel.send(&Message::Upgrade).await?;
+    // The front answers once the new generation is ready or has failed, which its own ready
+    // deadline bounds; the margin covers a build whose ready timeout differs from ours.
+    let wait = config.ready_timeout + config.handshake_timeout + Duration::from_secs(5);
+    let answer = timeout(wait, channel.recv()).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("risefront: the front did not report the upgrade's outcome within {wait:?}"),
+        )
+    })??;
+    match answer {
+        Some(Message::Upgraded { generation }) => Ok(generation),
+        Some(Message::Error { reason }) => Err(io::Error::other(format!(
+            "risefront: upgrade failed: {reason}"
+        ))),
+        Some(other) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("risefront: unexpected answer from the front: {other:?}"),
+        )),
+        None => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "risefront: the front closed the connection before reporting the upgrade's outcome",
+        )),
+    }
+}
