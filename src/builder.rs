@@ -295,31 +295,36 @@ fn validate_name(name: &str) -> io::Result<String> {
     }
 }
 
-/// `127.0.0.1:8080` becomes `127.0.0.1_8080`; long lists are shortened with a hash so the
-/// socket path stays under the platform's limit (about 100 bytes on Unix).
+/// `127.0.0.1:8080` becomes `127.0.0.1_8080` and `[::1]:80` becomes `v6_0-0-0-0-0-0-0-1_80`;
+/// long lists are shortened with a hash so the socket path stays under the platform's limit
+/// (about 100 bytes on Unix).
 fn derive_name(addrs: &[Vec<SocketAddr>]) -> String {
-    let mut firsts: Vec<String> = addrs.iter().map(|c| c[0].to_string()).collect();
-    firsts.sort();
-    let joined = firsts.join("+");
-    let clean: String = joined
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
+    let mut parts: Vec<String> = addrs
+        .iter()
+        .map(|candidates| match candidates[0] {
+            SocketAddr::V4(a) => format!("{}_{}", a.ip(), a.port()),
+            SocketAddr::V6(a) => {
+                let segments: Vec<String> =
+                    a.ip().segments().iter().map(|s| format!("{s:x}")).collect();
+                format!("v6_{}_{}", segments.join("-"), a.port())
             }
         })
         .collect();
-    let clean = clean.trim_start_matches(['_', '.']).to_owned();
-    if clean.len() <= 40 {
-        return clean;
+    parts.sort();
+    let joined = parts.join("+");
+    if joined.len() <= 40 {
+        return joined.replace('+', "_and_");
     }
     // FNV-1a: stable across builds and platforms, unlike std's randomly seeded hasher.
     let hash = joined.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    format!("{}-{hash:016x}", &clean[..23])
+    let prefix: String = joined
+        .chars()
+        .take(23)
+        .map(|c| if c == '+' { '_' } else { c })
+        .collect();
+    format!("{prefix}-{hash:016x}")
 }
 
 fn env_off() -> io::Result<bool> {
@@ -381,13 +386,13 @@ mod tests {
             derive_name(&addrs(&["127.0.0.2:1", "127.0.0.1:2"])),
             derive_name(&addrs(&["127.0.0.1:2", "127.0.0.2:1"]))
         );
-        assert_eq!(derive_name(&addrs(&["[::1]:80"])), "1_80");
+        assert_eq!(derive_name(&addrs(&["[::1]:80"])), "v6_0-0-0-0-0-0-0-1_80");
         let long = derive_name(&addrs(&[
             "[2001:db8::1]:8080",
             "[2001:db8::2]:8080",
             "10.0.0.1:1",
         ]));
-        assert!(long.len() <= 40, "{long}");
+        assert!(long.len() <= MAX_NAME, "{long}");
         assert!(validate_name(&long).is_ok());
     }
 

@@ -1,0 +1,412 @@
+//! Shared harness for the end-to-end tests: real processes on loopback, every wait bounded,
+//! and every process killed and every file removed when a test ends, even by panic.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustix::process::{Pid, Signal};
+
+/// Upper bound for anything a test waits for; generous because CI machines are slow and noisy.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Path of an example binary, built by `cargo test` next to the test binaries.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --all-targets`",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+/// A private scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "rf-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What `GET /` says: `hello from generation <N> pid <PID>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub generation: u64,
+    pub pid: u32,
+}
+
+pub fn parse_hello(body: &str) -> Option<Hello> {
+    let rest = body.trim_end().strip_prefix("hello from generation ")?;
+    let (generation, pid) = rest.split_once(" pid ")?;
+    Some(Hello {
+        generation: generation.parse().ok()?,
+        pid: pid.parse().ok()?,
+    })
+}
+
+/// A running service: the front started from `exe`, in its own process group, with its own
+/// runtime directory and log file.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub exe: PathBuf,
+    pub dir: TempDir,
+    pub env: Vec<(String, String)>,
+    front: Child,
+    others: Vec<Child>,
+}
+
+impl Service {
+    /// Starts `hello` on a free port and waits until it answers.
+    pub async fn start() -> Service {
+        Self::start_with(&example("hello"), &[]).await
+    }
+
+    /// Starts `exe` (which follows hello's contract) with extra environment variables.
+    pub async fn start_with(exe: &Path, env: &[(&str, &str)]) -> Service {
+        let service = Self::spawn(exe, env);
+        service.wait_generation(1).await;
+        service
+    }
+
+    /// Starts the front without waiting for it to answer.
+    pub fn spawn(exe: &Path, env: &[(&str, &str)]) -> Service {
+        let dir = TempDir::new();
+        let run = dir.0.join("run");
+        fs::create_dir_all(&run).expect("runtime dir");
+        set_mode(&run, 0o700);
+        let addr = free_addr();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut command = command_for(exe, addr, &dir.0, &env, &[]);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let front = command.spawn().expect("start the front");
+        Service {
+            addr,
+            exe: exe.to_owned(),
+            dir,
+            env,
+            front,
+            others: Vec::new(),
+        }
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.0.join("run")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.0.join("service.log")
+    }
+
+    /// Everything the front and its generations logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The service's binary with its address, environment and log, not yet started.
+    pub fn command(&self, extra_env: &[(&str, &str)]) -> Command {
+        command_for(&self.exe, self.addr, &self.dir.0, &self.env, extra_env)
+    }
+
+    pub fn front_pid(&self) -> u32 {
+        self.front.id()
+    }
+
+    /// Starts the binary a second time, as an operator deploying a new build by hand would.
+    pub fn start_again(&mut self, extra_env: &[(&str, &str)]) -> u32 {
+        let mut command = self.command(extra_env);
+        std::os::unix::process::CommandExt::process_group(&mut command, self.front.id() as i32);
+        let child = command.spawn().expect("start again");
+        let pid = child.id();
+        self.others.push(child);
+        pid
+    }
+
+    /// Waits for a process this harness started by hand (not the front) to exit.
+    pub fn wait_other(&mut self, pid: u32) -> ExitStatus {
+        let child = self
+            .others
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .expect("a process started by this harness");
+        wait_child(child, PATIENCE).expect("process did not exit in time")
+    }
+
+    pub fn signal_front(&self, signal: Signal) {
+        signal_pid(self.front.id(), signal);
+    }
+
+    /// `hello --upgrade ADDR`: asks the front for a new generation and waits for the outcome.
+    pub fn upgrade_command(&self) -> Output {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("--upgrade")
+            .arg(self.addr.to_string())
+            .env("XDG_RUNTIME_DIR", self.runtime_dir())
+            .stdin(Stdio::null());
+        run_bounded(command, PATIENCE)
+    }
+
+    /// `GET path` on a new connection.
+    pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        get(self.addr, path).await
+    }
+
+    /// `GET /`, which must succeed.
+    pub async fn hello(&self) -> Hello {
+        let (status, body) = self.get("/").await.expect("GET /");
+        assert_eq!(status, 200, "GET / answered {status}: {body}");
+        parse_hello(&body).unwrap_or_else(|| panic!("unexpected body {body:?}"))
+    }
+
+    /// Polls `GET /` until generation `n` answers; every request must succeed meanwhile
+    /// (except, for generation 1, while the front is still binding).
+    pub async fn wait_generation(&self, n: u64) -> Hello {
+        self.poll_generation(n, n == 1).await
+    }
+
+    /// Like `wait_generation`, tolerating failed requests (after a generation was killed).
+    pub async fn wait_generation_allowing_errors(&self, n: u64) -> Hello {
+        self.poll_generation(n, true).await
+    }
+
+    pub async fn poll_generation(&self, n: u64, tolerate_errors: bool) -> Hello {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let last = self.get("/").await;
+            match &last {
+                Ok((200, body)) => {
+                    let hello =
+                        parse_hello(body).unwrap_or_else(|| panic!("unexpected body {body:?}"));
+                    if hello.generation == n {
+                        return hello;
+                    }
+                    assert!(
+                        hello.generation < n,
+                        "expected generation {n}, got {hello:?}\n{}",
+                        self.log()
+                    );
+                }
+                Ok((status, body)) => panic!("GET / answered {status}: {body}"),
+                Err(e) => assert!(
+                    tolerate_errors,
+                    "request failed while waiting for generation {n}: {e}\n{}",
+                    self.log()
+                ),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "generation {n} never answered (last: {last:?})\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls the log until it contains `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM to the front, then waits (bounded) for it to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_front(Signal::TERM);
+        wait_child(&mut self.front, PATIENCE).expect("front did not exit after SIGTERM")
+    }
+
+    /// Whether any process of the service (front, generations, hand-started ones) is alive.
+    pub fn any_alive(&mut self) -> bool {
+        for child in &mut self.others {
+            let _ = child.try_wait();
+        }
+        let _ = self.front.try_wait();
+        Pid::from_raw(self.front.id() as i32)
+            .is_some_and(|pgid| rustix::process::test_kill_process_group(pgid).is_ok())
+    }
+}
+
+fn command_for(
+    exe: &Path,
+    addr: SocketAddr,
+    dir: &Path,
+    env: &[(String, String)],
+    extra_env: &[(&str, &str)],
+) -> Command {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("service.log"))
+        .expect("log file");
+    let mut command = Command::new(exe);
+    command
+        .arg(addr.to_string())
+        .env("XDG_RUNTIME_DIR", dir.join("run"))
+        .env("RUST_LOG", "info")
+        .env_remove("RISEFRONT")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    command
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let pgid = self.front.id();
+        if matches!(self.front.try_wait(), Ok(None)) {
+            signal_pid(pgid, Signal::TERM);
+            let _ = wait_child(&mut self.front, Duration::from_secs(5));
+        }
+        if let Some(pgid) = Pid::from_raw(pgid as i32) {
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+        }
+        let _ = self.front.kill();
+        let _ = self.front.wait();
+        for child in &mut self.others {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal_pid(pid: u32, signal: Signal) {
+    if let Some(pid) = Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// Whether `pid` still runs. A zombie (exited, not yet reaped: hand-started generations are
+/// the test's own children) counts as gone.
+pub fn alive(pid: u32) -> bool {
+    if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself contain spaces.
+        return stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X");
+    }
+    Pid::from_raw(pid as i32).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
+
+/// Polls until `pid` is gone.
+pub async fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + PATIENCE;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion, killing it if it takes longer than `limit`.
+pub fn run_bounded(mut command: Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if wait_child(&mut child, limit).is_none() {
+        let _ = child.kill();
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// One `GET` on a fresh connection with hyper's client, no retries, bounded in time.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(PATIENCE, attempt)
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_owned()))
+}

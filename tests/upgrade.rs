@@ -1,0 +1,233 @@
+//! End-to-end: the ways a generation is upgraded, rolled back, respawned and stopped, each with
+//! real processes on loopback.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::{Service, alive, wait_gone};
+use rustix::process::Signal;
+
+#[tokio::test]
+async fn three_ways_to_upgrade_keep_the_front() {
+    let mut service = Service::start().await;
+    let front = service.front_pid();
+    let g1 = service.hello().await;
+    assert_eq!(g1.generation, 1);
+    assert_ne!(g1.pid, front, "the front runs no handlers");
+
+    // 1. Start the binary again, by hand.
+    service.start_again(&[]);
+    let g2 = service.wait_generation(2).await;
+
+    // 2. SIGHUP to the front.
+    service.signal_front(Signal::HUP);
+    let g3 = service.wait_generation(3).await;
+
+    // 3. `hello --upgrade`, which waits for the outcome.
+    let output = service.upgrade_command();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "--upgrade failed: {output:?}");
+    assert!(stdout.contains("generation 4 is serving"), "{stdout}");
+    let g4 = service.hello().await;
+    assert_eq!(g4.generation, 4);
+
+    let pids = [g1.pid, g2.pid, g3.pid, g4.pid];
+    for (i, a) in pids.iter().enumerate() {
+        for b in &pids[i + 1..] {
+            assert_ne!(a, b, "every generation is a new process: {pids:?}");
+        }
+    }
+    assert!(alive(front), "the front stays up across upgrades");
+    for old in [g1.pid, g2.pid, g3.pid] {
+        wait_gone(old).await;
+    }
+    service.wait_log("generation 3 (pid").await;
+    assert!(
+        service.log().contains("superseded [3]"),
+        "{}",
+        service.log()
+    );
+}
+
+#[tokio::test]
+async fn slow_request_started_before_an_upgrade_completes_after_it() {
+    let service = Service::start().await;
+    let addr = service.addr;
+    let slow = tokio::spawn(async move { common::get(addr, "/slow?ms=2000").await });
+    // Let the request reach generation 1 before the upgrade starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let output = service.upgrade_command();
+    assert!(output.status.success(), "--upgrade failed: {output:?}");
+    assert_eq!(service.hello().await.generation, 2);
+    let (status, body) = slow.await.unwrap().expect("slow request");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        common::parse_hello(&body).map(|h| h.generation),
+        Some(1),
+        "answered by the superseded generation: {body}"
+    );
+}
+
+#[tokio::test]
+async fn generation_exiting_before_ready_is_rolled_back() {
+    let mut service = Service::start().await;
+    let g1 = service.hello().await;
+    let failing = service.start_again(&[("HELLO_FAIL", "exit")]);
+    let status = service.wait_other(failing);
+    assert_eq!(status.code(), Some(3));
+    service.wait_log("rollback: generation 2").await;
+    assert_eq!(
+        service.hello().await,
+        g1,
+        "the old generation keeps serving"
+    );
+    // The next real upgrade still works.
+    service.signal_front(Signal::HUP);
+    service.wait_generation(3).await;
+}
+
+#[tokio::test]
+async fn generation_never_ready_is_killed_at_the_ready_timeout() {
+    let mut service = Service::start_with(
+        &common::example("hello"),
+        &[("RISEFRONT_READY_TIMEOUT", "1s")],
+    )
+    .await;
+    let g1 = service.hello().await;
+    let hanging = service.start_again(&[("HELLO_FAIL", "hang")]);
+    service.wait_log("not ready within 1s").await;
+    let status = service.wait_other(hanging);
+    assert!(!status.success(), "killed, not exited: {status:?}");
+    assert!(
+        service.log().contains("rollback: generation 2"),
+        "{}",
+        service.log()
+    );
+    assert_eq!(service.hello().await, g1);
+    // An upgrade request while nothing is starting works again.
+    let output = service.upgrade_command();
+    assert!(output.status.success(), "--upgrade failed: {output:?}");
+}
+
+#[tokio::test]
+async fn killed_active_generation_is_respawned() {
+    let service = Service::start().await;
+    let g1 = service.hello().await;
+    common::signal_pid(g1.pid, Signal::KILL);
+    let g2 = service.wait_generation_allowing_errors(2).await;
+    assert_ne!(g2.pid, g1.pid);
+    for _ in 0..20 {
+        assert_eq!(service.hello().await, g2);
+    }
+    assert!(
+        service.log().contains("active generation 1"),
+        "{}",
+        service.log()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_everything_and_leaves_nothing_behind() {
+    let mut service = Service::start().await;
+    service.signal_front(Signal::HUP);
+    service.wait_generation(2).await;
+    let status = service.terminate();
+    assert_eq!(status.code(), Some(0), "{}", service.log());
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while service.any_alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a process outlived the front"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leftovers: Vec<_> = fs::read_dir(service.runtime_dir().join("risefront"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    assert!(
+        common::get(service.addr, "/").await.is_err(),
+        "nothing listens any more"
+    );
+}
+
+#[tokio::test]
+async fn sighup_runs_the_binary_now_at_the_started_path() {
+    let dir = common::TempDir::new();
+    let bin = dir.0.join("hello");
+    fs::copy(common::example("hello"), &bin).unwrap();
+    let service = Service::start_with(&bin, &[]).await;
+
+    // Deploy a "new build": a wrapper that leaves a mark and runs the real binary.
+    let marker = dir.0.join("new-build-ran");
+    let staged = dir.0.join("hello.new");
+    fs::write(
+        &staged,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nexec '{}' \"$@\"\n",
+            marker.display(),
+            common::example("hello").display()
+        ),
+    )
+    .unwrap();
+    common::set_mode(&staged, 0o755);
+    fs::rename(&staged, &bin).unwrap();
+
+    service.signal_front(Signal::HUP);
+    service.wait_generation(2).await;
+    assert!(
+        marker.exists(),
+        "SIGHUP ran the old binary\n{}",
+        service.log()
+    );
+}
+
+#[tokio::test]
+async fn stale_socket_of_a_killed_front_does_not_block_the_next_start() {
+    let service = Service::start().await;
+    let g1 = service.hello().await;
+    service.signal_front(Signal::KILL);
+    // The orphaned generation notices its front is gone, drains and exits.
+    wait_gone(g1.pid).await;
+    let socket = service
+        .runtime_dir()
+        .join("risefront")
+        .join(format!("127.0.0.1_{}.sock", service.addr.port()));
+    assert!(socket.exists(), "the killed front left its socket file");
+
+    let mut again = service.command(&[]);
+    std::os::unix::process::CommandExt::process_group(&mut again, 0);
+    let mut front = again.spawn().unwrap();
+    let guard = KillOnDrop(front.id());
+    let hello = service.wait_generation(1).await;
+    assert_ne!(hello.pid, g1.pid);
+    drop(guard);
+    let _ = front.wait();
+}
+
+/// Kills a process group when dropped, for fronts started outside `Service`.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        common::signal_pid(self.0, Signal::TERM);
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(pgid) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+        }
+    }
+}
+
+#[tokio::test]
+async fn standalone_binds_plainly() {
+    let service = Service::spawn(&common::example("hello"), &[("RISEFRONT", "off")]);
+    let hello = service.poll_generation(0, true).await;
+    assert_eq!(hello.generation, 0, "no front in standalone mode");
+    assert_eq!(hello.pid, service.front_pid(), "the process serves itself");
+    assert!(
+        !service.runtime_dir().join("risefront").exists(),
+        "standalone mode creates no control socket"
+    );
+}
