@@ -86,12 +86,14 @@ impl Channel {
         handoff::send_with_fds(&self.stream, frame, fds).await
     }
 
-    /// Sends the generation number and the listening sockets (as `SCM_RIGHTS` on Unix).
+    /// Sends the generation number and the listening sockets (as `SCM_RIGHTS` on Unix) to the
+    /// verified process `_pid` (Windows duplicates sockets for a given process).
     #[cfg(unix)]
     pub(crate) async fn send_listeners(
         &mut self,
         generation: u64,
         listeners: &[std::net::TcpListener],
+        _pid: u32,
     ) -> io::Result<()> {
         let msg = Message::Listeners {
             generation,

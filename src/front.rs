@@ -27,7 +27,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::builder::Config;
 use crate::channel::Channel;
-use crate::handoff::{self, Endpoint, FrontLock, Stream};
+use crate::handoff::{self, ControlListener, Endpoint, FrontLock, Stream};
 use crate::listener::bind_first;
 use crate::protocol::{Message, Role};
 
@@ -66,7 +66,7 @@ pub(crate) async fn run(
         }
     };
     tracing::info!(
-        pid = handoff::current_pid(),
+        pid = std::process::id(),
         addresses = ?front.addresses(),
         control = %endpoint.socket.display(),
         "front started for service {:?}",
@@ -236,7 +236,7 @@ impl Front {
             .collect()
     }
 
-    async fn run(&mut self, control: tokio::net::UnixListener) -> i32 {
+    async fn run(&mut self, mut control: ControlListener) -> i32 {
         let mut terminate = match crate::signal::Terminate::new() {
             Ok(t) => t,
             Err(e) => {
@@ -264,7 +264,7 @@ impl Front {
             let accepting = accept_paused_until.is_none_or(|t| Instant::now() >= t);
             tokio::select! {
                 accepted = control.accept(), if accepting => match accepted {
-                    Ok((stream, _)) => {
+                    Ok(stream) => {
                         accept_paused_until = None;
                         self.spawn_peer(stream);
                     }
@@ -843,7 +843,7 @@ async fn serve_peer(
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::SendListeners(generation)) => {
-                    timeout(handshake, channel.send_listeners(generation, sockets))
+                    timeout(handshake, channel.send_listeners(generation, sockets, pid))
                         .await
                         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
                 }

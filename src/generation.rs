@@ -15,7 +15,7 @@ use tokio::time::{Instant, timeout};
 
 use crate::builder::Config;
 use crate::channel::Channel;
-use crate::handoff::{self, Stream};
+use crate::handoff::Stream;
 use crate::listener::{RiseFrontListener, Slot};
 use crate::protocol::{Message, Role};
 
@@ -289,7 +289,7 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
     let handshake = async {
         channel
             .send(&Message::Hello {
-                pid: handoff::current_pid(),
+                pid: std::process::id(),
                 role: Role::Generation,
             })
             .await?;
@@ -341,7 +341,7 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
     let listener = RiseFrontListener::new(listeners, generation, config);
     tracing::info!(
         generation,
-        pid = handoff::current_pid(),
+        pid = std::process::id(),
         addresses = ?listener.local_addrs(),
         "generation {generation} received its listeners"
     );

@@ -8,7 +8,7 @@ use tokio::time::timeout;
 
 use crate::builder::Config;
 use crate::channel::Channel;
-use crate::handoff::{self, Endpoint};
+use crate::handoff::Endpoint;
 use crate::protocol::{Message, Role};
 
 pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> io::Result<u64> {
@@ -25,7 +25,7 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> io::Result<
     let mut channel = Channel::new(stream, false);
     channel
         .send(&Message::Hello {
-            pid: handoff::current_pid(),
+            pid: std::process::id(),
             role: Role::Control,
         })
         .await?;

@@ -132,7 +132,7 @@ impl Endpoint {
 
     /// Binds the control socket, replacing a stale file left by a front that was killed.
     /// Only called while holding the lock, so the file cannot belong to a live front.
-    pub(crate) fn listen(&self, _lock: &FrontLock) -> io::Result<UnixListener> {
+    pub(crate) fn listen(&self, _lock: &FrontLock) -> io::Result<ControlListener> {
         match fs::remove_file(&self.socket) {
             Ok(()) => {
                 tracing::debug!(path = %self.socket.display(), "removed stale control socket")
@@ -141,6 +141,7 @@ impl Endpoint {
             Err(e) => return Err(context(e, "remove stale control socket", &self.socket)),
         }
         UnixListener::bind(&self.socket)
+            .map(ControlListener)
             .map_err(|e| context(e, "bind control socket", &self.socket))
     }
 
@@ -148,6 +149,16 @@ impl Endpoint {
     pub(crate) fn remove(&self) {
         let _ = fs::remove_file(&self.socket);
         let _ = fs::remove_file(&self.lock);
+    }
+}
+
+/// The front's end of the control endpoint.
+pub(crate) struct ControlListener(UnixListener);
+
+impl ControlListener {
+    /// Waits for the next control connection; the peer is not verified yet.
+    pub(crate) async fn accept(&mut self) -> io::Result<Stream> {
+        self.0.accept().await.map(|(stream, _)| stream)
     }
 }
 
@@ -286,12 +297,4 @@ pub(crate) fn kill_pid(pid: u32) {
     {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
-}
-
-/// The current process id.
-pub(crate) fn current_pid() -> u32 {
-    rustix::process::getpid()
-        .as_raw_nonzero()
-        .get()
-        .unsigned_abs()
 }
