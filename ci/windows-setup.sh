@@ -54,7 +54,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
         "${SUDO[@]}" apt-get update -q
     fi
     log "apt-get install ${missing[*]}"
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if ! "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+        # Stale package lists (404s) on long-lived machines: refresh once and retry.
+        log "install failed; apt-get update and retry"
+        "${SUDO[@]}" apt-get update -q
+        "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
 else
     log "wine, wine64, mingw-w64 already installed"
 fi
