@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::ToSocketAddrs;
 use tokio::time::Instant;
 
-use crate::handoff::{self, Endpoint};
+use crate::handoff::Endpoint;
 use crate::listener::RiseFrontListener;
 use crate::{front, generation};
 
@@ -190,7 +190,7 @@ impl Builder {
             return RiseFrontListener::standalone(&addrs, &config).await;
         }
         generation::claim()?;
-        let endpoint = Endpoint::new(&handoff::runtime_dir()?, &config.name);
+        let endpoint = Endpoint::for_service(&config.name)?;
         let deadline = Instant::now() + config.handshake_timeout;
         loop {
             if let Some(stream) = endpoint.connect().await? {
@@ -205,9 +205,7 @@ impl Builder {
                     io::ErrorKind::TimedOut,
                     format!(
                         "risefront: the front of service {:?} holds its lock but did not open {} within {:?}",
-                        config.name,
-                        endpoint.socket.display(),
-                        config.handshake_timeout
+                        config.name, endpoint, config.handshake_timeout
                     ),
                 ));
             }
@@ -223,7 +221,7 @@ impl Builder {
     {
         let addrs = resolve(addrs).await?;
         let config = self.config(&addrs)?;
-        let endpoint = Endpoint::new(&handoff::runtime_dir()?, &config.name);
+        let endpoint = Endpoint::for_service(&config.name)?;
         crate::upgrade::request(&endpoint, &config).await
     }
 

@@ -105,12 +105,14 @@ impl Channel {
         self.write_frame(&frame, &fds).await
     }
 
-    /// Claims the descriptors that came with a `Listeners` frame of `count` sockets.
+    /// Claims the sockets announced by a `Listeners` frame: on Unix the descriptors that
+    /// arrived with it, one per (empty) blob.
     #[cfg(unix)]
     pub(crate) fn take_listeners(
         &mut self,
-        count: usize,
+        sockets: Vec<Vec<u8>>,
     ) -> io::Result<Vec<std::net::TcpListener>> {
+        let count = sockets.len();
         if self.fds.len() != count {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -68,7 +68,7 @@ pub(crate) async fn run(
     tracing::info!(
         pid = std::process::id(),
         addresses = ?front.addresses(),
-        control = %endpoint.socket.display(),
+        control = %endpoint,
         "front started for service {:?}",
         front.config.name
     );
@@ -244,7 +244,7 @@ impl Front {
                 return 1;
             }
         };
-        let mut hangup = match crate::signal::hangup() {
+        let mut hangup = match crate::signal::Hangup::new() {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!("cannot listen for SIGHUP: {e}");

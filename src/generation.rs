@@ -306,11 +306,11 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
                 ),
             )
         })??;
-    let (generation, count) = match reply {
+    let (generation, sockets) = match reply {
         Some(Message::Listeners {
             generation,
             sockets,
-        }) => (generation, sockets.len()),
+        }) => (generation, sockets),
         Some(Message::Error { reason }) => {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
@@ -330,8 +330,8 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
             ));
         }
     };
-    let mut listeners = Vec::with_capacity(count);
-    for std_listener in channel.take_listeners(count)? {
+    let mut listeners = Vec::with_capacity(sockets.len());
+    for std_listener in channel.take_listeners(sockets)? {
         std_listener.set_nonblocking(true)?;
         listeners.push(tokio::net::TcpListener::from_std(std_listener)?);
     }

@@ -30,6 +30,16 @@ impl Terminate {
 
 /// SIGHUP: the front starts a new generation, as `systemctl reload` expects.
 #[cfg(unix)]
-pub(crate) fn hangup() -> io::Result<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+pub(crate) struct Hangup(tokio::signal::unix::Signal);
+
+#[cfg(unix)]
+impl Hangup {
+    pub(crate) fn new() -> io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Hangup(signal(SignalKind::hangup())?))
+    }
+
+    pub(crate) async fn recv(&mut self) {
+        self.0.recv().await;
+    }
 }

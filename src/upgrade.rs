@@ -16,9 +16,8 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> io::Result<
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!(
-                "risefront: no front is running for service {:?} (no live socket at {})",
-                config.name,
-                endpoint.socket.display()
+                "risefront: no front is running for service {:?} (nothing answers at {})",
+                config.name, endpoint
             ),
         ));
     };

@@ -29,7 +29,7 @@ pub(crate) type Stream = UnixStream;
 /// `$XDG_RUNTIME_DIR/risefront` when set (it is per-user and cleaned at logout), otherwise
 /// `/tmp/risefront-<uid>`. A directory that another user owns or that others can enter is
 /// refused: whoever controls it could plant a socket and hand us their own listeners.
-pub(crate) fn runtime_dir() -> io::Result<PathBuf> {
+fn runtime_dir() -> io::Result<PathBuf> {
     let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(base) if !base.is_empty() => PathBuf::from(base).join("risefront"),
         _ => PathBuf::from(format!(
@@ -80,16 +80,24 @@ pub(crate) fn context(e: io::Error, op: &str, path: &Path) -> io::Error {
 
 /// The control endpoint of a service, and the lock that decides who is its front.
 pub(crate) struct Endpoint {
-    pub(crate) socket: PathBuf,
+    socket: PathBuf,
     lock: PathBuf,
 }
 
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.socket.display().fmt(f)
+    }
+}
+
 impl Endpoint {
-    pub(crate) fn new(dir: &Path, name: &str) -> Self {
-        Endpoint {
+    /// The endpoint of service `name`, in the private control directory.
+    pub(crate) fn for_service(name: &str) -> io::Result<Self> {
+        let dir = runtime_dir()?;
+        Ok(Endpoint {
             socket: dir.join(format!("{name}.sock")),
             lock: dir.join(format!("{name}.lock")),
-        }
+        })
     }
 
     /// Connects to a running front. `Ok(None)` means there is none (no socket, or a stale one).
