@@ -47,7 +47,7 @@ use crate::protocol::{Message, Role};
 /// ```
 pub fn superseded() -> impl Future<Output = ()> + Send + 'static {
     let process = process();
-    process.handled.store(true, Ordering::Relaxed);
+    process.take_responsibility();
     async move {
         process.install_signals();
         let since = process.draining_since().await;
@@ -117,11 +117,17 @@ impl Process {
             .store(millis(config.drain_timeout), Ordering::Relaxed);
     }
 
-    fn idle_grace(&self) -> Duration {
+    /// The app (or [`GracefulServer`](crate::GracefulServer)) ends the process itself once
+    /// drained; risefront then only enforces the drain deadline.
+    pub(crate) fn take_responsibility(&self) {
+        self.handled.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn idle_grace(&self) -> Duration {
         Duration::from_millis(self.idle_grace_ms.load(Ordering::Relaxed))
     }
 
-    fn drain_timeout(&self) -> Duration {
+    pub(crate) fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms.load(Ordering::Relaxed))
     }
 
@@ -225,12 +231,16 @@ impl Process {
             if !self.handled.load(Ordering::Relaxed) {
                 std::process::exit(0);
             }
-            tokio::time::sleep_until(deadline).await;
+            tokio::time::sleep_until(deadline + APP_EXIT_SLACK).await;
             tracing::warn!(
                 generation,
                 "generation {generation} drained but the app did not exit by the drain deadline; exiting"
             );
         } else {
+            if self.handled.load(Ordering::Relaxed) {
+                // Give the app's own deadline handling (GracefulServer's summary) a moment.
+                tokio::time::sleep(APP_EXIT_SLACK).await;
+            }
             tracing::warn!(
                 generation,
                 open = self.live.load(Ordering::Relaxed),
@@ -266,6 +276,9 @@ impl Process {
         });
     }
 }
+
+/// How long past the drain deadline an app that handles its own shutdown may take to exit.
+const APP_EXIT_SLACK: Duration = Duration::from_secs(1);
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -72,10 +72,8 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        DrainFuture {
-            http1: request.version() < Version::HTTP_2,
-            inner: self.inner.call(request),
-        }
+        let http1 = request.version() < Version::HTTP_2;
+        DrainFuture::new(self.inner.call(request), http1)
     }
 }
 
@@ -86,6 +84,13 @@ pub struct DrainFuture<F> {
     #[pin]
     inner: F,
     http1: bool,
+}
+
+impl<F> DrainFuture<F> {
+    /// `http1`: whether the request was HTTP/1.x, the only version `Connection: close` exists in.
+    pub(crate) fn new(inner: F, http1: bool) -> Self {
+        DrainFuture { inner, http1 }
+    }
 }
 
 impl<F, ResBody, E> Future for DrainFuture<F>

@@ -51,6 +51,7 @@ mod handoff;
 mod layer;
 mod listener;
 mod protocol;
+mod server;
 mod signal;
 mod upgrade;
 
@@ -58,3 +59,4 @@ pub use builder::{Builder, bind, upgrade};
 pub use generation::{is_draining, ready, superseded};
 pub use layer::{DrainFuture, DrainLayer, DrainService};
 pub use listener::{Addr, Connection, RiseFrontListener};
+pub use server::{GracefulServer, ServeSummary};

@@ -1,0 +1,88 @@
+//! What every example shares: the command line (`[--upgrade] [ADDR]...`), logging, and the
+//! failure hook the end-to-end tests use. Not part of the crate's API.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Parses `[--upgrade] [ADDR]...`. With `--upgrade`, asks the running front for a new
+/// generation, prints the outcome and returns the exit code; otherwise returns the addresses.
+pub async fn command_line() -> Result<Vec<String>, ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let upgrade = args.first().is_some_and(|a| a == "--upgrade");
+    if upgrade {
+        args.remove(0);
+    }
+    if args.is_empty() {
+        args.push("127.0.0.1:8080".to_owned());
+    }
+    if !upgrade {
+        return Ok(args);
+    }
+    Err(match risefront::upgrade(&args).await {
+        Ok(generation) => {
+            println!("upgraded: generation {generation} is serving");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// `hello from generation <N> pid <PID>`: the body every example answers `GET /` with.
+pub fn greeting(listener: &risefront::RiseFrontListener) -> String {
+    format!(
+        "hello from generation {} pid {}\n",
+        listener.generation(),
+        std::process::id()
+    )
+}
+
+/// The delay asked for by `GET /slow?ms=<n>` (default 1 s, at most 60 s).
+pub fn slow_delay(query: Option<&str>) -> Duration {
+    let ms = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1000);
+    Duration::from_millis(ms.min(60_000))
+}
+
+/// Lets the end-to-end tests make a new generation fail before it is ready:
+/// `HELLO_FAIL=exit` exits with status 3, `HELLO_FAIL=hang` never serves.
+pub fn failure_hook() {
+    match std::env::var("HELLO_FAIL").as_deref() {
+        Ok("exit") => {
+            eprintln!("HELLO_FAIL=exit: exiting before serving");
+            std::process::exit(3);
+        }
+        Ok("hang") => {
+            eprintln!("HELLO_FAIL=hang: never serving");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Prints a server error and turns it into an exit code.
+pub fn exit(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
