@@ -16,17 +16,22 @@ pub(crate) struct Channel {
     #[cfg(unix)]
     fds: Vec<OwnedFd>,
     /// Only a generation expects descriptors; the front drops any a peer sends it.
+    #[cfg(unix)]
     accept_fds: bool,
     buf: Box<[u8]>,
 }
 
 impl Channel {
     pub(crate) fn new(stream: Stream, accept_fds: bool) -> Self {
+        // On Windows sockets arrive as bytes inside the frame, so there is nothing to refuse.
+        #[cfg(not(unix))]
+        let _ = accept_fds;
         Channel {
             stream,
             decoder: FrameDecoder::new(),
             #[cfg(unix)]
             fds: Vec::new(),
+            #[cfg(unix)]
             accept_fds,
             buf: vec![0; 8 * 1024].into_boxed_slice(),
         }
@@ -71,10 +76,26 @@ impl Channel {
         Ok(n)
     }
 
+    #[cfg(windows)]
+    async fn read_some(&mut self) -> io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        self.stream.read(&mut self.buf).await
+    }
+
     pub(crate) async fn send(&mut self, msg: &Message) -> io::Result<()> {
         let mut frame = Vec::new();
         protocol::encode(msg, &mut frame)?;
-        self.write_frame(&frame, &[]).await
+        #[cfg(unix)]
+        return self.write_frame(&frame, &[]).await;
+        #[cfg(windows)]
+        return self.write_frame(&frame).await;
+    }
+
+    #[cfg(windows)]
+    async fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(frame).await?;
+        self.stream.flush().await
     }
 
     #[cfg(unix)]
@@ -127,5 +148,46 @@ impl Channel {
             .drain(..)
             .map(std::net::TcpListener::from)
             .collect())
+    }
+
+    /// Sends the generation number and, as the frame's blobs, each listening socket duplicated
+    /// for the verified process `pid` (`WSADuplicateSocketW` protocol info).
+    #[cfg(windows)]
+    pub(crate) async fn send_listeners(
+        &mut self,
+        generation: u64,
+        listeners: &[std::net::TcpListener],
+        pid: u32,
+    ) -> io::Result<()> {
+        let sockets = listeners
+            .iter()
+            .map(|l| handoff::duplicate_socket(l, pid))
+            .collect::<io::Result<Vec<_>>>()?;
+        self.send(&Message::Listeners {
+            generation,
+            sockets,
+        })
+        .await
+    }
+
+    /// Opens the sockets announced by a `Listeners` frame from their protocol info blobs.
+    #[cfg(windows)]
+    pub(crate) fn take_listeners(
+        &mut self,
+        sockets: Vec<Vec<u8>>,
+    ) -> io::Result<Vec<std::net::TcpListener>> {
+        if sockets.len() > handoff::MAX_FDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "risefront: front announced {} listening sockets, more than expected",
+                    sockets.len()
+                ),
+            ));
+        }
+        sockets
+            .iter()
+            .map(|blob| handoff::listener_from_protocol_info(blob))
+            .collect()
     }
 }

@@ -43,3 +43,49 @@ impl Hangup {
         self.0.recv().await;
     }
 }
+
+/// Ctrl-C, Ctrl-Break and closing the console window, as one stream: what a Windows console
+/// program gets instead of SIGTERM/SIGINT.
+#[cfg(windows)]
+pub(crate) struct Terminate {
+    c: tokio::signal::windows::CtrlC,
+    brk: tokio::signal::windows::CtrlBreak,
+    close: tokio::signal::windows::CtrlClose,
+}
+
+#[cfg(windows)]
+impl Terminate {
+    pub(crate) fn new() -> io::Result<Self> {
+        use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close};
+        Ok(Terminate {
+            c: ctrl_c()?,
+            brk: ctrl_break()?,
+            close: ctrl_close()?,
+        })
+    }
+
+    /// Waits for the next event and names it, for the logs.
+    pub(crate) async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.c.recv() => "Ctrl-C",
+            _ = self.brk.recv() => "Ctrl-Break",
+            _ = self.close.recv() => "console close",
+        }
+    }
+}
+
+/// Windows has no SIGHUP, so this never fires: upgrades there are started by running the
+/// binary again or with [`crate::upgrade`] (`--upgrade` in the examples).
+#[cfg(windows)]
+pub(crate) struct Hangup;
+
+#[cfg(windows)]
+impl Hangup {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Hangup)
+    }
+
+    pub(crate) async fn recv(&mut self) {
+        std::future::pending::<()>().await;
+    }
+}
