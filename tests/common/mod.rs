@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+#[cfg(unix)]
 use rustix::process::{Pid, Signal};
 
 /// Upper bound for anything a test waits for; generous because CI machines are slow and noisy.
@@ -25,7 +28,9 @@ pub fn example(name: &str) -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps");
-    let path = dir.join("examples").join(name);
+    let path = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
         "{} is missing: run the tests with `cargo test --all-targets`",
@@ -109,6 +114,7 @@ impl Service {
         let dir = TempDir::new();
         let run = dir.0.join("run");
         fs::create_dir_all(&run).expect("runtime dir");
+        #[cfg(unix)]
         set_mode(&run, 0o700);
         let addr = free_addr();
         let env: Vec<(String, String)> = env
@@ -116,6 +122,7 @@ impl Service {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let mut command = command_for(exe, addr, &dir.0, &env, &[]);
+        #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let front = command.spawn().expect("start the front");
         Service {
@@ -153,6 +160,7 @@ impl Service {
     /// Starts the binary a second time, as an operator deploying a new build by hand would.
     pub fn start_again(&mut self, extra_env: &[(&str, &str)]) -> u32 {
         let mut command = self.command(extra_env);
+        #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, self.front.id() as i32);
         let child = command.spawn().expect("start again");
         let pid = child.id();
@@ -170,8 +178,21 @@ impl Service {
         wait_child(child, PATIENCE).expect("process did not exit in time")
     }
 
+    #[cfg(unix)]
     pub fn signal_front(&self, signal: Signal) {
         signal_pid(self.front.id(), signal);
+    }
+
+    /// The control endpoint the front announced in its start-up log line (`control=...`): the
+    /// socket path on Unix, the pipe name on Windows.
+    pub async fn control_endpoint(&self) -> String {
+        self.wait_log("control=").await;
+        let log = self.log();
+        log.split("control=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|endpoint| endpoint.trim_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("no control endpoint in the log:\n{log}"))
     }
 
     /// `hello --upgrade ADDR`: asks the front for a new generation and waits for the outcome.
@@ -255,12 +276,14 @@ impl Service {
     }
 
     /// SIGTERM to the front, then waits (bounded) for it to exit.
+    #[cfg(unix)]
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal_front(Signal::TERM);
         wait_child(&mut self.front, PATIENCE).expect("front did not exit after SIGTERM")
     }
 
     /// Whether any process of the service (front, generations, hand-started ones) is alive.
+    #[cfg(unix)]
     pub fn any_alive(&mut self) -> bool {
         for child in &mut self.others {
             let _ = child.try_wait();
@@ -301,6 +324,7 @@ fn command_for(
     command
 }
 
+#[cfg(unix)]
 impl Drop for Service {
     fn drop(&mut self) {
         let pgid = self.front.id();
@@ -320,14 +344,65 @@ impl Drop for Service {
     }
 }
 
+/// Windows has no process groups to kill at once: kill the front, the processes started by
+/// hand, and every generation the front logged (checked by image name, so a reused pid of an
+/// unrelated process is left alone).
+#[cfg(windows)]
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.front.kill();
+        let _ = self.front.wait();
+        for child in &mut self.others {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let image = self
+            .exe
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        for pid in logged_pids(&self.log()) {
+            windows::kill_if_image(pid, &image);
+        }
+    }
+}
+
+/// Every `(pid N)` the front logged.
+pub fn logged_pids(log: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = log
+        .split("(pid ")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+#[cfg(unix)]
 pub fn signal_pid(pid: u32, signal: Signal) {
     if let Some(pid) = Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(pid, signal);
     }
 }
 
+/// Kills `pid` at once: SIGKILL on Unix, `TerminateProcess` on Windows.
+pub fn kill_pid(pid: u32) {
+    #[cfg(unix)]
+    signal_pid(pid, Signal::KILL);
+    #[cfg(windows)]
+    windows::kill_if_image(pid, "");
+}
+
+/// Whether `pid` still runs.
+#[cfg(windows)]
+pub fn alive(pid: u32) -> bool {
+    windows::alive(pid)
+}
+
 /// Whether `pid` still runs. A zombie (exited, not yet reaped: hand-started generations are
 /// the test's own children) counts as gone.
+#[cfg(unix)]
 pub fn alive(pid: u32) -> bool {
     if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself contain spaces.

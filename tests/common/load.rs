@@ -1,0 +1,289 @@
+//! A load client that never retries, so no failure can hide: per-request new connections,
+//! HTTP/1 keep-alive (hyper-util's pooled client with retries of canceled requests off), and
+//! HTTP/2 streams multiplexed on one connection per worker.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+
+use super::parse_hello;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A new TCP connection for every request.
+    NewConnection,
+    /// HTTP/1.1 keep-alive: one pooled connection reused until the server closes it.
+    KeepAlive,
+    /// HTTP/2 with prior knowledge: `streams` concurrent requests on one connection.
+    Http2 { streams: usize },
+}
+
+/// What the load saw. `failed` counts every request that got no 200 with a valid body.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub ok: u64,
+    pub failed: u64,
+    /// Connections refused outright (a subset of `failed`).
+    pub refused: u64,
+    pub generations: BTreeSet<u64>,
+    /// Responses carrying `Connection: close`.
+    pub closes: u64,
+    /// HTTP/2 requests the server provably never processed because it had sent GOAWAY, resent
+    /// on a new connection as RFC 9113 sections 6.8 and 8.7 allow. Counted, not hidden.
+    pub resent: u64,
+    /// The first few failures, for the assertion message.
+    pub errors: Vec<String>,
+    pub latencies: Vec<Duration>,
+}
+
+impl Report {
+    fn merge(&mut self, other: Report) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.refused += other.refused;
+        self.generations.extend(other.generations);
+        self.closes += other.closes;
+        self.resent += other.resent;
+        for e in other.errors {
+            if self.errors.len() < 10 {
+                self.errors.push(e);
+            }
+        }
+        self.latencies.extend(other.latencies);
+    }
+
+    fn fail(&mut self, error: String) {
+        self.failed += 1;
+        if error.contains("refused") {
+            self.refused += 1;
+        }
+        if self.errors.len() < 10 {
+            self.errors.push(error);
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ok + self.failed
+    }
+
+    pub fn summary(&self, upgrades: usize) -> String {
+        format!(
+            "failed {} of {} requests over {} upgrades ({} refused, generations seen {:?}, {} Connection: close, {} unsent HTTP/2 requests resent){}",
+            self.failed,
+            self.total(),
+            upgrades,
+            self.refused,
+            self.generations,
+            self.closes,
+            self.resent,
+            if self.errors.is_empty() {
+                String::new()
+            } else {
+                format!("; first errors: {:?}", self.errors)
+            }
+        )
+    }
+
+    /// The `q`-quantile latency (0.5 = median).
+    pub fn quantile(&mut self, q: f64) -> Duration {
+        self.latencies.sort();
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        self.latencies[index]
+    }
+}
+
+/// Load running in the background until `stop` is called.
+pub struct Load {
+    stop: watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<Report>>,
+}
+
+/// Starts `workers` of each kind against `addr`, requesting `paths` in turn.
+pub fn start(addr: SocketAddr, mix: &[(Kind, usize)], paths: &[&str]) -> Load {
+    let (stop, stopped) = watch::channel(false);
+    let paths: Arc<Vec<String>> = Arc::new(paths.iter().map(|p| (*p).to_owned()).collect());
+    let mut workers = Vec::new();
+    let mut index = 0;
+    for &(kind, count) in mix {
+        for _ in 0..count {
+            let stopped = stopped.clone();
+            let paths = Arc::clone(&paths);
+            let offset = index;
+            index += 1;
+            workers.push(tokio::spawn(async move {
+                match kind {
+                    Kind::NewConnection => {
+                        new_connection_worker(addr, &paths, offset, stopped).await
+                    }
+                    Kind::KeepAlive => client_worker(addr, &paths, offset, stopped, false, 1).await,
+                    Kind::Http2 { streams } => {
+                        client_worker(addr, &paths, offset, stopped, true, streams).await
+                    }
+                }
+            }));
+        }
+    }
+    Load { stop, workers }
+}
+
+impl Load {
+    /// Stops every worker after its current request and adds up what they saw.
+    pub async fn stop(self) -> Report {
+        let _ = self.stop.send(true);
+        let mut report = Report::default();
+        for worker in self.workers {
+            report.merge(worker.await.expect("load worker panicked"));
+        }
+        report
+    }
+}
+
+fn record(report: &mut Report, started: Instant, result: Result<(u16, bool, String), String>) {
+    match result {
+        Ok((200, close, body)) => match parse_hello(&body) {
+            Some(hello) => {
+                report.ok += 1;
+                report.generations.insert(hello.generation);
+                report.closes += u64::from(close);
+                report.latencies.push(started.elapsed());
+            }
+            None => report.fail(format!("unexpected body {body:?}")),
+        },
+        Ok((status, _, body)) => report.fail(format!("status {status}: {body}")),
+        Err(e) => report.fail(e),
+    }
+}
+
+async fn new_connection_worker(
+    addr: SocketAddr,
+    paths: &[String],
+    offset: usize,
+    stopped: watch::Receiver<bool>,
+) -> Report {
+    let mut report = Report::default();
+    let mut i = offset;
+    while !*stopped.borrow() {
+        let path = &paths[i % paths.len()];
+        i += 1;
+        let started = Instant::now();
+        let result = super::get(addr, path).await.map(|(s, b)| (s, false, b));
+        record(&mut report, started, result);
+    }
+    report
+}
+
+async fn client_worker(
+    addr: SocketAddr,
+    paths: &[String],
+    offset: usize,
+    stopped: watch::Receiver<bool>,
+    http2: bool,
+    streams: usize,
+) -> Report {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .retry_canceled_requests(false)
+        .pool_max_idle_per_host(streams.max(1))
+        .http2_only(http2)
+        .build(connector);
+    let report = Arc::new(Mutex::new(Report::default()));
+    let mut tasks = Vec::new();
+    for stream in 0..streams {
+        let client = client.clone();
+        let stopped = stopped.clone();
+        let report = Arc::clone(&report);
+        let paths: Vec<String> = paths.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut i = offset + stream;
+            while !*stopped.borrow() {
+                let uri = format!("http://{addr}{}", paths[i % paths.len()]);
+                i += 1;
+                let started = Instant::now();
+                let mut result = send(&client, &uri).await;
+                // Only HTTP/2, and only a request hyper proves it never sent: the connection
+                // had received GOAWAY. Anything the server accepted and then lost still fails.
+                if http2 && matches!(&result, Err(Failure::Unsent(_))) {
+                    report.lock().unwrap().resent += 1;
+                    result = send(&client, &uri).await;
+                }
+                let result = result.map_err(|f| match f {
+                    Failure::Unsent(e) | Failure::Other(e) => e,
+                });
+                record(&mut report.lock().unwrap(), started, result);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("load stream panicked");
+    }
+    Arc::try_unwrap(report)
+        .map(|m| m.into_inner().unwrap())
+        .unwrap_or_default()
+}
+
+/// Whether the server provably did not process the request: hyper canceled it before writing
+/// it, or the server's GOAWAY (NO_ERROR) excluded its stream (RFC 9113 section 6.8: such
+/// streams "can be safely retried").
+fn unprocessed(e: &hyper::Error) -> bool {
+    if e.is_canceled() {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR)
+        })
+}
+
+enum Failure {
+    /// The server never processed the request (see `unprocessed`).
+    Unsent(String),
+    Other(String),
+}
+
+async fn send(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    uri: &str,
+) -> Result<(u16, bool, String), Failure> {
+    let attempt = async {
+        let uri = uri.parse().map_err(|e| Failure::Other(format!("{e}")))?;
+        let response = client.get(uri).await.map_err(|e| {
+            let unsent = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<hyper::Error>())
+                .is_some_and(unprocessed);
+            let text = format!("request: {e:?}");
+            if unsent {
+                Failure::Unsent(text)
+            } else {
+                Failure::Other(text)
+            }
+        })?;
+        let status = response.status().as_u16();
+        let close = response
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Failure::Other(format!("body: {e}")))?
+            .to_bytes();
+        Ok((status, close, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(super::PATIENCE, attempt)
+        .await
+        .unwrap_or_else(|_| Err(Failure::Other("timed out".to_owned())))
+}

@@ -1,0 +1,137 @@
+//! End-to-end: draining is invisible to clients — HTTP/1 keep-alive, HTTP/2 streams, the drain
+//! deadline, and the drain layer on plain `axum::serve`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::load::{self, Kind, Report};
+use common::{Service, example, wait_gone};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+/// Runs `mix` against `name` while upgrading it `upgrades` times with `--upgrade`.
+async fn upgrades_under_load(
+    name: &str,
+    env: &[(&str, &str)],
+    mix: &[(Kind, usize)],
+    upgrades: u64,
+) -> Report {
+    let service = Service::start_with(&example(name), env).await;
+    let load = load::start(service.addr, mix, &["/"]);
+    for n in 2..=upgrades + 1 {
+        // Let the load reach the current generation before replacing it.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let output = service.upgrade_command();
+        assert!(output.status.success(), "upgrade to {n} failed: {output:?}");
+        service.wait_generation(n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let report = load.stop().await;
+    println!("{name}: {}", report.summary(upgrades as usize));
+    report
+}
+
+fn assert_clean(name: &str, report: &Report, upgrades: u64) {
+    assert_eq!(
+        report.failed,
+        0,
+        "{name}: {}",
+        report.summary(upgrades as usize)
+    );
+    let expected: Vec<u64> = (1..=upgrades + 1).collect();
+    assert_eq!(
+        report.generations.iter().copied().collect::<Vec<_>>(),
+        expected,
+        "{name}: every generation served the load"
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_client_sees_every_takeover_as_connection_close() {
+    for name in ["hyper", "hello"] {
+        let report = upgrades_under_load(name, &[], &[(Kind::KeepAlive, 1)], 10).await;
+        assert_clean(name, &report, 10);
+        assert!(
+            report.closes >= 10,
+            "{name}: the keep-alive client saw {} Connection: close for 10 takeovers",
+            report.closes
+        );
+    }
+}
+
+#[tokio::test]
+async fn http2_streams_survive_upgrades() {
+    for name in ["hyper", "gateway"] {
+        let report = upgrades_under_load(name, &[], &[(Kind::Http2 { streams: 16 }, 2)], 5).await;
+        assert_clean(name, &report, 5);
+    }
+}
+
+#[tokio::test]
+async fn drain_deadline_cuts_what_outlives_it() {
+    let service =
+        Service::start_with(&example("hyper"), &[("RISEFRONT_DRAIN_TIMEOUT", "1s")]).await;
+    let g1 = service.hello().await;
+    let addr = service.addr;
+    let short = tokio::spawn(async move { common::get(addr, "/slow?ms=400").await });
+    let long = tokio::spawn(async move { common::get(addr, "/slow?ms=8000").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    let output = service.upgrade_command();
+    assert!(output.status.success(), "{output:?}");
+
+    let (status, body) = short.await.unwrap().expect("the short request completes");
+    assert_eq!((status, common::parse_hello(&body)), (200, Some(g1)));
+    assert!(
+        long.await.unwrap().is_err(),
+        "the long request is cut at the deadline"
+    );
+    wait_gone(g1.pid).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the old generation exited at the drain deadline, not when the request ended"
+    );
+    service.wait_log("1 closed at the drain deadline").await;
+}
+
+#[tokio::test]
+async fn drain_layer_closes_keep_alive_on_plain_axum_serve() {
+    // A long idle grace keeps the kept-alive connection open long enough to use it once more.
+    let service = Service::start_with(&example("hello"), &[("RISEFRONT_IDLE_GRACE", "10s")]).await;
+    let stream = tokio::net::TcpStream::connect(service.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let send = async |sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>| {
+        let request = hyper::Request::get("/")
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.expect("request");
+        let close = response.headers().get(hyper::header::CONNECTION).cloned();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (close, String::from_utf8_lossy(&body).into_owned())
+    };
+
+    let (close, body) = send(&mut sender).await;
+    assert_eq!(close, None, "no Connection: close before the takeover");
+    let g1 = common::parse_hello(&body).unwrap();
+
+    let output = service.upgrade_command();
+    assert!(output.status.success(), "{output:?}");
+    sender
+        .ready()
+        .await
+        .expect("the idle connection is still open during the grace");
+    let (close, body) = send(&mut sender).await;
+    assert_eq!(close.as_ref().map(|v| v.as_bytes()), Some(&b"close"[..]));
+    assert_eq!(
+        common::parse_hello(&body),
+        Some(g1),
+        "answered by the superseded generation"
+    );
+}
