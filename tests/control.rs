@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use common::Service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
+#[cfg(unix)]
 fn socket_path(service: &Service) -> std::path::PathBuf {
     service
         .runtime_dir()
@@ -15,9 +15,34 @@ fn socket_path(service: &Service) -> std::path::PathBuf {
         .join(format!("127.0.0.1_{}.sock", service.addr.port()))
 }
 
+/// A raw connection to the front's control endpoint, as any local process could open.
+#[cfg(unix)]
+async fn connect(service: &Service) -> tokio::net::UnixStream {
+    tokio::net::UnixStream::connect(socket_path(service))
+        .await
+        .unwrap()
+}
+
+/// A raw connection to the front's control pipe, as any process of the user could open.
+#[cfg(windows)]
+async fn connect(service: &Service) -> tokio::net::windows::named_pipe::NamedPipeClient {
+    let pipe = service.control_endpoint().await;
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        match tokio::net::windows::named_pipe::ClientOptions::new().open(&pipe) {
+            Ok(client) => return client,
+            // Every instance busy for a moment: the front creates the next one right away.
+            Err(e) if e.raw_os_error() == Some(231) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("open {pipe}: {e}"),
+        }
+    }
+}
+
 /// Sends `bytes` and expects the front to hang up on us within the handshake deadline.
 async fn expect_dropped(service: &Service, bytes: &[u8]) {
-    let mut stream = UnixStream::connect(socket_path(service)).await.unwrap();
+    let mut stream = connect(service).await;
     let _ = stream.write_all(bytes).await;
     let mut buf = [0u8; 256];
     let read = tokio::time::timeout(Duration::from_secs(10), async {
@@ -54,6 +79,50 @@ async fn garbage_and_oversized_frames_are_dropped() {
     assert!(
         output.status.success(),
         "upgrade after garbage failed: {output:?}"
+    );
+    assert_eq!(service.hello().await.generation, 2);
+}
+
+#[tokio::test]
+async fn a_peer_claiming_another_process_id_is_refused() {
+    let service = Service::start().await;
+    let g1 = service.hello().await;
+
+    // A Hello that claims to be the active generation: version 1, kind 1 (Hello), pid, role 1.
+    let mut hello = vec![0, 0, 0, 7, 1, 1];
+    hello.extend_from_slice(&g1.pid.to_be_bytes());
+    hello.push(1);
+    let mut stream = connect(&service).await;
+    stream.write_all(&hello).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 256];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the front kept an impostor connected");
+    // An Error frame (kind 8), and no Listeners frame (kind 2) handed to the impostor.
+    assert_eq!(
+        answer.get(5),
+        Some(&8),
+        "expected an error frame: {answer:?}"
+    );
+    let reason = String::from_utf8_lossy(&answer);
+    assert!(
+        reason.contains(&format!("claims pid {}", g1.pid)),
+        "{reason}"
+    );
+
+    assert_eq!(service.hello().await, g1, "serving goes on");
+    let output = service.upgrade_command();
+    assert!(
+        output.status.success(),
+        "upgrade after an impostor failed: {output:?}"
     );
     assert_eq!(service.hello().await.generation, 2);
 }

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod load;
+#[cfg(windows)]
+mod windows;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
@@ -449,6 +451,7 @@ pub fn run_bounded(mut command: Command, limit: Duration) -> Output {
     child.wait_with_output().expect("collect output")
 }
 
+#[cfg(unix)]
 pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
