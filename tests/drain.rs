@@ -15,11 +15,11 @@ use hyper_util::rt::TokioIo;
 async fn upgrades_under_load(
     name: &str,
     env: &[(&str, &str)],
-    mix: &[(Kind, usize)],
+    mix: &[(Kind, usize, &str)],
     upgrades: u64,
 ) -> Report {
     let service = Service::start_with(&example(name), env).await;
-    let load = load::start(service.addr, mix, &["/"]);
+    let load = load::start(service.addr, mix);
     for n in 2..=upgrades + 1 {
         // Let the load reach the current generation before replacing it.
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -51,7 +51,7 @@ fn assert_clean(name: &str, report: &Report, upgrades: u64) {
 #[tokio::test]
 async fn keep_alive_client_sees_every_takeover_as_connection_close() {
     for name in ["hyper", "hello"] {
-        let report = upgrades_under_load(name, &[], &[(Kind::KeepAlive, 1)], 10).await;
+        let report = upgrades_under_load(name, &[], &[(Kind::KeepAlive, 1, "/")], 10).await;
         assert_clean(name, &report, 10);
         assert!(
             report.closes >= 10,
@@ -64,7 +64,8 @@ async fn keep_alive_client_sees_every_takeover_as_connection_close() {
 #[tokio::test]
 async fn http2_streams_survive_upgrades() {
     for name in ["hyper", "gateway"] {
-        let report = upgrades_under_load(name, &[], &[(Kind::Http2 { streams: 16 }, 2)], 5).await;
+        let report =
+            upgrades_under_load(name, &[], &[(Kind::Http2 { streams: 16 }, 2, "/")], 5).await;
         assert_clean(name, &report, 5);
     }
 }

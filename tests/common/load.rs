@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -109,26 +110,20 @@ pub struct Load {
     workers: Vec<tokio::task::JoinHandle<Report>>,
 }
 
-/// Starts `workers` of each kind against `addr`, requesting `paths` in turn.
-pub fn start(addr: SocketAddr, mix: &[(Kind, usize)], paths: &[&str]) -> Load {
+/// Starts, for each `(kind, count, path)`, `count` workers of that kind requesting `path`.
+pub fn start(addr: SocketAddr, mix: &[(Kind, usize, &str)]) -> Load {
     let (stop, stopped) = watch::channel(false);
-    let paths: Arc<Vec<String>> = Arc::new(paths.iter().map(|p| (*p).to_owned()).collect());
     let mut workers = Vec::new();
-    let mut index = 0;
-    for &(kind, count) in mix {
+    for &(kind, count, path) in mix {
         for _ in 0..count {
             let stopped = stopped.clone();
-            let paths = Arc::clone(&paths);
-            let offset = index;
-            index += 1;
+            let path = path.to_owned();
             workers.push(tokio::spawn(async move {
                 match kind {
-                    Kind::NewConnection => {
-                        new_connection_worker(addr, &paths, offset, stopped).await
-                    }
-                    Kind::KeepAlive => client_worker(addr, &paths, offset, stopped, false, 1).await,
+                    Kind::NewConnection => new_connection_worker(addr, &path, stopped).await,
+                    Kind::KeepAlive => client_worker(addr, &path, stopped, false, 1).await,
                     Kind::Http2 { streams } => {
-                        client_worker(addr, &paths, offset, stopped, true, streams).await
+                        client_worker(addr, &path, stopped, true, streams).await
                     }
                 }
             }));
@@ -167,15 +162,11 @@ fn record(report: &mut Report, started: Instant, result: Result<(u16, bool, Stri
 
 async fn new_connection_worker(
     addr: SocketAddr,
-    paths: &[String],
-    offset: usize,
+    path: &str,
     stopped: watch::Receiver<bool>,
 ) -> Report {
     let mut report = Report::default();
-    let mut i = offset;
     while !*stopped.borrow() {
-        let path = &paths[i % paths.len()];
-        i += 1;
         let started = Instant::now();
         let result = super::get(addr, path).await.map(|(s, b)| (s, false, b));
         record(&mut report, started, result);
@@ -185,8 +176,7 @@ async fn new_connection_worker(
 
 async fn client_worker(
     addr: SocketAddr,
-    paths: &[String],
-    offset: usize,
+    path: &str,
     stopped: watch::Receiver<bool>,
     http2: bool,
     streams: usize,
@@ -200,16 +190,13 @@ async fn client_worker(
         .build(connector);
     let report = Arc::new(Mutex::new(Report::default()));
     let mut tasks = Vec::new();
-    for stream in 0..streams {
+    for _ in 0..streams {
         let client = client.clone();
         let stopped = stopped.clone();
         let report = Arc::clone(&report);
-        let paths: Vec<String> = paths.to_vec();
+        let uri = format!("http://{addr}{path}");
         tasks.push(tokio::spawn(async move {
-            let mut i = offset + stream;
             while !*stopped.borrow() {
-                let uri = format!("http://{addr}{}", paths[i % paths.len()]);
-                i += 1;
                 let started = Instant::now();
                 let mut result = send(&client, &uri).await;
                 // Only HTTP/2, and only a request hyper proves it never sent: the connection

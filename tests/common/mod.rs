@@ -488,3 +488,55 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> 
         .await
         .unwrap_or_else(|_| Err("timed out".to_owned()))
 }
+
+/// The ways to ask for a new generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Start the binary again with the same addresses.
+    StartAgain,
+    /// `kill -HUP <front>`.
+    Hangup,
+    /// `hello --upgrade`.
+    Command,
+}
+
+impl Way {
+    /// The three ways in turn, for the `i`-th upgrade.
+    pub fn nth(i: usize) -> Way {
+        [Way::StartAgain, Way::Hangup, Way::Command][i % 3]
+    }
+}
+
+impl Service {
+    /// Asks for generation `n` in the given way and waits until it answers.
+    pub async fn upgrade(&mut self, way: Way, n: u64) -> Hello {
+        match way {
+            Way::StartAgain => {
+                self.start_again(&[]);
+            }
+            Way::Hangup => self.signal_front(Signal::HUP),
+            Way::Command => {
+                let output = self.upgrade_command();
+                assert!(output.status.success(), "--upgrade failed: {output:?}");
+            }
+        }
+        self.wait_generation(n).await
+    }
+
+    /// Open descriptors and resident memory (KiB) of the front, from /proc.
+    pub fn front_resources(&self) -> (usize, u64) {
+        let pid = self.front_pid();
+        let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let rss = fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0);
+        (fds, rss)
+    }
+}
