@@ -495,6 +495,7 @@ pub enum Way {
     /// Start the binary again with the same addresses.
     StartAgain,
     /// `kill -HUP <front>`.
+    #[cfg(unix)]
     Hangup,
     /// `hello --upgrade`.
     Command,
@@ -502,8 +503,15 @@ pub enum Way {
 
 impl Way {
     /// The three ways in turn, for the `i`-th upgrade.
+    #[cfg(unix)]
     pub fn nth(i: usize) -> Way {
         [Way::StartAgain, Way::Hangup, Way::Command][i % 3]
+    }
+
+    /// The two ways Windows has (no SIGHUP) in turn, for the `i`-th upgrade.
+    #[cfg(windows)]
+    pub fn nth(i: usize) -> Way {
+        [Way::StartAgain, Way::Command][i % 2]
     }
 }
 
@@ -514,6 +522,7 @@ impl Service {
             Way::StartAgain => {
                 self.start_again(&[]);
             }
+            #[cfg(unix)]
             Way::Hangup => self.signal_front(Signal::HUP),
             Way::Command => {
                 let output = self.upgrade_command();
