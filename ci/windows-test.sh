@@ -56,10 +56,18 @@ if [ "$#" -eq 0 ]; then
 fi
 
 cd "$REPO_ROOT"
-log "cargo test --target x86_64-pc-windows-gnu $*"
+# The end-to-end tests run target/<triple>/debug/examples/<name>.exe. `cargo test` builds the
+# examples for this target but, unlike on Linux, leaves only the hashed file names there, so
+# build them plainly first (a no-op when they are up to date).
+log "cargo build --target x86_64-pc-windows-gnu --examples"
 set +e
-"${CARGO:-cargo}" test --target x86_64-pc-windows-gnu "$@" </dev/null
+"${CARGO:-cargo}" build --target x86_64-pc-windows-gnu --examples </dev/null
 status=$?
+if [ "$status" -eq 0 ]; then
+    log "cargo test --target x86_64-pc-windows-gnu $*"
+    "${CARGO:-cargo}" test --target x86_64-pc-windows-gnu "$@" </dev/null
+    status=$?
+fi
 set -e
 log "cargo exited with $status"
 exit "$status"
