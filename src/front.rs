@@ -57,14 +57,7 @@ pub(crate) async fn run(
         sockets.push(bind_retrying(candidates).await?.into_std()?);
     }
     let control = endpoint.listen(&lock)?;
-    let started = Front::new(config, exe, args, sockets);
-    let mut front = match started {
-        Ok(front) => front,
-        Err(e) => {
-            endpoint.remove();
-            return Err(e);
-        }
-    };
+    let mut front = Front::new(config, exe, args, sockets);
     tracing::info!(
         pid = std::process::id(),
         addresses = ?front.addresses(),
@@ -167,6 +160,9 @@ struct Generation {
     since: Instant,
     /// Ready deadline while starting; kill deadline while draining.
     deadline: Option<Instant>,
+    /// Its end was logged; the front only waits for the process to exit (or kills it at the
+    /// deadline), so that a spawned generation can never linger unnoticed.
+    ended: bool,
 }
 
 struct Peer {
@@ -205,9 +201,9 @@ impl Front {
         exe: PathBuf,
         args: Vec<OsString>,
         sockets: Vec<std::net::TcpListener>,
-    ) -> io::Result<Self> {
+    ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
-        Ok(Front {
+        Front {
             config,
             exe,
             args,
@@ -226,7 +222,7 @@ impl Front {
             events_tx,
             events,
             peer_slots: Arc::new(Semaphore::new(MAX_PEERS)),
-        })
+        }
     }
 
     fn addresses(&self) -> Vec<SocketAddr> {
@@ -339,7 +335,7 @@ impl Front {
                         .find(|(_, g)| g.peer == Some(peer))
                         .map(|(n, _)| *n);
                     if let Some(n) = found {
-                        self.lost(n, &format!("its control connection ended: {why}"));
+                        self.lost(n, &format!("its control connection ended: {why}"), false);
                     }
                 } else {
                     tracing::debug!(peer, pid = gone.pid, "control client left: {why}");
@@ -360,16 +356,13 @@ impl Front {
                     pid,
                     "generation {generation} (pid {pid}) exited with {status}"
                 );
-                if self.generations.contains_key(&generation) {
-                    self.lost(generation, &format!("it exited with {status}"));
-                }
+                self.lost(generation, &format!("it exited with {status}"), true);
             }
         }
     }
 
     fn on_hello(&mut self, peer: PeerId, pid: u32, role: Role, tx: mpsc::Sender<Command>) {
-        if let Some(since) = self.stopping {
-            let _ = since;
+        if self.stopping.is_some() {
             refuse(&tx, "the service is shutting down");
             return;
         }
@@ -406,6 +399,7 @@ impl Front {
                         peer: None,
                         since: Instant::now(),
                         deadline: Some(Instant::now() + self.config.ready_timeout),
+                        ended: false,
                     },
                 );
                 tracing::info!(
@@ -417,7 +411,7 @@ impl Front {
             }
         };
         if tx.try_send(Command::SendListeners(number)).is_err() {
-            self.lost(number, "its control connection is not writable");
+            self.lost(number, "its control connection is not writable", false);
             return;
         }
         if let Some(g) = self.generations.get_mut(&number) {
@@ -457,6 +451,7 @@ impl Front {
         }
         if let Some(g) = self.generations.get_mut(&n) {
             g.state = State::Active;
+            g.since = takeover;
             g.deadline = None;
         }
         self.failures = 0;
@@ -561,6 +556,7 @@ impl Front {
                 peer: None,
                 since: Instant::now(),
                 deadline: Some(Instant::now() + self.config.ready_timeout),
+                ended: false,
             },
         );
         tracing::info!(
@@ -571,24 +567,43 @@ impl Front {
         Ok(n)
     }
 
-    /// A generation is gone or must go: its process exited, its control connection ended, or
-    /// it missed a deadline. One log line says which state it was lost in and what follows.
-    fn lost(&mut self, n: u64, why: &str) {
-        if self
-            .generations
-            .get(&n)
-            .is_some_and(|g| g.state == State::Starting)
-        {
-            self.kill(n);
-        }
-        let Some(g) = self.generations.remove(&n) else {
+    /// A generation is gone or going: its process exited (`exited`), or its control
+    /// connection ended, or it missed its ready deadline. Logs one line for the state it was
+    /// in and what follows (rollback, respawn, drained).
+    fn lost(&mut self, n: u64, why: &str, exited: bool) {
+        let Some((state, ended)) = self.generations.get(&n).map(|g| (g.state, g.ended)) else {
             return;
         };
-        let pid = g.pid.unwrap_or_default();
-        if let Some(peer) = g.peer.and_then(|p| self.peers.remove(&p)) {
-            let _ = peer.tx.try_send(Command::Close);
+        if state == State::Starting {
+            self.kill(n);
         }
-        match g.state {
+        // A spawned process whose control connection ended is still running: keep it (as
+        // draining, with a kill deadline) until it exits, so it cannot linger unnoticed.
+        let lingering = !exited && state != State::Starting && self.children.contains_key(&n);
+        let drain_deadline = Instant::now() + self.config.drain_timeout + DRAIN_SLACK;
+        let g = if lingering {
+            let Some(g) = self.generations.get_mut(&n) else {
+                return;
+            };
+            g.state = State::Draining;
+            g.ended = true;
+            g.deadline = Some(g.deadline.unwrap_or(drain_deadline));
+            let peer = g.peer.take();
+            let (pid, since) = (g.pid.unwrap_or_default(), g.since);
+            self.close_peer(peer);
+            (pid, since)
+        } else {
+            let Some(g) = self.generations.remove(&n) else {
+                return;
+            };
+            self.close_peer(g.peer);
+            (g.pid.unwrap_or_default(), g.since)
+        };
+        if ended {
+            return;
+        }
+        let (pid, since) = g;
+        match state {
             State::Starting => {
                 self.answer_waiters(
                     n,
@@ -602,26 +617,22 @@ impl Front {
                         pid,
                         "rollback: generation {n} (pid {pid}) failed before it was ready ({why}); generation {active} keeps serving"
                     ),
-                    _ => {
-                        tracing::warn!(
-                            generation = n,
-                            pid,
-                            "generation {n} (pid {pid}) failed before it was ready ({why})"
-                        );
-                    }
+                    _ => tracing::warn!(
+                        generation = n,
+                        pid,
+                        "generation {n} (pid {pid}) failed before it was ready ({why})"
+                    ),
                 }
                 if self.active().is_none() {
                     self.failed_start(why);
                 }
             }
-            State::Active if self.stopping.is_some() => {
-                tracing::info!(
-                    generation = n,
-                    pid,
-                    "generation {n} (pid {pid}) stopped after {} ms",
-                    g.since.elapsed().as_millis()
-                );
-            }
+            State::Active if self.stopping.is_some() => tracing::info!(
+                generation = n,
+                pid,
+                "generation {n} (pid {pid}) stopped after serving {} ms",
+                since.elapsed().as_millis()
+            ),
             State::Active => {
                 tracing::error!(
                     generation = n,
@@ -634,14 +645,18 @@ impl Front {
                     self.respawn_at = Some(Instant::now() + delay);
                 }
             }
-            State::Draining => {
-                tracing::info!(
-                    generation = n,
-                    pid,
-                    "generation {n} (pid {pid}) finished draining after {} ms",
-                    g.since.elapsed().as_millis()
-                );
-            }
+            State::Draining => tracing::info!(
+                generation = n,
+                pid,
+                "generation {n} (pid {pid}) finished draining after {} ms",
+                since.elapsed().as_millis()
+            ),
+        }
+    }
+
+    fn close_peer(&mut self, peer: Option<PeerId>) {
+        if let Some(peer) = peer.and_then(|p| self.peers.remove(&p)) {
+            let _ = peer.tx.try_send(Command::Close);
         }
     }
 
@@ -712,22 +727,36 @@ impl Front {
             .map(|(n, g)| (*n, g.state))
             .collect();
         for (n, state) in expired {
-            let why = match state {
-                State::Starting => format!("not ready within {:?}", self.config.ready_timeout),
-                _ => format!(
-                    "still running {:?} after it was told to drain; killed",
-                    self.config.drain_timeout + DRAIN_SLACK
-                ),
-            };
-            self.kill(n);
-            if state != State::Starting {
-                self.exit_code = self.exit_code.max(i32::from(self.stopping.is_some()));
+            if state == State::Starting {
+                self.lost(
+                    n,
+                    &format!("not ready within {:?}", self.config.ready_timeout),
+                    false,
+                );
+                continue;
             }
-            self.lost(n, &why);
+            let pid = self
+                .generations
+                .get(&n)
+                .and_then(|g| g.pid)
+                .unwrap_or_default();
+            tracing::warn!(
+                generation = n,
+                pid,
+                "generation {n} (pid {pid}) still running {:?} after it was told to stop: killing it",
+                self.config.drain_timeout + DRAIN_SLACK
+            );
+            self.kill(n);
+            if let Some(g) = self.generations.remove(&n) {
+                self.close_peer(g.peer);
+            }
+            if self.stopping.is_some() {
+                self.exit_code = 1;
+            }
         }
         if let Some(deadline) = self.stopping
             && deadline <= now
-            && !self.generations.is_empty()
+            && !(self.generations.is_empty() && self.children.is_empty())
         {
             // Generations were told to stop and have their own deadlines; this only fires if
             // the front itself must not wait any longer.
@@ -758,7 +787,7 @@ impl Front {
             .map(|(n, _)| *n)
             .collect();
         for n in starting {
-            self.lost(n, "the service is stopping");
+            self.lost(n, "the service is stopping", false);
         }
         for g in self.generations.values_mut() {
             g.deadline = Some(deadline);
