@@ -61,7 +61,8 @@ pub fn superseded() -> impl Future<Output = ()> + Send + 'static {
 
 /// Whether this generation has stopped accepting because it was superseded or told to stop.
 pub fn is_draining() -> bool {
-    process().draining.borrow().is_some()
+    // Read on every response by the drain layer: an atomic, not the watch channel's lock.
+    process().draining_now.load(Ordering::Relaxed)
 }
 
 /// Tells the front this generation is ready to take over; see [`RiseFrontListener::ready`].
@@ -84,6 +85,7 @@ pub(crate) struct Process {
     ready: AtomicBool,
     ready_changed: Notify,
     draining: watch::Sender<Option<Instant>>,
+    draining_now: AtomicBool,
     live: AtomicUsize,
     idle_changed: Notify,
     idle_grace_ms: AtomicU64,
@@ -101,6 +103,7 @@ impl Process {
             ready: AtomicBool::new(false),
             ready_changed: Notify::new(),
             draining: watch::Sender::new(None),
+            draining_now: AtomicBool::new(false),
             live: AtomicUsize::new(0),
             idle_changed: Notify::new(),
             idle_grace_ms: AtomicU64::new(500),
@@ -204,6 +207,7 @@ impl Process {
         if !started {
             return;
         }
+        self.draining_now.store(true, Ordering::Relaxed);
         let slots = std::mem::take(&mut *self.slots.lock().unwrap_or_else(|e| e.into_inner()));
         for slot in slots.iter().filter_map(Weak::upgrade) {
             slot.close();

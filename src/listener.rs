@@ -157,8 +157,7 @@ impl RiseFrontListener {
                 self.backoff = None;
             }
             let error = {
-                let slot = Arc::clone(&self.slot);
-                let mut inner = slot.lock();
+                let mut inner = self.slot.lock();
                 if inner.closed {
                     return Poll::Ready(None);
                 }
@@ -169,7 +168,7 @@ impl RiseFrontListener {
                 {
                     inner.waker = Some(cx.waker().clone());
                 }
-                match self.poll_listeners(&inner.listeners, cx) {
+                match poll_listeners(&inner.listeners, &mut self.next, cx) {
                     Poll::Ready(Ok(accepted)) => {
                         self.delay = MIN_BACKOFF;
                         return Poll::Ready(Some(accepted));
@@ -184,36 +183,36 @@ impl RiseFrontListener {
         }
     }
 
-    /// One pass over the listeners, starting after the one that last yielded, so a busy address
-    /// cannot starve the others.
-    fn poll_listeners(
-        &mut self,
-        listeners: &[TcpListener],
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<(Connection, Addr)>> {
-        let n = listeners.len();
-        for i in 0..n {
-            let index = (self.next + i) % n;
-            loop {
-                match listeners[index].poll_accept(cx) {
-                    Poll::Ready(Ok((stream, peer))) => {
-                        self.next = index + 1;
-                        return Poll::Ready(Ok((Connection::new(stream, peer), Addr(peer))));
-                    }
-                    // The client gave up before we accepted; nothing is wrong with the listener.
-                    Poll::Ready(Err(e)) if is_per_connection(&e) => continue,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => break,
-                }
-            }
-        }
-        Poll::Pending
-    }
-
     /// Waits for the next connection; `None` once the generation stopped accepting.
     pub async fn accept(&mut self) -> Option<(Connection, Addr)> {
         poll_fn(|cx| self.poll_accept(cx)).await
     }
+}
+
+/// One pass over the listeners, starting after the one that last yielded, so a busy address
+/// cannot starve the others.
+fn poll_listeners(
+    listeners: &[TcpListener],
+    next: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<(Connection, Addr)>> {
+    let n = listeners.len();
+    for i in 0..n {
+        let index = (*next + i) % n;
+        loop {
+            match listeners[index].poll_accept(cx) {
+                Poll::Ready(Ok((stream, peer))) => {
+                    *next = index + 1;
+                    return Poll::Ready(Ok((Connection::new(stream, peer), Addr(peer))));
+                }
+                // The client gave up before we accepted; nothing is wrong with the listener.
+                Poll::Ready(Err(e)) if is_per_connection(&e) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+    }
+    Poll::Pending
 }
 
 fn is_per_connection(e: &io::Error) -> bool {
