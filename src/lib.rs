@@ -64,3 +64,29 @@ pub use generation::{is_draining, ready, superseded};
 pub use layer::{DrainFuture, DrainLayer, DrainService};
 pub use listener::{Addr, Connection, RiseFrontListener};
 pub use server::{GracefulServer, ServeSummary};
+
+/// The control-protocol decoder, for the fuzz targets in `fuzz/` only (`cargo fuzz` builds
+/// with `--cfg fuzzing`); not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Decodes `bytes` as one frame and, fed in two chunks, as a stream; must never panic.
+    pub fn decode(bytes: &[u8]) {
+        let _ = crate::protocol::decode(bytes);
+        let split = bytes.first().map_or(0, |b| usize::from(*b)).min(bytes.len());
+        let mut decoder = crate::protocol::FrameDecoder::new();
+        for chunk in [&bytes[..split], &bytes[split..]] {
+            if decoder.push(chunk).is_err() {
+                return;
+            }
+            while let Ok(Some(message)) = decoder.next_message() {
+                // Whatever decodes must encode and decode back to itself.
+                let mut frame = Vec::new();
+                if crate::protocol::encode(&message, &mut frame).is_ok() {
+                    let again = crate::protocol::decode(&frame);
+                    assert_eq!(again, Ok(Some((message, frame.len()))));
+                }
+            }
+        }
+    }
+}
