@@ -32,6 +32,21 @@
 //! and both fail requests that are already on the wire. With the grace and [`DrainLayer`]'s
 //! `Connection: close`, keep-alive clients leave after their current request instead.
 //!
+//! # hyper and tower
+//!
+//! [`GracefulServer`] serves HTTP/1 and HTTP/2 on a [`RiseFrontListener`] with any tower
+//! service (or hyper service via [`GracefulServer::serve_hyper`]) and drains by itself:
+//! GOAWAY for HTTP/2, `Connection: close` for HTTP/1, idle keep-alive closed after the grace,
+//! everything left closed at the drain deadline.
+//!
+//! ```no_run
+//! # async fn run(router: axum::Router) -> std::io::Result<()> {
+//! let listener = risefront::bind(["127.0.0.1:8080"]).await?;
+//! let summary = risefront::GracefulServer::new().serve(listener, router).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Platform support
 //!
 //! Linux and macOS (sockets passed with `SCM_RIGHTS`). The control socket lives in a private
