@@ -44,7 +44,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// # Example
 ///
 /// ```no_run
-/// ///
+/// use std::convert::Infallible;
+///
 /// use http_body_util::Full;
 /// use hyper::{Request, Response, body::{Bytes, Incoming}};
 ///
