@@ -391,22 +391,7 @@ impl Front {
             None => {
                 let n = self.next_generation;
                 self.next_generation += 1;
-                self.generations.insert(
-                    n,
-                    Generation {
-                        state: State::Starting,
-                        pid: Some(pid),
-                        peer: None,
-                        since: Instant::now(),
-                        deadline: Some(Instant::now() + self.config.ready_timeout),
-                        ended: false,
-                    },
-                );
-                tracing::info!(
-                    generation = n,
-                    pid,
-                    "generation {n} (pid {pid}) starting (started by hand)"
-                );
+                self.starting_generation(n, pid, "started by hand");
                 n
             }
         };
@@ -548,14 +533,21 @@ impl Front {
                 status,
             });
         });
+        self.starting_generation(n, pid, reason);
+        Ok(n)
+    }
+
+    /// Records generation `n` (process `pid`) as starting, with its ready deadline.
+    fn starting_generation(&mut self, n: u64, pid: u32, reason: &str) {
+        let now = Instant::now();
         self.generations.insert(
             n,
             Generation {
                 state: State::Starting,
                 pid: Some(pid),
                 peer: None,
-                since: Instant::now(),
-                deadline: Some(Instant::now() + self.config.ready_timeout),
+                since: now,
+                deadline: Some(now + self.config.ready_timeout),
                 ended: false,
             },
         );
@@ -564,7 +556,6 @@ impl Front {
             pid,
             "generation {n} (pid {pid}) starting ({reason})"
         );
-        Ok(n)
     }
 
     /// A generation is gone or going: its process exited (`exited`), or its control
