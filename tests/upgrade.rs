@@ -259,3 +259,31 @@ async fn standalone_binds_plainly() {
         "standalone mode creates no control socket"
     );
 }
+
+#[tokio::test]
+async fn every_address_moves_to_the_new_generation() {
+    let service = Service::spawn_on(&common::example("hello"), &[], 3);
+    service.poll_generation(1, true).await;
+    for addr in &service.addrs {
+        let (status, body) = common::get(*addr, "/").await.expect("GET /");
+        assert_eq!(
+            (status, common::parse_hello(&body).map(|h| h.generation)),
+            (200, Some(1))
+        );
+    }
+    let output = service.upgrade_command();
+    assert!(
+        output.status.success(),
+        "--upgrade with every address: {output:?}"
+    );
+    for addr in &service.addrs {
+        // Many connections on each address: every one is accepted by the new generation.
+        for _ in 0..20 {
+            let (status, body) = common::get(*addr, "/").await.expect("GET /");
+            assert_eq!(
+                (status, common::parse_hello(&body).map(|h| h.generation)),
+                (200, Some(2))
+            );
+        }
+    }
+}

@@ -90,7 +90,9 @@ pub fn parse_hello(body: &str) -> Option<Hello> {
 /// A running service: the front started from `exe`, in its own process group, with its own
 /// runtime directory and log file.
 pub struct Service {
+    /// The first address; `addrs` has them all.
     pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
     pub exe: PathBuf,
     pub dir: TempDir,
     pub env: Vec<(String, String)>,
@@ -113,22 +115,28 @@ impl Service {
 
     /// Starts the front without waiting for it to answer.
     pub fn spawn(exe: &Path, env: &[(&str, &str)]) -> Service {
+        Self::spawn_on(exe, env, 1)
+    }
+
+    /// Starts the front on `count` free addresses, without waiting for it to answer.
+    pub fn spawn_on(exe: &Path, env: &[(&str, &str)], count: usize) -> Service {
         let dir = TempDir::new();
         let run = dir.0.join("run");
         fs::create_dir_all(&run).expect("runtime dir");
         #[cfg(unix)]
         set_mode(&run, 0o700);
-        let addr = free_addr();
+        let addrs: Vec<SocketAddr> = (0..count).map(|_| free_addr()).collect();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let mut command = command_for(exe, addr, &dir.0, &env, &[]);
+        let mut command = command_for(exe, &addrs, &dir.0, &env, &[]);
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let front = command.spawn().expect("start the front");
         Service {
-            addr,
+            addr: addrs[0],
+            addrs,
             exe: exe.to_owned(),
             dir,
             env,
@@ -152,7 +160,7 @@ impl Service {
 
     /// The service's binary with its address, environment and log, not yet started.
     pub fn command(&self, extra_env: &[(&str, &str)]) -> Command {
-        command_for(&self.exe, self.addr, &self.dir.0, &self.env, extra_env)
+        command_for(&self.exe, &self.addrs, &self.dir.0, &self.env, extra_env)
     }
 
     pub fn front_pid(&self) -> u32 {
@@ -202,7 +210,7 @@ impl Service {
         let mut command = Command::new(&self.exe);
         command
             .arg("--upgrade")
-            .arg(self.addr.to_string())
+            .args(self.addrs.iter().map(ToString::to_string))
             .env("XDG_RUNTIME_DIR", self.runtime_dir())
             .stdin(Stdio::null());
         run_bounded(command, PATIENCE)
@@ -298,7 +306,7 @@ impl Service {
 
 fn command_for(
     exe: &Path,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     dir: &Path,
     env: &[(String, String)],
     extra_env: &[(&str, &str)],
@@ -310,7 +318,7 @@ fn command_for(
         .expect("log file");
     let mut command = Command::new(exe);
     command
-        .arg(addr.to_string())
+        .args(addrs.iter().map(ToString::to_string))
         .env("XDG_RUNTIME_DIR", dir.join("run"))
         .env("RUST_LOG", "info")
         .env_remove("RISEFRONT")
