@@ -136,3 +136,29 @@ async fn drain_layer_closes_keep_alive_on_plain_axum_serve() {
         "answered by the superseded generation"
     );
 }
+
+#[tokio::test]
+async fn the_plain_one_liner_exits_by_itself_once_superseded() {
+    let mut service =
+        Service::start_with(&example("minimal"), &[("RISEFRONT_DRAIN_TIMEOUT", "2s")]).await;
+    let g1 = service.hello().await;
+    service.start_again(&[]);
+    service.wait_generation(2).await;
+    // No connection left: the superseded generation exits at once.
+    wait_gone(g1.pid).await;
+
+    // A client that keeps its connection open holds the next one until the drain deadline.
+    let g2 = service.hello().await;
+    let held = tokio::net::TcpStream::connect(service.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    service.start_again(&[]);
+    service.wait_generation(3).await;
+    wait_gone(g2.pid).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "held until the 2 s drain deadline, then exited: {took:?}"
+    );
+    drop(held);
+}

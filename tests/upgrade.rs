@@ -135,6 +135,40 @@ async fn generation_never_ready_is_killed_at_the_ready_timeout() {
 }
 
 #[tokio::test]
+async fn a_second_upgrade_while_one_is_starting_is_refused() {
+    let mut service = Service::start_with(
+        &common::example("hello"),
+        &[("RISEFRONT_READY_TIMEOUT", "3s")],
+    )
+    .await;
+    let g1 = service.hello().await;
+    let hanging = service.start_again(&[("HELLO_FAIL", "hang")]);
+    service.wait_log(&format!("(pid {hanging}) starting")).await;
+
+    let output = service.upgrade_command();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a second upgrade was accepted");
+    assert!(stderr.contains("already in progress"), "{stderr}");
+
+    let another = service.start_again(&[]);
+    let status = service.wait_other(another);
+    assert!(
+        !status.success(),
+        "a second hand-started generation was accepted"
+    );
+    service.wait_log("refused a new generation").await;
+
+    assert_eq!(
+        service.hello().await,
+        g1,
+        "the active generation keeps serving"
+    );
+    service.wait_other(hanging);
+    let output = service.upgrade_command();
+    assert!(output.status.success(), "once the slot is free: {output:?}");
+}
+
+#[tokio::test]
 async fn killed_active_generation_is_respawned() {
     let service = Service::start().await;
     let g1 = service.hello().await;
