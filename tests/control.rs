@@ -75,7 +75,7 @@ async fn garbage_and_oversized_frames_are_dropped() {
     expect_dropped(&service, &[]).await;
 
     assert_eq!(service.hello().await, g1, "serving goes on");
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     assert!(
         output.status.success(),
         "upgrade after garbage failed: {output:?}"
@@ -119,7 +119,7 @@ async fn a_peer_claiming_another_process_id_is_refused() {
     );
 
     assert_eq!(service.hello().await, g1, "serving goes on");
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     assert!(
         output.status.success(),
         "upgrade after an impostor failed: {output:?}"

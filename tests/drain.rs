@@ -23,7 +23,7 @@ async fn upgrades_under_load(
     for n in 2..=upgrades + 1 {
         // Let the load reach the current generation before replacing it.
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let output = service.upgrade_command();
+        let output = service.upgrade_command().await;
         assert!(output.status.success(), "upgrade to {n} failed: {output:?}");
         service.wait_generation(n).await;
     }
@@ -48,7 +48,7 @@ fn assert_clean(name: &str, report: &Report, upgrades: u64) {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_client_sees_every_takeover_as_connection_close() {
     for name in ["hyper", "hello"] {
         let report = upgrades_under_load(name, &[], &[(Kind::KeepAlive, 1, "/")], 10).await;
@@ -61,7 +61,7 @@ async fn keep_alive_client_sees_every_takeover_as_connection_close() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_survive_upgrades() {
     for name in ["hyper", "gateway"] {
         let report =
@@ -81,7 +81,7 @@ async fn drain_deadline_cuts_what_outlives_it() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let started = Instant::now();
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     assert!(output.status.success(), "{output:?}");
 
     let (status, body) = short.await.unwrap().expect("the short request completes");
@@ -122,7 +122,7 @@ async fn drain_layer_closes_keep_alive_on_plain_axum_serve() {
     assert_eq!(close, None, "no Connection: close before the takeover");
     let g1 = common::parse_hello(&body).unwrap();
 
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     assert!(output.status.success(), "{output:?}");
     sender
         .ready()

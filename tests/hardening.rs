@@ -124,7 +124,7 @@ async fn slow_silent_and_flooding_peers_are_dropped_at_the_handshake_deadline() 
         "front memory grew from {rss_before} KiB to {rss_after} KiB"
     );
     assert_eq!(service.hello().await, g1);
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     assert!(
         output.status.success(),
         "a real upgrade right after: {output:?}"
@@ -199,7 +199,7 @@ async fn another_user_cannot_reach_or_talk_to_the_front() {
     service.wait_log("runs as uid 65534").await;
 
     assert_eq!(service.hello().await, g1, "serving goes on");
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     assert!(
         output.status.success(),
         "the owner still upgrades: {output:?}"

@@ -58,12 +58,12 @@ async fn run(keep_alive_path: &str) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_across_20_upgrades_under_load() {
     run("/").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_when_drains_overlap_upgrades() {
     // Slow requests keep superseded generations draining while the next upgrades happen.
     run("/slow?ms=300").await;
@@ -76,13 +76,13 @@ async fn front_does_not_leak_across_100_upgrades() {
     let service = Service::start().await;
     // Warm up: the first upgrades allocate the front's steady-state buffers.
     for n in 2..=6 {
-        let output = service.upgrade_command();
+        let output = service.upgrade_command().await;
         assert!(output.status.success(), "{output:?}");
         service.wait_generation(n).await;
     }
     let (fds_before, rss_before) = service.front_resources();
     for n in 7..=106 {
-        let output = service.upgrade_command();
+        let output = service.upgrade_command().await;
         assert!(output.status.success(), "upgrade to {n}: {output:?}");
     }
     service.wait_generation(106).await;

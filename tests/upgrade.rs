@@ -37,7 +37,7 @@ async fn three_ways_to_upgrade_keep_the_front() {
 
     // 3. `hello --upgrade`, which waits for the outcome.
     let last = pids.len() as u64 + 1;
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "--upgrade failed: {output:?}");
     assert!(
@@ -75,7 +75,7 @@ async fn slow_request_started_before_an_upgrade_completes_after_it() {
     let slow = tokio::spawn(async move { common::get(addr, "/slow?ms=2000").await });
     // Let the request reach generation 1 before the upgrade starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     assert!(output.status.success(), "--upgrade failed: {output:?}");
     assert_eq!(service.hello().await.generation, 2);
     let (status, body) = slow.await.unwrap().expect("slow request");
@@ -105,7 +105,7 @@ async fn generation_exiting_before_ready_is_rolled_back() {
     service.signal_front(Signal::HUP);
     #[cfg(windows)]
     {
-        let output = service.upgrade_command();
+        let output = service.upgrade_command().await;
         assert!(output.status.success(), "--upgrade failed: {output:?}");
     }
     service.wait_generation(3).await;
@@ -130,7 +130,7 @@ async fn generation_never_ready_is_killed_at_the_ready_timeout() {
     );
     assert_eq!(service.hello().await, g1);
     // An upgrade request while nothing is starting works again.
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     assert!(output.status.success(), "--upgrade failed: {output:?}");
 }
 
@@ -145,7 +145,7 @@ async fn a_second_upgrade_while_one_is_starting_is_refused() {
     let hanging = service.start_again(&[("HELLO_FAIL", "hang")]);
     service.wait_log(&format!("(pid {hanging}) starting")).await;
 
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "a second upgrade was accepted");
     assert!(stderr.contains("already in progress"), "{stderr}");
@@ -164,7 +164,7 @@ async fn a_second_upgrade_while_one_is_starting_is_refused() {
         "the active generation keeps serving"
     );
     service.wait_other(hanging);
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     assert!(output.status.success(), "once the slot is free: {output:?}");
 }
 
@@ -305,7 +305,7 @@ async fn every_address_moves_to_the_new_generation() {
             (200, Some(1))
         );
     }
-    let output = service.upgrade_command();
+    let output = service.upgrade_command().await;
     assert!(
         output.status.success(),
         "--upgrade with every address: {output:?}"

@@ -206,14 +206,22 @@ impl Service {
     }
 
     /// `hello --upgrade ADDR`: asks the front for a new generation and waits for the outcome.
-    pub fn upgrade_command(&self) -> Output {
-        let mut command = Command::new(&self.exe);
+    /// Async, so that load running on the same runtime keeps going during the takeover.
+    pub async fn upgrade_command(&self) -> Output {
+        let mut command = tokio::process::Command::new(&self.exe);
         command
             .arg("--upgrade")
             .args(self.addrs.iter().map(ToString::to_string))
             .env("XDG_RUNTIME_DIR", self.runtime_dir())
-            .stdin(Stdio::null());
-        run_bounded(command, PATIENCE)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = command.spawn().expect("spawn --upgrade");
+        tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .expect("--upgrade did not finish in time")
+            .expect("--upgrade output")
     }
 
     /// `GET path` on a new connection.
@@ -533,7 +541,7 @@ impl Service {
             #[cfg(unix)]
             Way::Hangup => self.signal_front(Signal::HUP),
             Way::Command => {
-                let output = self.upgrade_command();
+                let output = self.upgrade_command().await;
                 assert!(output.status.success(), "--upgrade failed: {output:?}");
             }
         }
