@@ -3,11 +3,12 @@
 //! client, then takeover latency over 20 upgrades and the front's footprint.
 //!
 //! ```text
-//! cargo run --release --example bench [-- --seconds 3 --rounds 5 --connections 32] [--aa]
+//! cargo run --release --example bench [-- --seconds 3 --rounds 6 --connections 32] [--aa]
 //! ```
 //!
-//! Both servers run as separate processes of this binary (`bench serve-plain ADDR` and
-//! `bench serve-risefront ADDR`), so they get the same build, runtime and app. Figures are
+//! Every server runs as a separate process of this binary (`bench serve-plain ADDR`,
+//! `bench serve-risefront ADDR`, `bench serve-risefront-oneliner ADDR`), so they get the same
+//! build, runtime and app; the load client runs in this process. Figures are
 //! printed as a Markdown table; BENCHMARKS.md holds a run of it.
 
 #[cfg(unix)]
@@ -44,12 +45,15 @@ mod bench {
         let args: Vec<String> = std::env::args().skip(1).collect();
         match args.first().map(String::as_str) {
             Some("serve-plain") => return runtime().block_on(serve_plain(&args[1])),
-            Some("serve-risefront") => return runtime().block_on(serve_risefront(&args[1])),
+            Some("serve-risefront") => return runtime().block_on(serve_risefront(&args[1], true)),
+            Some("serve-risefront-oneliner") => {
+                return runtime().block_on(serve_risefront(&args[1], false));
+            }
             _ => {}
         }
         let mut options = Options {
             seconds: 3,
-            rounds: 5,
+            rounds: 6,
             connections: 32,
             aa: false,
         };
@@ -104,7 +108,9 @@ mod bench {
         axum::serve(listener, app(body)).await
     }
 
-    async fn serve_risefront(addr: &str) -> std::io::Result<()> {
+    /// `hello_setup`: `DrainLayer` + `superseded()`, as the `hello` example and the README
+    /// recommend; otherwise the bare one-liner.
+    async fn serve_risefront(addr: &str, hello_setup: bool) -> std::io::Result<()> {
         tracing_subscriber::fmt()
             .with_ansi(false)
             .with_writer(std::io::stderr)
@@ -115,6 +121,9 @@ mod bench {
             listener.generation(),
             std::process::id()
         );
+        if !hello_setup {
+            return axum::serve(listener, app(body)).await;
+        }
         let app = app(body).layer(risefront::DrainLayer::new());
         axum::serve(listener, app)
             .with_graceful_shutdown(risefront::superseded())
@@ -164,25 +173,43 @@ mod bench {
     }
 
     async fn bench(options: Options, scratch: &Path) -> std::io::Result<()> {
-        let plain = Server::start("serve-plain", &scratch.join("plain.log"))?;
-        let rf_log = scratch.join("risefront.log");
-        // An A/A run (`--aa`) puts a second plain server in risefront's place: the ratios it
-        // prints are this machine's noise floor.
-        let second = if options.aa {
-            "serve-plain"
+        // The baseline, risefront as `hello` runs it (DrainLayer + superseded()), and the bare
+        // one-liner, which isolates the listener's own cost. An A/A run (`--aa`) puts plain
+        // servers in risefront's places: the ratios it prints are this machine's noise floor.
+        let modes: [(&str, &str); 3] = if options.aa {
+            [
+                ("plain tokio", "serve-plain"),
+                ("plain tokio (B)", "serve-plain"),
+                ("plain tokio (C)", "serve-plain"),
+            ]
         } else {
-            "serve-risefront"
+            [
+                ("plain tokio", "serve-plain"),
+                ("risefront, hello setup", "serve-risefront"),
+                ("risefront, one-liner", "serve-risefront-oneliner"),
+            ]
         };
-        let risefront = Server::start(second, &rf_log)?;
-        wait_answering(plain.addr).await?;
-        wait_answering(risefront.addr).await?;
-        for _ in 0..if options.aa { 0 } else { 10 } {
-            risefront::upgrade([risefront.addr]).await?;
+        let mut servers = Vec::new();
+        for (i, (_, mode)) in modes.iter().enumerate() {
+            servers.push(Server::start(
+                mode,
+                &scratch.join(format!("server-{i}.log")),
+            )?);
+        }
+        for server in &servers {
+            wait_answering(server.addr).await?;
+        }
+        if !options.aa {
+            for server in &servers[1..] {
+                for _ in 0..10 {
+                    risefront::upgrade([server.addr]).await?;
+                }
+            }
         }
         println!(
             "risefront bench{}: {} rounds x {} s per figure, {} concurrent connections, {} cores\n",
             if options.aa {
-                " (A/A: plain vs plain)"
+                " (A/A: plain everywhere)"
             } else {
                 ""
             },
@@ -199,15 +226,22 @@ mod bench {
             } else {
                 "new connection"
             };
-            let mut plain_runs = Figures::default();
-            let mut rf_runs = Figures::default();
-            // Interleaved, so drift in machine load hits both alike.
-            for _ in 0..options.rounds {
-                plain_runs.add(measure(plain.addr, keep_alive, options).await);
-                rf_runs.add(measure(risefront.addr, keep_alive, options).await);
+            let mut runs: Vec<Figures> = modes.iter().map(|_| Figures::default()).collect();
+            // Interleaved, and in alternating order (ABC CBA ...), so drift in machine load and
+            // any advantage of going first hit every server alike.
+            for round in 0..options.rounds {
+                let order: Vec<usize> = if round % 2 == 0 {
+                    (0..modes.len()).collect()
+                } else {
+                    (0..modes.len()).rev().collect()
+                };
+                for i in order {
+                    runs[i].add(measure(servers[i].addr, keep_alive, options).await);
+                }
             }
-            figures.push((kind, "plain tokio", plain_runs));
-            figures.push((kind, "risefront", rf_runs));
+            for ((name, _), run) in modes.iter().zip(runs) {
+                figures.push((kind, name, run));
+            }
         }
         println!("| load | server | req/s (median of rounds) | p50 | p99 | failed |");
         println!("| --- | --- | ---: | ---: | ---: | ---: |");
@@ -221,16 +255,21 @@ mod bench {
             );
         }
         println!();
-        for pair in figures.chunks_mut(2) {
-            let [(kind, _, plain), (_, _, rf)] = pair else {
+        for group in figures.chunks_mut(modes.len()) {
+            let Some(((kind, _, plain), others)) = group.split_first_mut() else {
                 continue;
             };
-            println!(
-                "{kind}: req/s ratio risefront/plain = {:.3}, p99 ratio = {:.3}",
-                rf.median_rate() / plain.median_rate(),
-                rf.quantile(0.99).as_secs_f64() / plain.quantile(0.99).as_secs_f64()
-            );
+            let (rate, p99) = (plain.median_rate(), plain.quantile(0.99).as_secs_f64());
+            for (_, name, f) in others {
+                println!(
+                    "{kind}: {name} / plain: req/s ratio {:.3}, p99 ratio {:.3}",
+                    f.median_rate() / rate,
+                    f.quantile(0.99).as_secs_f64() / p99
+                );
+            }
         }
+        let risefront = &servers[1];
+        let rf_log = scratch.join("server-1.log");
 
         if options.aa {
             return Ok(());
