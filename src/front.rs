@@ -306,7 +306,20 @@ impl Front {
         tokio::spawn(async move {
             let why = match serve_peer(peer, stream, &events, &sockets, handshake).await {
                 Ok(()) => "closed the connection".to_owned(),
-                Err(e) => e.to_string(),
+                Err(e) => {
+                    // Refusals and protocol violations are worth an operator's attention; a
+                    // generation's connection resetting as it exits is not.
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::PermissionDenied
+                            | io::ErrorKind::UnexpectedEof
+                    ) {
+                        tracing::warn!(peer, "dropped control connection: {e}");
+                    }
+                    e.to_string()
+                }
             };
             drop(permit);
             let _ = events.send(Event::PeerGone { peer, why });
@@ -818,9 +831,7 @@ async fn serve_peer(
     sockets: &[std::net::TcpListener],
     handshake: Duration,
 ) -> io::Result<()> {
-    let verified = handoff::check_peer(&stream).inspect_err(|e| {
-        tracing::warn!("refused control connection: {e}");
-    })?;
+    let verified = handoff::check_peer(&stream)?;
     let mut channel = Channel::new(stream, false);
     let hello = timeout(handshake, channel.recv()).await.map_err(|_| {
         io::Error::new(
@@ -845,7 +856,6 @@ async fn serve_peer(
                 reason: reason.clone(),
             })
             .await;
-        tracing::warn!("refused control connection: {reason}");
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
     }
     let (tx, mut commands) = mpsc::channel(8);

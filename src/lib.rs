@@ -88,7 +88,10 @@ pub mod __fuzz {
     /// Decodes `bytes` as one frame and, fed in two chunks, as a stream; must never panic.
     pub fn decode(bytes: &[u8]) {
         let _ = crate::protocol::decode(bytes);
-        let split = bytes.first().map_or(0, |b| usize::from(*b)).min(bytes.len());
+        let split = bytes
+            .first()
+            .map_or(0, |b| usize::from(*b))
+            .min(bytes.len());
         let mut decoder = crate::protocol::FrameDecoder::new();
         for chunk in [&bytes[..split], &bytes[split..]] {
             if decoder.push(chunk).is_err() {

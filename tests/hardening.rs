@@ -357,3 +357,50 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test]
+async fn no_message_lets_a_peer_redirect_traffic() {
+    let service =
+        Service::start_with(&example("hello"), &[("RISEFRONT_HANDSHAKE_TIMEOUT", "2s")]).await;
+    let g1 = service.hello().await;
+    let socket = service.control_endpoint().await;
+    let (fds_before, _) = service.front_resources();
+
+    // After a valid hello, every message only the front may send is a protocol violation:
+    // Listeners (with a blob that could name anything), Superseded, Upgraded, Shutdown, Error.
+    let mut listeners = 1u64.to_be_bytes().to_vec();
+    listeners.extend(1u16.to_be_bytes());
+    let path = b"/tmp/evil.sock";
+    listeners.extend((path.len() as u16).to_be_bytes());
+    listeners.extend_from_slice(path);
+    let upgraded = 7u64.to_be_bytes().to_vec();
+    let mut error = (4u16).to_be_bytes().to_vec();
+    error.extend_from_slice(b"evil");
+    for (kind, payload) in [
+        (2u8, listeners),
+        (4, Vec::new()),
+        (6, upgraded),
+        (7, Vec::new()),
+        (8, error),
+    ] {
+        // As a control client: introducing ourselves as a generation would make the front
+        // treat this test process as one, and kill it for misbehaving.
+        let mut peer = UnixStream::connect(&socket).await.unwrap();
+        let mut bytes = hello(std::process::id(), 2);
+        bytes.extend(frame(kind, &payload));
+        peer.write_all(&bytes).await.unwrap();
+        let took = time_until_dropped(&mut peer).await;
+        assert!(took < Duration::from_secs(5), "kind {kind}: kept {took:?}");
+    }
+    service.wait_log("unexpected Listeners").await;
+    // Traffic never moved: the same generation answers on the same address.
+    assert_eq!(service.hello().await, g1);
+    let (fds_after, _) = service.front_resources();
+    assert!(
+        fds_after <= fds_before + 1,
+        "the front opened something: {fds_before} -> {fds_after} descriptors"
+    );
+    let output = service.upgrade_command().await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(service.hello().await.generation, 2);
+}

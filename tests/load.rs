@@ -55,6 +55,15 @@ async fn run(keep_alive_path: &str) {
             "front exit: {status:?}\n{}",
             service.log()
         );
+        // No generation, hand-started or spawned, outlives the front.
+        let deadline = std::time::Instant::now() + common::PATIENCE;
+        while service.any_alive() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a process of the service outlived the front"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
