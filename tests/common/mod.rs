@@ -23,22 +23,48 @@ use rustix::process::{Pid, Signal};
 /// Upper bound for anything a test waits for; generous because CI machines are slow and noisy.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// Path of an example binary, built by `cargo test` next to the test binaries.
+/// Path of an example binary, next to the test binaries.
+///
+/// `cargo test --all-targets` compiles the examples only as test harnesses (with hashed
+/// names), so on Unix the first call builds them as plain binaries with the same cargo and
+/// profile: a no-op when they are fresh, and never a stale binary after a library change.
+/// Under Wine there is no cargo to call; `ci/windows-test.sh` builds them first.
 pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps");
+    #[cfg(unix)]
+    build_examples(dir);
     let path = dir
         .join("examples")
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --all-targets`",
+        "{} is missing: build the examples first (`cargo build --examples`; ci/test does)",
         path.display()
     );
     path
+}
+
+#[cfg(unix)]
+fn build_examples(profile_dir: &Path) {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let Some(cargo) = std::env::var_os("CARGO") else {
+            return;
+        };
+        let mut command = Command::new(cargo);
+        command
+            .args(["build", "--examples", "--quiet", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            command.arg("--release");
+        }
+        let status = command.status().expect("run cargo build --examples");
+        assert!(status.success(), "cargo build --examples failed");
+    });
 }
 
 /// A loopback port nobody listens on right now.
