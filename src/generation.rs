@@ -355,6 +355,7 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
     let process = process();
     process.configure(config, generation);
     process.install_signals();
+    ignore_hangup(generation);
     let listener = RiseFrontListener::new(listeners, generation, config);
     tracing::info!(
         generation,
@@ -364,6 +365,26 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
     );
     tokio::spawn(talk_to_front(channel, process, generation));
     Ok(listener)
+}
+
+/// Upgrades are the front's business: a SIGHUP sent to a generation by mistake (or by a
+/// closing terminal, which signals the whole process group) would otherwise kill it in the
+/// middle of its requests.
+fn ignore_hangup(generation: u64) {
+    match crate::signal::Hangup::new() {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                loop {
+                    hangup.recv().await;
+                    tracing::warn!(
+                        generation,
+                        "generation {generation} got SIGHUP and ignores it: send SIGHUP to the front to upgrade"
+                    );
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot listen for SIGHUP: {e}"),
+    }
 }
 
 /// The generation's half of the control channel, for as long as the process lives.

@@ -321,3 +321,13 @@ async fn every_address_moves_to_the_new_generation() {
         }
     }
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_to_a_generation_is_ignored() {
+    let service = Service::start().await;
+    let g1 = service.hello().await;
+    common::signal_pid(g1.pid, Signal::HUP);
+    service.wait_log("got SIGHUP and ignores it").await;
+    assert_eq!(service.hello().await, g1, "still serving, same process");
+}
