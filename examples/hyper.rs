@@ -22,7 +22,8 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(addrs: &[String]) -> std::io::Result<()> {
-    let listener = risefront::bind(addrs).await?;
+    // `risefront::bind(addrs)`, plus a readiness hook for the tests.
+    let listener = support::bind(addrs).await?;
     support::failure_hook();
 
     let body: Arc<str> = support::greeting(&listener).into();

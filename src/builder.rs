@@ -166,8 +166,9 @@ impl Builder {
     }
 
     /// Reports readiness only when [`RiseFrontListener::ready`] or [`crate::ready`] is called,
-    /// instead of when the server first polls the listener. For apps that start serving
-    /// before they are warm.
+    /// instead of when the server first polls the listener; until then the listener accepts
+    /// nothing and the previous generation keeps serving. For apps whose server loop starts
+    /// before they are warm (caches, connection pools).
     pub fn manual_ready(mut self) -> Self {
         self.manual_ready = true;
         self

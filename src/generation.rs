@@ -169,7 +169,15 @@ impl Process {
     pub(crate) fn mark_ready(&self) {
         if !self.ready.swap(true, Ordering::AcqRel) {
             self.ready_changed.notify_waiters();
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            for slot in slots.iter().filter_map(Weak::upgrade) {
+                slot.wake();
+            }
         }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     async fn wait_ready(&self) {

@@ -55,6 +55,9 @@ pub struct RiseFrontListener {
     generation: u64,
     next: usize,
     auto_ready: bool,
+    /// With manual readiness: accept nothing until the app says it is ready, so that a
+    /// warming-up generation does not take connections from the shared queue too early.
+    waiting_ready: bool,
     backoff: Option<Pin<Box<Sleep>>>,
     delay: Duration,
 }
@@ -75,6 +78,13 @@ impl Slot {
     fn lock(&self) -> MutexGuard<'_, SlotInner> {
         // A poisoned lock only means a panic elsewhere; the data is still consistent.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the task waiting in `poll_accept`, if any.
+    pub(crate) fn wake(&self) {
+        if let Some(waker) = self.lock().waker.take() {
+            waker.wake();
+        }
     }
 
     /// Closes our duplicates of the listening sockets; the front and the successor keep theirs.
@@ -111,6 +121,7 @@ impl RiseFrontListener {
             generation,
             next: 0,
             auto_ready: !config.manual_ready,
+            waiting_ready: config.manual_ready,
             backoff: None,
             delay: MIN_BACKOFF,
         }
@@ -139,8 +150,9 @@ impl RiseFrontListener {
     }
 
     /// Tells the front this generation is ready to take over. Only needed with
-    /// [`Builder::manual_ready`](crate::Builder::manual_ready); otherwise the first poll for a
-    /// connection says so. Calling it again does nothing.
+    /// [`Builder::manual_ready`](crate::Builder::manual_ready), where the listener accepts
+    /// nothing until then; otherwise the first poll for a connection says so. Calling it again
+    /// does nothing.
     pub fn ready(&self) {
         generation::process().mark_ready();
     }
@@ -150,6 +162,16 @@ impl RiseFrontListener {
         if self.auto_ready {
             self.auto_ready = false;
             generation::process().mark_ready();
+        }
+        if self.waiting_ready {
+            let mut inner = self.slot.lock();
+            // Checked under the slot's lock, which `mark_ready` takes to wake us: no lost wakeup.
+            if !generation::process().is_ready() {
+                inner.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            drop(inner);
+            self.waiting_ready = false;
         }
         loop {
             if let Some(sleep) = self.backoff.as_mut() {

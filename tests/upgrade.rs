@@ -331,3 +331,23 @@ async fn sighup_to_a_generation_is_ignored() {
     service.wait_log("got SIGHUP and ignores it").await;
     assert_eq!(service.hello().await, g1, "still serving, same process");
 }
+
+#[tokio::test]
+async fn manual_readiness_keeps_the_old_generation_serving_until_ready() {
+    let mut service = Service::start_with(&common::example("hyper"), &[]).await;
+    let g1 = service.hello().await;
+    let started = std::time::Instant::now();
+    service.start_again(&[("HELLO_READY_AFTER_MS", "1500")]);
+    // The new generation has the sockets and its server loop runs, but it accepts nothing
+    // until it says it is ready: every request meanwhile is answered by generation 1.
+    while started.elapsed() < Duration::from_millis(1000) {
+        assert_eq!(service.hello().await, g1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.wait_generation(2).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "took over after {:?}, before it was ready",
+        started.elapsed()
+    );
+}

@@ -76,6 +76,24 @@ pub fn failure_hook() {
     }
 }
 
+/// `risefront::bind`, except that `HELLO_READY_AFTER_MS=<n>` (used by the end-to-end tests)
+/// turns on manual readiness and reports ready `n` ms later, like an app warming a cache.
+#[allow(dead_code)] // Only the hyper example uses it; the others show `risefront::bind` itself.
+pub async fn bind(addrs: &[String]) -> std::io::Result<risefront::RiseFrontListener> {
+    let Some(ms) = std::env::var("HELLO_READY_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return risefront::bind(addrs).await;
+    };
+    let listener = risefront::Builder::new().manual_ready().bind(addrs).await?;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        risefront::ready();
+    });
+    Ok(listener)
+}
+
 /// Prints a server error and turns it into an exit code.
 pub fn exit(result: std::io::Result<()>) -> ExitCode {
     match result {
