@@ -317,14 +317,33 @@ pub struct Connection {
     #[pin]
     stream: TcpStream,
     peer: SocketAddr,
+    /// Set once our side is shut down: how long we keep reading before the socket is closed.
+    linger: Option<Linger>,
 }
+
+/// Lingering close: after the server shuts its side down, read and discard what the client
+/// still sends until it closes its side (or a short bound passes). Closing a socket that has
+/// unread data makes the kernel reset the connection, and a reset can destroy the last
+/// response (or HTTP/2 GOAWAY) still on its way to the client.
+struct Linger {
+    until: Pin<Box<Sleep>>,
+    discarded: usize,
+}
+
+/// How long, and how much, a closing connection keeps reading.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 
 impl Connection {
     fn new(stream: TcpStream, peer: SocketAddr) -> Self {
         // Best effort: a socket that refuses NODELAY still works.
         let _ = stream.set_nodelay(true);
         generation::process().connection_opened();
-        Connection { stream, peer }
+        Connection {
+            stream,
+            peer,
+            linger: None,
+        }
     }
 
     /// The client's address.
@@ -394,7 +413,39 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().stream.poll_shutdown(cx)
+        let mut this = self.project();
+        if this.linger.is_none() {
+            ready!(this.stream.as_mut().poll_shutdown(cx))?;
+            *this.linger = Some(Linger {
+                until: Box::pin(tokio::time::sleep(LINGER_TIME)),
+                discarded: 0,
+            });
+        }
+        let Some(linger) = this.linger.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match this.stream.as_mut().poll_read(cx, &mut buf) {
+                // The client closed its side too: closing now sends no reset.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    linger.discarded += buf.filled().len();
+                    if linger.discarded > LINGER_BYTES {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                // Our side is already shut down cleanly; a read error changes nothing.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    return match linger.until.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Ok(())),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
     }
 }
 
