@@ -199,10 +199,15 @@ async fn client_worker(
             while !*stopped.borrow() {
                 let started = Instant::now();
                 let mut result = send(&client, &uri).await;
-                // Only HTTP/2, and only a request hyper proves it never sent: the connection
-                // had received GOAWAY. Anything the server accepted and then lost still fails.
-                if http2 && matches!(&result, Err(Failure::Unsent(_))) {
+                // Only HTTP/2, and only a request the server provably never processed (its
+                // connection had received GOAWAY). The pool may hand the resend to another
+                // connection that is going away too, so allow a few (hyper's own retry has no
+                // bound). Anything the server accepted and then lost still fails.
+                let mut attempts = 1;
+                while http2 && attempts < MAX_ATTEMPTS && matches!(&result, Err(Failure::Unsent(_)))
+                {
                     report.lock().unwrap().resent += 1;
+                    attempts += 1;
                     result = send(&client, &uri).await;
                 }
                 let result = result.map_err(|f| match f {
@@ -219,6 +224,9 @@ async fn client_worker(
         .map(|m| m.into_inner().unwrap())
         .unwrap_or_default()
 }
+
+/// Attempts per HTTP/2 request when the server provably did not process the earlier ones.
+const MAX_ATTEMPTS: usize = 5;
 
 /// Whether the server provably did not process the request: hyper canceled it before writing
 /// it, or the server's GOAWAY (NO_ERROR) excluded its stream (RFC 9113 section 6.8: such
