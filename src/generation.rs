@@ -155,15 +155,10 @@ impl Process {
 
     /// Resolves when no connection is open.
     async fn idle(&self) {
-        loop {
-            let changed = self.idle_changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.live.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            changed.await;
-        }
+        wait_until(&self.idle_changed, || {
+            self.live.load(Ordering::Acquire) == 0
+        })
+        .await;
     }
 
     pub(crate) fn mark_ready(&self) {
@@ -181,15 +176,7 @@ impl Process {
     }
 
     async fn wait_ready(&self) {
-        loop {
-            let changed = self.ready_changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.ready.load(Ordering::Acquire) {
-                return;
-            }
-            changed.await;
-        }
+        wait_until(&self.ready_changed, || self.is_ready()).await;
     }
 
     async fn draining_since(&self) -> Instant {
@@ -286,6 +273,20 @@ impl Process {
                 self.start_draining(&format!("got {signal}"));
             }
         });
+    }
+}
+
+/// Waits until `done()` holds, re-checking whenever `changed` is notified. Registering before
+/// checking means a notification between the check and the wait is not lost.
+async fn wait_until(changed: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if done() {
+            return;
+        }
+        notified.await;
     }
 }
 

@@ -300,12 +300,8 @@ async fn accept_backs_off_on_emfile_and_recovers() {
 /// utime + stime of `pid`, in clock ticks.
 #[cfg(target_os = "linux")]
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    let fields = common::proc_stat(pid).unwrap_or_default();
+    // proc(5) numbers utime 14 and stime 15; `proc_stat` starts at the state, field 3.
     let field = |n: usize| {
         fields
             .get(n - 3)

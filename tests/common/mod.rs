@@ -448,14 +448,22 @@ pub fn alive(pid: u32) -> bool {
 /// the test's own children) counts as gone.
 #[cfg(unix)]
 pub fn alive(pid: u32) -> bool {
-    if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself contain spaces.
+    if let Some(stat) = proc_stat(pid) {
         return stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .first()
             .is_some_and(|state| state != "Z" && state != "X");
     }
     Pid::from_raw(pid as i32).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (Linux), starting with the state
+/// (field 3 in `proc(5)`'s numbering); `None` where there is no such file.
+#[cfg(unix)]
+pub fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is parenthesised and may itself contain spaces or parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
 /// Polls until `pid` is gone.
