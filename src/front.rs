@@ -25,10 +25,10 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::builder::Config;
+use crate::config::Config;
 use crate::channel::Channel;
 use crate::handoff::{self, ControlListener, Endpoint, FrontLock, Stream};
-use crate::listener::bind_first;
+use crate::net::bind_first;
 use crate::protocol::{Message, Role};
 
 /// Consecutive failed starts after which a front whose service never became ready gives up.
@@ -840,7 +840,7 @@ async fn serve_peer(
         )
     })??;
     let (pid, role) = match hello {
-        Some(Message::Hello { pid, role }) => (pid, role),
+        Some(Message::Hello { pid, role, .. }) => (pid, role),
         Some(other) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -9,7 +9,7 @@ use http::{Request, Response, Version};
 use pin_project::pin_project;
 use tower::{Layer, Service};
 
-use crate::generation::is_draining;
+use crate::process::is_draining;
 
 /// A tower layer that adds `Connection: close` to every HTTP/1 response written after this
 /// generation was superseded, so keep-alive clients leave after their current request instead

@@ -64,18 +64,21 @@
 
 mod builder;
 mod channel;
+mod config;
 mod front;
 mod generation;
 mod handoff;
 mod layer;
 mod listener;
+mod net;
+mod process;
 mod protocol;
 mod server;
 mod signal;
 mod upgrade;
 
 pub use builder::{Builder, bind, upgrade};
-pub use generation::{is_draining, ready, superseded};
+pub use process::{is_draining, ready, superseded};
 pub use layer::{DrainFuture, DrainLayer, DrainService};
 pub use listener::{Addr, Connection, RiseFrontListener};
 pub use server::{GracefulServer, ServeSummary};

@@ -9,7 +9,7 @@ use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -18,8 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 
-use crate::builder::Config;
-use crate::generation;
+use crate::config::Config;
+use crate::net::bind_first;
+use crate::process::{self, Gate};
 
 /// Accepts connections on the sockets handed over by the front.
 ///
@@ -64,7 +65,7 @@ pub struct RiseFrontListener {
 
 /// The listening sockets of one listener, shared with the drain logic so that they can be
 /// closed the instant the generation is superseded, even if nobody is polling `accept`.
-pub(crate) struct Slot {
+struct Slot {
     inner: Mutex<SlotInner>,
 }
 
@@ -79,16 +80,17 @@ impl Slot {
         // A poisoned lock only means a panic elsewhere; the data is still consistent.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    /// Wakes the task waiting in `poll_accept`, if any.
-    pub(crate) fn wake(&self) {
+impl Gate for Slot {
+    fn wake(&self) {
         if let Some(waker) = self.lock().waker.take() {
             waker.wake();
         }
     }
 
     /// Closes our duplicates of the listening sockets; the front and the successor keep theirs.
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
         inner.listeners.clear();
@@ -114,7 +116,9 @@ impl RiseFrontListener {
                 waker: None,
             }),
         });
-        generation::process().register(&slot);
+        let weak: Weak<Slot> = Arc::downgrade(&slot);
+        let gate: Weak<dyn Gate> = weak;
+        process::process().register(gate);
         RiseFrontListener {
             slot,
             local,
@@ -133,8 +137,8 @@ impl RiseFrontListener {
         for candidates in addrs {
             listeners.push(bind_first(candidates).await?);
         }
-        generation::process().configure(config, 0);
-        generation::process().install_signals();
+        process::process().configure(config, 0);
+        process::process().install_signals();
         Ok(Self::new(listeners, 0, config))
     }
 
@@ -154,19 +158,19 @@ impl RiseFrontListener {
     /// nothing until then; otherwise the first poll for a connection says so. Calling it again
     /// does nothing.
     pub fn ready(&self) {
-        generation::process().mark_ready();
+        process::process().mark_ready();
     }
 
     /// Polls for the next connection; `Ready(None)` once the generation stopped accepting.
     pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Connection, Addr)>> {
         if self.auto_ready {
             self.auto_ready = false;
-            generation::process().mark_ready();
+            process::process().mark_ready();
         }
         if self.waiting_ready {
             let mut inner = self.slot.lock();
             // Checked under the slot's lock, which `mark_ready` takes to wake us: no lost wakeup.
-            if !generation::process().is_ready() {
+            if !process::process().is_ready() {
                 inner.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
@@ -248,24 +252,6 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-/// Binds the first candidate that works, like `tokio::net::TcpListener::bind`.
-pub(crate) async fn bind_first(candidates: &[SocketAddr]) -> io::Result<TcpListener> {
-    let mut last = None;
-    for addr in candidates {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => return Ok(listener),
-            Err(e) => {
-                last = Some(io::Error::new(
-                    e.kind(),
-                    format!("risefront: bind {addr}: {e}"),
-                ))
-            }
-        }
-    }
-    Err(last
-        .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "risefront: no address")))
-}
-
 impl fmt::Debug for RiseFrontListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RiseFrontListener")
@@ -338,7 +324,7 @@ impl Connection {
     fn new(stream: TcpStream, peer: SocketAddr) -> Self {
         // Best effort: a socket that refuses NODELAY still works.
         let _ = stream.set_nodelay(true);
-        generation::process().connection_opened();
+        process::process().connection_opened();
         Connection {
             stream,
             peer,
@@ -365,7 +351,7 @@ impl Connection {
 #[pinned_drop]
 impl PinnedDrop for Connection {
     fn drop(self: Pin<&mut Self>) {
-        generation::process().connection_closed();
+        process::process().connection_closed();
     }
 }
 

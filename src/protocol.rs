@@ -13,7 +13,8 @@
 //!
 //! | kind | message      | payload                                                            |
 //! |------|--------------|--------------------------------------------------------------------|
-//! | 1    | `Hello`      | pid `u32`, role `u8` (1 generation, 2 control)                     |
+//! | 1    | `Hello`      | pid `u32`, role `u8` (1 generation, 2 control), ready and drain    |
+//! |      |              | timeouts in ms `u64` each (the sender's own, saturated)            |
 //! | 2    | `Listeners`  | generation `u64`, count `u16` (≤ 1024), count × (`u16` len, bytes) |
 //! | 3    | `Ready`      |                                                                    |
 //! | 4    | `Superseded` |                                                                    |
@@ -40,10 +41,13 @@
 //!   testable without sockets and lets the decoder be fuzzed with arbitrary
 //!   input.
 
+use std::time::Duration;
 use std::{error, fmt, io, str};
 
 /// Protocol revision. Bump it on any change to the layout above.
-pub(crate) const VERSION: u8 = 1;
+/// Version 2 added the sender's ready and drain timeouts to `Hello`, so that the front
+/// enforces a new build's own deadlines rather than its own.
+pub(crate) const VERSION: u8 = 2;
 
 /// Largest frame body accepted (after the 4-byte length prefix).
 pub(crate) const MAX_FRAME: usize = 64 * 1024;
@@ -108,8 +112,14 @@ impl Role {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message {
-    /// First frame of every peer.
-    Hello { pid: u32, role: Role },
+    /// First frame of every peer: who it is, and the deadlines the front should hold a
+    /// generation to (a control client sends its own, which the front ignores).
+    Hello {
+        pid: u32,
+        role: Role,
+        ready_timeout: Duration,
+        drain_timeout: Duration,
+    },
     /// Front -> generation: your generation number and one opaque blob per
     /// listening socket (empty on Unix, where the descriptors ride on this
     /// frame as `SCM_RIGHTS`; `WSAPROTOCOL_INFOW` bytes on Windows).
@@ -219,9 +229,16 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
     out.push(VERSION);
     out.push(msg.kind());
     match msg {
-        Message::Hello { pid, role } => {
+        Message::Hello {
+            pid,
+            role,
+            ready_timeout,
+            drain_timeout,
+        } => {
             out.extend_from_slice(&pid.to_be_bytes());
             out.push(role.to_wire());
+            out.extend_from_slice(&millis(*ready_timeout).to_be_bytes());
+            out.extend_from_slice(&millis(*drain_timeout).to_be_bytes());
         }
         Message::Listeners {
             generation,
@@ -245,10 +262,16 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
     Ok(())
 }
 
+/// A duration in whole milliseconds, saturated: "no timeout" (`Duration::MAX`) stays huge
+/// instead of wrapping.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Length of the frame body `msg` encodes to, if it is one we may send.
 fn body_len(msg: &Message) -> Result<usize, ProtocolError> {
     let payload = match msg {
-        Message::Hello { .. } => 4 + 1,
+        Message::Hello { .. } => 4 + 1 + 8 + 8,
         Message::Listeners { sockets, .. } => {
             if sockets.len() > MAX_SOCKETS {
                 return Err(ProtocolError::Malformed("too many sockets"));
@@ -323,7 +346,14 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
         KIND_HELLO => {
             let pid = u32::from_be_bytes(r.take("truncated hello")?);
             let role = Role::from_wire(u8::from_be_bytes(r.take("truncated hello")?))?;
-            Message::Hello { pid, role }
+            let ready_timeout = u64::from_be_bytes(r.take("truncated hello")?);
+            let drain_timeout = u64::from_be_bytes(r.take("truncated hello")?);
+            Message::Hello {
+                pid,
+                role,
+                ready_timeout: Duration::from_millis(ready_timeout),
+                drain_timeout: Duration::from_millis(drain_timeout),
+            }
         }
         KIND_LISTENERS => {
             let generation = u64::from_be_bytes(r.take("truncated listeners")?);
@@ -479,10 +509,14 @@ mod tests {
             Message::Hello {
                 pid: 4242,
                 role: Role::Generation,
+                ready_timeout: Duration::from_secs(60),
+                drain_timeout: Duration::from_millis(1500),
             },
             Message::Hello {
                 pid: u32::MAX,
                 role: Role::Control,
+                ready_timeout: Duration::ZERO,
+                drain_timeout: Duration::from_millis(u64::MAX),
             },
             Message::Listeners {
                 generation: 0,
@@ -531,15 +565,25 @@ mod tests {
                 Message::Hello {
                     pid: 0x0102_0304,
                     role: Role::Generation,
+                    ready_timeout: Duration::from_millis(0x0506),
+                    drain_timeout: Duration::from_millis(7),
                 },
-                &[0, 0, 0, 7, 1, 1, 1, 2, 3, 4, 1],
+                &[
+                    0, 0, 0, 23, 2, 1, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0,
+                    7,
+                ],
             ),
             (
                 Message::Hello {
                     pid: 9,
                     role: Role::Control,
+                    ready_timeout: Duration::MAX,
+                    drain_timeout: Duration::ZERO,
                 },
-                &[0, 0, 0, 7, 1, 1, 0, 0, 0, 9, 2],
+                &[
+                    0, 0, 0, 23, 2, 1, 0, 0, 0, 9, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                    0xff, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
             ),
             (
                 Message::Listeners {
@@ -547,22 +591,22 @@ mod tests {
                     sockets: vec![vec![0xaa], vec![]],
                 },
                 &[
-                    0, 0, 0, 17, 1, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
+                    0, 0, 0, 17, 2, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
                 ],
             ),
             (
                 Message::Upgraded {
                     generation: 0x0102_0304_0506_0708,
                 },
-                &[0, 0, 0, 10, 1, 6, 1, 2, 3, 4, 5, 6, 7, 8],
+                &[0, 0, 0, 10, 2, 6, 1, 2, 3, 4, 5, 6, 7, 8],
             ),
             (
                 Message::Error {
                     reason: "hé".to_owned(),
                 },
-                &[0, 0, 0, 7, 1, 8, 0, 3, b'h', 0xc3, 0xa9],
+                &[0, 0, 0, 7, 2, 8, 0, 3, b'h', 0xc3, 0xa9],
             ),
-            (Message::Ready, &[0, 0, 0, 2, 1, 3]),
+            (Message::Ready, &[0, 0, 0, 2, 2, 3]),
         ];
         for (msg, bytes) in cases {
             assert_eq!(frame(&msg), bytes, "{msg:?}");
@@ -737,7 +781,10 @@ mod tests {
     fn trailing_bytes() {
         let cases: [(u8, &[u8]); 4] = [
             (KIND_READY, &[0]),
-            (KIND_HELLO, &[0, 0, 0, 1, 1, 9]),
+            (
+                KIND_HELLO,
+                &[0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9],
+            ),
             (KIND_UPGRADED, &[0, 0, 0, 0, 0, 0, 0, 1, 0]),
             (KIND_ERROR, &[0, 1, b'a', b'b']),
         ];
@@ -748,6 +795,15 @@ mod tests {
                 "kind {kind}"
             );
         }
+    }
+
+    #[test]
+    fn a_version_1_hello_is_refused_by_version_not_misread() {
+        // What a generation built against risefront's first protocol sends.
+        assert_eq!(
+            decode(&raw(1, KIND_HELLO, &[0, 0, 0, 9, 1])),
+            Err(ProtocolError::UnsupportedVersion { got: 1 })
+        );
     }
 
     #[test]
@@ -912,7 +968,7 @@ mod tests {
         );
         assert_eq!(
             ProtocolError::UnsupportedVersion { got: 7 }.to_string(),
-            "peer speaks risefront protocol version 7, this build speaks 1"
+            "peer speaks risefront protocol version 7, this build speaks 2"
         );
         assert_eq!(
             ProtocolError::UnknownMessage { kind: 42 }.to_string(),
@@ -926,22 +982,29 @@ mod tests {
 
     #[test]
     fn converts_to_invalid_data_io_error() {
-        let err = io::Error::from(ProtocolError::UnsupportedVersion { got: 2 });
+        let err = io::Error::from(ProtocolError::UnsupportedVersion { got: 1 });
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(
             err.to_string(),
-            "peer speaks risefront protocol version 2, this build speaks 1"
+            "peer speaks risefront protocol version 1, this build speaks 2"
         );
         let inner = err
             .get_ref()
             .and_then(|e| e.downcast_ref::<ProtocolError>());
-        assert_eq!(inner, Some(&ProtocolError::UnsupportedVersion { got: 2 }));
+        assert_eq!(inner, Some(&ProtocolError::UnsupportedVersion { got: 1 }));
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
         let role = prop_oneof![Just(Role::Generation), Just(Role::Control)];
         prop_oneof![
-            (any::<u32>(), role).prop_map(|(pid, role)| Message::Hello { pid, role }),
+            (any::<u32>(), role, any::<u64>(), any::<u64>()).prop_map(|(pid, role, ready, drain)| {
+                Message::Hello {
+                    pid,
+                    role,
+                    ready_timeout: Duration::from_millis(ready),
+                    drain_timeout: Duration::from_millis(drain),
+                }
+            }),
             (any::<u64>(), vec(vec(any::<u8>(), 0..64), 0..8)).prop_map(|(generation, sockets)| {
                 Message::Listeners {
                     generation,

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::generation;
+use crate::process;
 use crate::layer::DrainFuture;
 use crate::listener::RiseFrontListener;
 
@@ -183,7 +183,7 @@ impl GracefulServer {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let process = generation::process();
+        let process = process::process();
         process.take_responsibility();
         let idle_grace = self.idle_grace.unwrap_or_else(|| process.idle_grace());
         let drain_timeout = self

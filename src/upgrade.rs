@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 
-use crate::builder::Config;
+use crate::config::Config;
 use crate::channel::Channel;
 use crate::handoff::Endpoint;
 use crate::protocol::{Message, Role};
@@ -26,6 +26,8 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> io::Result<
         .send(&Message::Hello {
             pid: std::process::id(),
             role: Role::Control,
+            ready_timeout: config.ready_timeout,
+            drain_timeout: config.drain_timeout,
         })
         .await?;
     channel.send(&Message::Upgrade).await?;

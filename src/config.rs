@@ -1,0 +1,182 @@
+//! The resolved options every process of a service agrees on: defaults, environment overrides,
+//! the service name, and saturating deadlines. A leaf: it imports nothing from the crate.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What every process of a service agrees on, after environment overrides.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) name: String,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_grace: Duration,
+    pub(crate) standalone: bool,
+    pub(crate) manual_ready: bool,
+}
+
+/// `from + after`, saturated: a timeout of `Duration::MAX` means "never", not a panic.
+pub(crate) fn deadline_after(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after)
+        .or_else(|| from.checked_add(FAR_FUTURE))
+        .unwrap_or(from)
+}
+
+/// Far enough to mean "never" for a server, near enough to be representable everywhere.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+const MAX_NAME: usize = 64;
+
+pub(crate) fn validate_name(name: &str) -> io::Result<String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "risefront: invalid service name {name:?}: use 1 to {MAX_NAME} letters, digits, '.', '_' or '-', not starting with '.'"
+            ),
+        ))
+    }
+}
+
+/// `127.0.0.1:8080` becomes `127.0.0.1_8080` and `[::1]:80` becomes `v6_0-0-0-0-0-0-0-1_80`;
+/// long lists are shortened with a hash so the socket path stays under the platform's limit
+/// (about 100 bytes on Unix).
+pub(crate) fn derive_name(addrs: &[Vec<SocketAddr>]) -> String {
+    let mut parts: Vec<String> = addrs
+        .iter()
+        .map(|candidates| match candidates[0] {
+            SocketAddr::V4(a) => format!("{}_{}", a.ip(), a.port()),
+            SocketAddr::V6(a) => {
+                let segments: Vec<String> =
+                    a.ip().segments().iter().map(|s| format!("{s:x}")).collect();
+                format!("v6_{}_{}", segments.join("-"), a.port())
+            }
+        })
+        .collect();
+    parts.sort();
+    let joined = parts.join("+");
+    if joined.len() <= 40 {
+        return joined.replace('+', "_and_");
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's randomly seeded hasher.
+    let hash = joined.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let prefix: String = joined
+        .chars()
+        .take(23)
+        .map(|c| if c == '+' { '_' } else { c })
+        .collect();
+    format!("{prefix}-{hash:016x}")
+}
+
+pub(crate) fn env_off() -> io::Result<bool> {
+    match std::env::var("RISEFRONT") {
+        Ok(v) => match v.to_ascii_lowercase().as_str() {
+            "off" | "0" | "false" | "no" | "standalone" => Ok(true),
+            "on" | "1" | "true" | "yes" | "" => Ok(false),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "risefront: RISEFRONT={v:?} is not understood; use RISEFRONT=off to bind plainly"
+                ),
+            )),
+        },
+        Err(_) => Ok(false),
+    }
+}
+
+pub(crate) fn env_duration(var: &str) -> io::Result<Option<Duration>> {
+    let Ok(value) = std::env::var(var) else {
+        return Ok(None);
+    };
+    parse_duration(&value).map(Some).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("risefront: {var}={value:?} is not a duration (examples: 500ms, 30s, 2m, 1.5)"),
+        )
+    })
+}
+
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = number.trim().parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<Vec<SocketAddr>> {
+        list.iter().map(|a| vec![a.parse().unwrap()]).collect()
+    }
+
+    #[test]
+    fn derived_names_are_sorted_and_file_safe() {
+        assert_eq!(derive_name(&addrs(&["127.0.0.1:8080"])), "127.0.0.1_8080");
+        assert_eq!(
+            derive_name(&addrs(&["127.0.0.2:1", "127.0.0.1:2"])),
+            derive_name(&addrs(&["127.0.0.1:2", "127.0.0.2:1"]))
+        );
+        assert_eq!(derive_name(&addrs(&["[::1]:80"])), "v6_0-0-0-0-0-0-0-1_80");
+        let long = derive_name(&addrs(&[
+            "[2001:db8::1]:8080",
+            "[2001:db8::2]:8080",
+            "10.0.0.1:1",
+        ]));
+        assert!(long.len() <= MAX_NAME, "{long}");
+        assert!(validate_name(&long).is_ok());
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("api-v2.internal_1").is_ok());
+        for bad in ["", "../x", "a/b", ".hidden", "sp ace", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn deadlines_saturate() {
+        let now = Instant::now();
+        assert!(deadline_after(now, Duration::MAX) > now + Duration::from_secs(86_400 * 365));
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        for bad in ["", "x", "-1", "5h", "1e400"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Resolving the addresses given to `bind` and binding them, as tokio's `TcpListener::bind`
+//! does: each address may resolve to several candidates and the first that binds wins.
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, ToSocketAddrs};
+
+/// Resolves each address to its candidates; the front binds the first candidate that works,
+/// as `tokio::net::TcpListener::bind` does.
+pub(crate) async fn resolve<I, A>(addrs: I) -> io::Result<Vec<Vec<SocketAddr>>>
+where
+    I: IntoIterator<Item = A>,
+    A: ToSocketAddrs,
+{
+    let mut out = Vec::new();
+    for addr in addrs {
+        let candidates: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        if candidates.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "risefront: an address resolved to nothing",
+            ));
+        }
+        if !out.contains(&candidates) {
+            out.push(candidates);
+        }
+    }
+    if out.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "risefront: bind needs at least one address",
+        ));
+    }
+    Ok(out)
+}
+
+
+/// Binds the first candidate that works, like `tokio::net::TcpListener::bind`.
+pub(crate) async fn bind_first(candidates: &[SocketAddr]) -> io::Result<TcpListener> {
+    let mut last = None;
+    for addr in candidates {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => {
+                last = Some(io::Error::new(
+                    e.kind(),
+                    format!("risefront: bind {addr}: {e}"),
+                ))
+            }
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "risefront: no address")))
+}
+

@@ -1,0 +1,317 @@
+//! The process-wide drain state of a generation: ready or not, draining since when, how many
+//! connections are open, and the process's exit once drained.
+//!
+//! One process is one generation, so this state is process-wide: [`superseded`] and [`ready`]
+//! are free functions that work from anywhere in the app. It imports nothing above it: the
+//! listener registers its sockets here through [`Gate`], and the control channel calls in.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::config::{Config, deadline_after};
+
+/// What the drain state needs of a listener: closing its sockets the instant the generation
+/// stops accepting, and waking it when readiness changes.
+pub(crate) trait Gate: Send + Sync {
+    /// Wakes the task waiting for a connection, if any.
+    fn wake(&self);
+    /// Closes this process's copies of the listening sockets.
+    fn close(&self);
+}
+
+/// Resolves when this generation should stop serving: a newer generation has taken over, the
+/// front is shutting the service down, or the process got SIGTERM/SIGINT (Ctrl-C).
+///
+/// The listener stops accepting at that moment, but this future resolves only after the idle
+/// grace (500 ms by default, see [`Builder::idle_grace`](crate::Builder::idle_grace)) or as
+/// soon as the generation has no connection left, whichever comes first. That delay is what
+/// keeps requests from failing: hyper cancels connections it has accepted but not yet read
+/// from, and closes idle keep-alive connections that clients may be sending on right now, the
+/// instant graceful shutdown starts.
+///
+/// Passing it to a server's graceful shutdown also tells risefront that the app ends the
+/// process itself; without it, a superseded generation exits on its own once its last
+/// connection closes. Either way it exits at the drain deadline.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// let app = axum::Router::new()
+///     .route("/", axum::routing::get(|| async { "hello" }))
+///     .layer(risefront::DrainLayer::new());
+/// axum::serve(risefront::bind(["127.0.0.1:8080"]).await?, app)
+///     .with_graceful_shutdown(risefront::superseded())
+///     .await
+/// # }
+/// ```
+pub fn superseded() -> impl Future<Output = ()> + Send + 'static {
+    let process = process();
+    process.take_responsibility();
+    async move {
+        process.install_signals();
+        let since = process.draining_since().await;
+        let grace = process.idle_grace();
+        tokio::select! {
+            _ = tokio::time::sleep_until(since + grace) => {}
+            _ = process.idle() => {}
+        }
+    }
+}
+
+/// Whether this generation has stopped accepting because it was superseded or told to stop.
+pub fn is_draining() -> bool {
+    // Read on every response by the drain layer: an atomic, not the watch channel's lock.
+    process().draining_now.load(Ordering::Relaxed)
+}
+
+/// Tells the front this generation is ready to take over; see [`RiseFrontListener::ready`].
+pub fn ready() {
+    process().mark_ready();
+}
+
+pub(crate) fn process() -> &'static Process {
+    static PROCESS: LazyLock<Process> = LazyLock::new(Process::new);
+    &PROCESS
+}
+
+/// Process-wide generation state.
+pub(crate) struct Process {
+    generation: AtomicU64,
+    joined: AtomicBool,
+    /// Set once the app took responsibility for exiting, by asking for [`superseded`].
+    handled: AtomicBool,
+    signals: AtomicBool,
+    ready: AtomicBool,
+    ready_changed: Notify,
+    draining: watch::Sender<Option<Instant>>,
+    draining_now: AtomicBool,
+    live: AtomicUsize,
+    idle_changed: Notify,
+    idle_grace_ms: AtomicU64,
+    drain_timeout_ms: AtomicU64,
+    slots: Mutex<Vec<Weak<dyn Gate>>>,
+}
+
+impl Process {
+    fn new() -> Self {
+        Process {
+            generation: AtomicU64::new(0),
+            joined: AtomicBool::new(false),
+            handled: AtomicBool::new(false),
+            signals: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            ready_changed: Notify::new(),
+            draining: watch::Sender::new(None),
+            draining_now: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+            idle_changed: Notify::new(),
+            idle_grace_ms: AtomicU64::new(500),
+            drain_timeout_ms: AtomicU64::new(30_000),
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn configure(&self, config: &Config, generation: u64) {
+        self.generation.store(generation, Ordering::Relaxed);
+        self.idle_grace_ms
+            .store(millis(config.idle_grace), Ordering::Relaxed);
+        self.drain_timeout_ms
+            .store(millis(config.drain_timeout), Ordering::Relaxed);
+    }
+
+    /// The app (or [`GracefulServer`](crate::GracefulServer)) ends the process itself once
+    /// drained; risefront then only enforces the drain deadline.
+    pub(crate) fn take_responsibility(&self) {
+        self.handled.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn idle_grace(&self) -> Duration {
+        Duration::from_millis(self.idle_grace_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn register(&self, gate: Weak<dyn Gate>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|s| s.strong_count() > 0);
+        if self.draining.borrow().is_some()
+            && let Some(gate) = gate.upgrade()
+        {
+            gate.close();
+        }
+        slots.push(gate);
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_changed.notify_waiters();
+        }
+    }
+
+    /// Resolves when no connection is open.
+    async fn idle(&self) {
+        wait_until(&self.idle_changed, || {
+            self.live.load(Ordering::Acquire) == 0
+        })
+        .await;
+    }
+
+    pub(crate) fn mark_ready(&self) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.ready_changed.notify_waiters();
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            for slot in slots.iter().filter_map(Weak::upgrade) {
+                slot.wake();
+            }
+        }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn wait_ready(&self) {
+        wait_until(&self.ready_changed, || self.is_ready()).await;
+    }
+
+    async fn draining_since(&self) -> Instant {
+        let mut rx = self.draining.subscribe();
+        let since = rx.wait_for(Option::is_some).await.map(|since| *since);
+        match since {
+            Ok(since) => since.unwrap_or_else(Instant::now),
+            // The sender lives in a static and is never dropped.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Stops accepting and starts draining; later calls do nothing.
+    pub(crate) fn start_draining(&'static self, why: &str) {
+        let now = Instant::now();
+        let started = self.draining.send_if_modified(|state| {
+            if state.is_some() {
+                return false;
+            }
+            *state = Some(now);
+            true
+        });
+        if !started {
+            return;
+        }
+        self.draining_now.store(true, Ordering::Relaxed);
+        let slots = std::mem::take(&mut *self.slots.lock().unwrap_or_else(|e| e.into_inner()));
+        for slot in slots.iter().filter_map(Weak::upgrade) {
+            slot.close();
+        }
+        let generation = self.generation.load(Ordering::Relaxed);
+        tracing::info!(
+            generation,
+            connections = self.live.load(Ordering::Relaxed),
+            "generation {generation} {why}: stopped accepting, draining"
+        );
+        tokio::spawn(self.drain(now));
+    }
+
+    /// Ends the process once drained when nobody else will (a plain `axum::serve` without
+    /// graceful shutdown never returns), and in every case at the drain deadline.
+    async fn drain(&'static self, since: Instant) {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let deadline = deadline_after(since, self.drain_timeout());
+        if tokio::time::timeout_at(deadline, self.idle()).await.is_ok() {
+            tracing::info!(
+                generation,
+                "generation {generation} drained in {} ms",
+                since.elapsed().as_millis()
+            );
+            if !self.handled.load(Ordering::Relaxed) {
+                std::process::exit(0);
+            }
+            tokio::time::sleep_until(deadline + APP_EXIT_SLACK).await;
+            tracing::warn!(
+                generation,
+                "generation {generation} drained but the app did not exit by the drain deadline; exiting"
+            );
+        } else {
+            if self.handled.load(Ordering::Relaxed) {
+                // Give the app's own deadline handling (GracefulServer's summary) a moment.
+                tokio::time::sleep(APP_EXIT_SLACK).await;
+            }
+            tracing::warn!(
+                generation,
+                open = self.live.load(Ordering::Relaxed),
+                "generation {generation} still had connections at the drain deadline ({:?}); closing them and exiting",
+                self.drain_timeout()
+            );
+        }
+        std::process::exit(0);
+    }
+
+    /// SIGTERM or SIGINT start draining; a second one ends the process at once, as people
+    /// pressing Ctrl-C twice expect.
+    pub(crate) fn install_signals(&'static self) {
+        if self.signals.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut signals = match crate::signal::Terminate::new() {
+            Ok(signals) => signals,
+            Err(e) => {
+                tracing::warn!("cannot listen for termination signals: {e}");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            loop {
+                let signal = signals.recv().await;
+                if self.draining.borrow().is_some() {
+                    tracing::warn!("second {signal} while draining: exiting now");
+                    std::process::exit(130);
+                }
+                self.start_draining(&format!("got {signal}"));
+            }
+        });
+    }
+}
+
+/// Waits until `done()` holds, re-checking whenever `changed` is notified. Registering before
+/// checking means a notification between the check and the wait is not lost.
+async fn wait_until(changed: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if done() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// How long past the drain deadline an app that handles its own shutdown may take to exit.
+const APP_EXIT_SLACK: Duration = Duration::from_secs(1);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Refuses a second `bind` in one process: a process is one generation of one service.
+pub(crate) fn claim() -> io::Result<()> {
+    if process().joined.swap(true, Ordering::AcqRel) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "risefront: bind was already called in this process; pass every address to one bind call",
+        ));
+    }
+    Ok(())
+}
