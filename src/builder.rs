@@ -8,7 +8,7 @@ use tokio::net::ToSocketAddrs;
 use tokio::time::Instant;
 
 use crate::config::{Config, deadline_after, derive_name, env_duration, env_off, validate_name};
-use crate::handoff::Endpoint;
+use crate::handoff::{self, Endpoint};
 use crate::listener::RiseFrontListener;
 use crate::net::resolve;
 use crate::{front, generation, process};
@@ -180,6 +180,10 @@ impl Builder {
             return RiseFrontListener::standalone(&addrs, &config).await;
         }
         process::claim()?;
+        // Spawned by the front: the channel is already connected, whoever crowds the endpoint.
+        if let Some(stream) = handoff::inherited_channel()? {
+            return generation::join(stream, &config).await;
+        }
         let endpoint = Endpoint::for_service(&config.name)?;
         let deadline = deadline_after(Instant::now(), config.handshake_timeout);
         loop {

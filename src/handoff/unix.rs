@@ -1,14 +1,16 @@
 //! Unix transport for the control channel: a socket file in a private directory, peer
 //! credentials checked on every connection, and listening sockets passed with `SCM_RIGHTS`.
 //!
-//! Everything here is safe Rust: `rustix` wraps `sendmsg`/`recvmsg` and the descriptors come
-//! back as `OwnedFd`, so no `unsafe` is needed on Unix.
+//! Nearly everything here is safe Rust: `rustix` wraps `sendmsg`/`recvmsg` and the descriptors
+//! come back as `OwnedFd`. The one `unsafe` block adopts the control channel a front-spawned
+//! generation inherits by descriptor number, which no safe API can express.
 
 use std::fs;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::{Path, PathBuf};
 
 use rustix::net::{
@@ -297,12 +299,160 @@ fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Kills a generation the front did not spawn itself (one started by hand), by its verified pid.
-pub(crate) fn kill_pid(pid: u32) {
-    if let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+/// The variable that tells a front-spawned generation which descriptor is its control channel:
+/// `<front pid>:<descriptor>`.
+pub(crate) const CHANNEL_VAR: &str = "RISEFRONT_CHANNEL";
+
+/// The end of a control channel that a generation the front spawns inherits, so that it never
+/// has to compete with other peers for a connection to the public endpoint.
+pub(crate) struct ChildChannel {
+    end: OwnedFd,
+}
+
+/// A connected pair: the front's end, and the end the child inherits.
+pub(crate) fn child_channel(_endpoint: &Endpoint) -> io::Result<(Stream, ChildChannel)> {
+    // std creates both ends close-on-exec on every Unix.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| io::Error::new(e.kind(), format!("risefront: create a control channel: {e}")))?;
+    ours.set_nonblocking(true)?;
+    Ok((UnixStream::from_std(ours)?, ChildChannel { end: theirs.into() }))
+}
+
+impl ChildChannel {
+    /// Prepares `command` so the child inherits this end. Keep what it returns until the spawn
+    /// returned, then drop it.
+    ///
+    /// The inherited copy is a `dup` (which clears close-on-exec) rather than a `pre_exec`
+    /// hook, so no code runs between fork and exec. Another thread of the front that spawned a
+    /// program in that instant would inherit it too; the front runs no such threads (it runs
+    /// no application code once it is the front).
+    pub(crate) fn attach(self, command: &mut tokio::process::Command) -> io::Result<Inherited> {
+        let inheritable = rustix::io::dup(&self.end).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("risefront: duplicate the control channel for a child: {e}"),
+            )
+        })?;
+        command.env(
+            CHANNEL_VAR,
+            format!("{}:{}", std::process::id(), inheritable.as_raw_fd()),
+        );
+        Ok(Inherited {
+            _ends: [self.end, inheritable],
+        })
+    }
+}
+
+/// The child's end of a channel, held until the spawn returned; dropping it closes the
+/// front's copies, so the child's exit shows as the end of the channel.
+pub(crate) struct Inherited {
+    _ends: [OwnedFd; 2],
+}
+
+/// The front's end of an inherited channel is connected from birth.
+pub(crate) async fn wait_connected(_stream: &Stream) -> io::Result<()> {
+    Ok(())
+}
+
+/// The pid on the far end of an inherited channel, where the system can tell: a socketpair
+/// reports the process that created it (the front), so here it cannot, and the child the
+/// front spawned is the only other holder of the pair.
+pub(crate) fn child_pid(_stream: &Stream) -> io::Result<Option<u32>> {
+    Ok(None)
+}
+
+/// In a generation: the control channel inherited from the front that spawned this process.
+///
+/// `Ok(None)` when there is none: no variable, or one meant for another process (it is
+/// inherited by our own children too, whose parent is not the front; and a child orphaned by
+/// a front killed with `-9` is not one it can reach).
+pub(crate) fn inherited_channel() -> io::Result<Option<Stream>> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let Some(value) = std::env::var_os(CHANNEL_VAR) else {
+        return Ok(None);
+    };
+    let Some((front, fd)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return Err(bad_channel(&value, "expected <front pid>:<descriptor>"));
+    };
+    let (Ok(front), Ok(fd)) = (front.parse::<i32>(), fd.parse::<RawFd>()) else {
+        return Err(bad_channel(&value, "expected <front pid>:<descriptor>"));
+    };
+    let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    if parent != front || fd < 3 || TAKEN.swap(true, Ordering::AcqRel) {
+        return Ok(None);
+    }
+    // SAFETY: the front that is our parent (checked above) started this process with `fd`
+    // open and close-on-exec cleared, for this process to own (see `ChildChannel::attach`);
+    // nothing else in the process knows the number, and `TAKEN` makes sure it is adopted at
+    // most once. It is checked to be a socket of our own user before any use.
+    let end = unsafe { OwnedFd::from_raw_fd(fd) };
+    let is_socket = rustix::fs::fstat(&end)
+        .map(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket);
+    if is_socket != Ok(true) {
+        // Closed or reused by the program before it called bind: not ours to close.
+        std::mem::forget(end);
+        return Err(bad_channel(
+            &value,
+            &format!("descriptor {fd} is not an open socket"),
+        ));
+    }
+    set_cloexec(&end)?;
+    let stream = std::os::unix::net::UnixStream::from(end);
+    stream.set_nonblocking(true)?;
+    let stream = UnixStream::from_std(stream)?;
+    check_peer(&stream)?;
+    Ok(Some(stream))
+}
+
+fn bad_channel(value: &std::ffi::OsStr, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("risefront: {CHANNEL_VAR}={value:?} cannot be used: {why}"),
+    )
+}
+
+/// A generation process the front did not spawn (one started by hand), held from the moment
+/// its identity was verified, so that a kill can never reach a later process that reused its
+/// pid.
+pub(crate) struct ProcessHandle {
+    #[cfg(target_os = "linux")]
+    pidfd: OwnedFd,
+    /// Where there is no pidfd (macOS, the BSDs), the verified pid is all there is: a kill
+    /// could then reach a process that reused the pid after this one exited, which needs the
+    /// pid space to wrap around within the few seconds a generation starts.
+    #[cfg(not(target_os = "linux"))]
+    pid: rustix::process::Pid,
+}
+
+impl ProcessHandle {
+    /// Takes hold of process `pid`, which the caller just verified.
+    pub(crate) fn open(pid: u32) -> io::Result<Self> {
+        let raw = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("bad pid {pid}")))?;
+        #[cfg(target_os = "linux")]
+        return rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+            .map(|pidfd| ProcessHandle { pidfd })
+            .map_err(|e| {
+                io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("risefront: pidfd_open({pid}): {e}"),
+                )
+            });
+        #[cfg(not(target_os = "linux"))]
+        return Ok(ProcessHandle { pid: raw });
+    }
+
+    /// Kills the process (SIGKILL). One that already exited is not an error.
+    pub(crate) fn kill(&self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        let result = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
+        #[cfg(not(target_os = "linux"))]
+        let result = rustix::process::kill_process(self.pid, rustix::process::Signal::KILL);
+        match result {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -1,0 +1,813 @@
+//! The front's upgrade state machine, as a plain value: events and the current time go in,
+//! actions come out, and nothing here touches a socket, a process or a clock.
+//!
+//! ```text
+//! Starting(N+1) --Ready--> Active(N+1); Active(N) --> Draining(N) --exit--> gone
+//! Starting(N+1) --exit / ready deadline / control connection lost--> Killed; Active(N) serves on
+//! Active(N) --exit / control connection lost--> respawn after a delay that grows with each
+//!                                               consecutive failure; give up after a bound
+//! Draining(N) --drain deadline--> Killed --exit--> gone
+//! ```
+//!
+//! The I/O shell in [`super`] turns signals, peer frames and child exits into [`Input`]s, feeds
+//! them to [`Machine::handle`], performs the [`Action`]s it returns, and sleeps until
+//! [`Machine::next_deadline`] to send [`Input::Tick`]. Every rule about upgrades lives here, so
+//! that unit and property tests can drive it through any order of events with a fake clock —
+//! the pattern of quinn-proto and h2.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::deadline_after;
+use crate::protocol::{Message, Role};
+
+/// A generation's number: 1 for the first, then 2, 3, …
+pub(crate) type Gen = u64;
+/// The shell's name for one control connection.
+pub(crate) type PeerId = u64;
+
+/// Consecutive failures after which a front whose service never became ready gives up.
+pub(crate) const MAX_INITIAL_ATTEMPTS: u32 = 3;
+/// Consecutive failures (failed starts, crashes soon after ready) after which the front gives
+/// up even though the service served before: at the longest delay this is about a minute of
+/// trying, after which a supervisor's restart policy is the better judge.
+pub(crate) const MAX_CONSECUTIVE_FAILURES: u32 = 10;
+/// A generation that served this long is healthy: the count of consecutive failures restarts.
+/// A crash sooner after ready counts as a failed start.
+pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Shortest and longest wait before starting a replacement after a failure.
+pub(crate) const MIN_RESPAWN_DELAY: Duration = Duration::from_millis(200);
+pub(crate) const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(10);
+/// Extra time a generation gets past its own drain deadline before the front kills it: the
+/// generation enforces the deadline itself and needs a moment to exit.
+pub(crate) const DRAIN_SLACK: Duration = Duration::from_secs(5);
+
+/// The deadlines a generation asked for in its Hello (its own build's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    pub(crate) ready: Duration,
+    pub(crate) drain: Duration,
+}
+
+/// What happened, as the shell saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Input {
+    /// The front is up: start generation 1.
+    Start,
+    /// SIGHUP: start a new generation.
+    Hangup,
+    /// A control client that said Hello asked for an upgrade.
+    UpgradeRequested { peer: PeerId },
+    /// The process for `generation` was started.
+    Spawned { generation: Gen, pid: u32 },
+    /// The process for `generation` could not be started.
+    SpawnFailed { generation: Gen, why: String },
+    /// A peer proved who it is. `preconnected` names the generation whose inherited control
+    /// channel this is; such a peer never went through the public endpoint.
+    Hello {
+        peer: PeerId,
+        pid: u32,
+        role: Role,
+        timeouts: Timeouts,
+        preconnected: Option<Gen>,
+    },
+    /// A generation's server is accepting.
+    Ready { peer: PeerId },
+    /// A control connection ended (closed, failed, timed out or refused).
+    PeerGone { peer: PeerId, why: String },
+    /// A process the front spawned was reaped.
+    Exited { generation: Gen, status: String },
+    /// SIGTERM, SIGINT or Ctrl-C.
+    Terminate { signal: &'static str },
+    /// [`Machine::next_deadline`] has passed.
+    Tick,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start a process for `generation` (answer with `Spawned` or `SpawnFailed`).
+    Spawn(Gen),
+    /// Hand the listening sockets to the generation on `peer`.
+    SendListeners { peer: PeerId, generation: Gen },
+    /// Send one message to a peer.
+    Send { peer: PeerId, message: Message },
+    /// Close a peer's connection once what was sent before is flushed.
+    Close(PeerId),
+    /// Kill the process of `generation`. For a spawned one, its exit is reported later.
+    Kill(Gen),
+    /// Exit the front with this status. Nothing follows.
+    Exit(i32),
+}
+
+/// Where one generation is in its life. Each phase holds exactly the deadline it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Spawned or connected, not ready yet: killed at `deadline`.
+    Starting { deadline: Instant },
+    /// The one serving generation.
+    Active { since: Instant },
+    /// Superseded, told to stop, or out of touch: killed at `deadline` if still there.
+    Draining { since: Instant, deadline: Instant },
+    /// Killed; a spawned process stays here until its exit is reported.
+    Killed,
+}
+
+#[derive(Debug, Clone)]
+struct Generation {
+    phase: Phase,
+    /// Known once spawned (or from its Hello when started by hand).
+    pid: Option<u32>,
+    peer: Option<PeerId>,
+    /// A process of ours: its exit will be reported, and the front waits for it.
+    spawned: bool,
+    started: Instant,
+    /// The front's defaults until the generation's Hello says otherwise.
+    timeouts: Timeouts,
+    /// Why it was started, for the log line once its pid is known.
+    reason: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    role: Role,
+    pid: u32,
+}
+
+/// The upgrade state machine of one front.
+#[derive(Debug)]
+pub(crate) struct Machine {
+    defaults: Timeouts,
+    generations: BTreeMap<Gen, Generation>,
+    /// Peers that said Hello.
+    peers: BTreeMap<PeerId, Peer>,
+    /// Control clients waiting for the outcome of the upgrade they asked for.
+    waiters: Vec<(PeerId, Gen)>,
+    next_generation: Gen,
+    /// Consecutive failures since a generation last served for [`STABLE_AFTER`].
+    failures: u32,
+    /// When the most recent generation became ready.
+    last_ready: Option<Instant>,
+    ever_ready: bool,
+    respawn_at: Option<Instant>,
+    stopping: bool,
+    exit_code: i32,
+    exited: bool,
+    out: Vec<Action>,
+}
+
+impl Machine {
+    /// A machine whose generations get `defaults` until they say otherwise in their Hello.
+    pub(crate) fn new(defaults: Timeouts) -> Self {
+        Machine {
+            defaults,
+            generations: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            waiters: Vec::new(),
+            next_generation: 1,
+            failures: 0,
+            last_ready: None,
+            ever_ready: false,
+            respawn_at: None,
+            stopping: false,
+            exit_code: 0,
+            exited: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// Applies one event at time `now` and returns what to do, in order.
+    pub(crate) fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        if self.exited {
+            return Vec::new();
+        }
+        match input {
+            Input::Start => {
+                if let Err(why) = self.spawn(now, "first start") {
+                    tracing::error!("cannot start generation 1: {why}");
+                }
+            }
+            Input::Hangup => {
+                if let Err(why) = self.spawn(now, "SIGHUP") {
+                    tracing::warn!("SIGHUP ignored: {why}");
+                }
+            }
+            Input::UpgradeRequested { peer } => self.on_upgrade(now, peer),
+            Input::Spawned { generation, pid } => self.on_spawned(generation, pid),
+            Input::SpawnFailed { generation, why } => self.on_spawn_failed(now, generation, &why),
+            Input::Hello {
+                peer,
+                pid,
+                role,
+                timeouts,
+                preconnected,
+            } => self.on_hello(now, peer, pid, role, timeouts, preconnected),
+            Input::Ready { peer } => self.on_ready(now, peer),
+            Input::PeerGone { peer, why } => self.on_peer_gone(now, peer, &why),
+            Input::Exited { generation, status } => self.on_exited(now, generation, &status),
+            Input::Terminate { signal } => self.stop(now, &format!("got {signal}")),
+            Input::Tick => self.on_tick(now),
+        }
+        if self.stopping && self.generations.is_empty() {
+            self.exited = true;
+            tracing::info!("front exiting with status {}", self.exit_code);
+            self.out.push(Action::Exit(self.exit_code));
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The earliest time at which [`Input::Tick`] has something to do.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        if self.exited {
+            return None;
+        }
+        self.generations
+            .values()
+            .filter_map(|g| match g.phase {
+                Phase::Starting { deadline } | Phase::Draining { deadline, .. } => Some(deadline),
+                Phase::Active { .. } | Phase::Killed => None,
+            })
+            .chain(self.respawn_at)
+            .min()
+    }
+
+    /// Whether the machine still tracks `generation` (the shell drops its handles otherwise).
+    pub(crate) fn has_generation(&self, generation: Gen) -> bool {
+        self.generations.contains_key(&generation)
+    }
+
+    /// Each generation's phase, for tests and diagnostics.
+    #[cfg(test)]
+    pub(crate) fn phases(&self) -> BTreeMap<Gen, Phase> {
+        self.generations.iter().map(|(n, g)| (*n, g.phase)).collect()
+    }
+
+    fn starting(&self) -> Option<(Gen, &Generation)> {
+        self.generations
+            .iter()
+            .find(|(_, g)| matches!(g.phase, Phase::Starting { .. }))
+            .map(|(n, g)| (*n, g))
+    }
+
+    fn active(&self) -> Option<Gen> {
+        self.generations
+            .iter()
+            .find(|(_, g)| matches!(g.phase, Phase::Active { .. }))
+            .map(|(n, _)| *n)
+    }
+
+    fn by_peer(&self, peer: PeerId) -> Option<Gen> {
+        self.generations
+            .iter()
+            .find(|(_, g)| g.peer == Some(peer))
+            .map(|(n, _)| *n)
+    }
+
+    /// Starts a new generation, unless the service is stopping or one is starting already.
+    fn spawn(&mut self, now: Instant, reason: &str) -> Result<Gen, String> {
+        if self.stopping {
+            return Err("the service is shutting down".to_owned());
+        }
+        if let Some((n, g)) = self.starting() {
+            return Err(format!(
+                "an upgrade is already in progress: generation {n}{} is starting; try again once it is ready or has failed",
+                pid_note(g.pid)
+            ));
+        }
+        self.respawn_at = None;
+        let n = self.next_generation;
+        self.next_generation += 1;
+        self.generations.insert(
+            n,
+            Generation {
+                phase: Phase::Starting {
+                    deadline: deadline_after(now, self.defaults.ready),
+                },
+                pid: None,
+                peer: None,
+                spawned: true,
+                started: now,
+                timeouts: self.defaults,
+                reason: reason.to_owned(),
+            },
+        );
+        self.out.push(Action::Spawn(n));
+        Ok(n)
+    }
+
+    fn on_upgrade(&mut self, now: Instant, peer: PeerId) {
+        let Some(client) = self.peers.get(&peer).copied() else {
+            return;
+        };
+        if client.role != Role::Control {
+            return;
+        }
+        match self.spawn(now, &format!("upgrade requested by pid {}", client.pid)) {
+            Ok(n) => self.waiters.push((peer, n)),
+            Err(reason) => {
+                tracing::warn!(pid = client.pid, "upgrade refused: {reason}");
+                self.refuse(peer, reason);
+            }
+        }
+    }
+
+    fn on_spawned(&mut self, n: Gen, pid: u32) {
+        if let Some(g) = self.generations.get_mut(&n) {
+            g.pid = Some(pid);
+            tracing::info!(
+                generation = n,
+                pid,
+                "generation {n} (pid {pid}) starting ({})",
+                g.reason
+            );
+        }
+    }
+
+    fn on_spawn_failed(&mut self, now: Instant, n: Gen, why: &str) {
+        let Some(g) = self.generations.remove(&n) else {
+            return;
+        };
+        if g.phase == Phase::Killed {
+            return;
+        }
+        tracing::error!(generation = n, "cannot start generation {n}: {why}");
+        self.answer_waiters(
+            n,
+            Message::Error {
+                reason: format!("generation {n} could not be started: {why}"),
+            },
+        );
+        self.failed(now, why);
+    }
+
+    fn on_hello(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        pid: u32,
+        role: Role,
+        timeouts: Timeouts,
+        preconnected: Option<Gen>,
+    ) {
+        if self.stopping {
+            self.refuse(peer, "the service is shutting down".to_owned());
+            return;
+        }
+        if role == Role::Control {
+            if preconnected.is_some() {
+                self.refuse(peer, "a generation's channel is not a control client".to_owned());
+                return;
+            }
+            self.peers.insert(peer, Peer { role, pid });
+            return;
+        }
+        let number = match (preconnected, self.starting()) {
+            // Our own child on the channel it inherited, or (where it could not use one)
+            // through the endpoint with the pid we spawned.
+            (Some(n), Some((s, g))) if n == s && g.spawned && g.peer.is_none() => {
+                if g.pid != Some(pid) {
+                    let reason = format!(
+                        "the channel of generation {n} was opened by pid {pid}, not by the process the front started{}",
+                        pid_note(g.pid)
+                    );
+                    tracing::warn!("refused a generation: {reason}");
+                    self.refuse(peer, reason);
+                    return;
+                }
+                n
+            }
+            (Some(n), _) => {
+                self.refuse(peer, format!("generation {n} is no longer starting"));
+                return;
+            }
+            (None, Some((n, g))) if g.spawned && g.peer.is_none() && g.pid == Some(pid) => n,
+            (None, Some((n, g))) => {
+                let reason = format!(
+                    "an upgrade is already in progress: generation {n}{} is starting; try again once it is ready or has failed",
+                    pid_note(g.pid)
+                );
+                tracing::warn!(pid, "refused a new generation: {reason}");
+                self.refuse(peer, reason);
+                return;
+            }
+            (None, None) if self.generations.values().any(|g| g.pid == Some(pid)) => {
+                self.refuse(
+                    peer,
+                    "this process is already a generation of the service".to_owned(),
+                );
+                return;
+            }
+            // A new build started by hand: the seed's upgrade workflow.
+            (None, None) => {
+                let n = self.next_generation;
+                self.next_generation += 1;
+                self.generations.insert(
+                    n,
+                    Generation {
+                        phase: Phase::Starting { deadline: now },
+                        pid: Some(pid),
+                        peer: None,
+                        spawned: false,
+                        started: now,
+                        timeouts,
+                        reason: String::new(),
+                    },
+                );
+                tracing::info!(
+                    generation = n,
+                    pid,
+                    "generation {n} (pid {pid}) starting (started by hand)"
+                );
+                n
+            }
+        };
+        let Some(g) = self.generations.get_mut(&number) else {
+            return;
+        };
+        // From now on the new build's own deadlines count, not the front's.
+        g.timeouts = timeouts;
+        g.phase = Phase::Starting {
+            deadline: deadline_after(g.started, timeouts.ready),
+        };
+        g.peer = Some(peer);
+        self.peers.insert(peer, Peer { role, pid });
+        self.out.push(Action::SendListeners {
+            peer,
+            generation: number,
+        });
+    }
+
+    fn on_ready(&mut self, now: Instant, peer: PeerId) {
+        let Some(n) = self.by_peer(peer) else {
+            return;
+        };
+        let Some(g) = self.generations.get(&n) else {
+            return;
+        };
+        if !matches!(g.phase, Phase::Starting { .. }) {
+            return;
+        }
+        let took = now.saturating_duration_since(g.started);
+        let mut superseded = Vec::new();
+        for (old, g) in &mut self.generations {
+            if matches!(g.phase, Phase::Active { .. }) {
+                g.phase = Phase::Draining {
+                    since: now,
+                    deadline: drain_deadline(now, g.timeouts),
+                };
+                if let Some(p) = g.peer {
+                    self.out.push(Action::Send {
+                        peer: p,
+                        message: Message::Superseded,
+                    });
+                }
+                superseded.push(*old);
+            }
+        }
+        if let Some(g) = self.generations.get_mut(&n) {
+            g.phase = Phase::Active { since: now };
+        }
+        self.ever_ready = true;
+        self.last_ready = Some(now);
+        self.respawn_at = None;
+        tracing::info!(
+            generation = n,
+            ready_ms = took.as_millis(),
+            superseded = ?superseded,
+            "generation {n} ready after {} ms and serving{}",
+            took.as_millis(),
+            if superseded.is_empty() {
+                String::new()
+            } else {
+                format!("; superseded {superseded:?}")
+            }
+        );
+        self.answer_waiters(n, Message::Upgraded { generation: n });
+    }
+
+    fn on_peer_gone(&mut self, now: Instant, peer: PeerId, why: &str) {
+        self.waiters.retain(|(p, _)| *p != peer);
+        self.peers.remove(&peer);
+        let Some(n) = self.by_peer(peer) else {
+            return;
+        };
+        let Some(g) = self.generations.get_mut(&n) else {
+            return;
+        };
+        g.peer = None;
+        let why = format!("its control connection ended: {why}");
+        match g.phase {
+            Phase::Starting { .. } => self.fail_starting(now, n, &why),
+            Phase::Active { since } => {
+                let (pid, spawned) = (g.pid, g.spawned);
+                if spawned {
+                    // Still running, out of touch: it drains by itself (it lost the front);
+                    // keep it, with a kill deadline, until it exits.
+                    g.phase = Phase::Draining {
+                        since: now,
+                        deadline: drain_deadline(now, g.timeouts),
+                    };
+                } else {
+                    self.generations.remove(&n);
+                }
+                tracing::error!(
+                    generation = n,
+                    "active generation {n}{} lost: {why}",
+                    pid_note(pid)
+                );
+                self.crashed(now, since);
+            }
+            Phase::Draining { .. } if !g.spawned => {
+                self.generations.remove(&n);
+            }
+            Phase::Draining { .. } | Phase::Killed => {}
+        }
+    }
+
+    fn on_exited(&mut self, now: Instant, n: Gen, status: &str) {
+        let Some(g) = self.generations.remove(&n) else {
+            return;
+        };
+        if let Some(peer) = g.peer {
+            self.close_peer(peer);
+        }
+        let pid = pid_note(g.pid);
+        match g.phase {
+            Phase::Starting { .. } => {
+                let why = format!("it exited with {status}");
+                self.log_failed_start(n, g.pid, &why);
+                self.answer_waiters(
+                    n,
+                    Message::Error {
+                        reason: format!("generation {n} failed before it was ready: {why}"),
+                    },
+                );
+                self.failed(now, &why);
+            }
+            Phase::Active { since } if self.stopping => tracing::info!(
+                generation = n,
+                "generation {n}{pid} stopped after serving {} ms ({status})",
+                now.saturating_duration_since(since).as_millis()
+            ),
+            Phase::Active { since } => {
+                tracing::error!(
+                    generation = n,
+                    "active generation {n}{pid} exited with {status} after serving {} ms",
+                    now.saturating_duration_since(since).as_millis()
+                );
+                self.crashed(now, since);
+            }
+            Phase::Draining { since, .. } => tracing::info!(
+                generation = n,
+                "generation {n}{pid} finished draining after {} ms ({status})",
+                now.saturating_duration_since(since).as_millis()
+            ),
+            Phase::Killed => {
+                tracing::info!(generation = n, "generation {n}{pid} exited ({status})")
+            }
+        }
+    }
+
+    /// Stops the service: starting generations are killed, the others drain by their own
+    /// deadlines; a second stop kills everything. The front exits once every process it
+    /// spawned has been reaped.
+    fn stop(&mut self, now: Instant, why: &str) {
+        if self.stopping {
+            tracing::warn!("front {why} again: killing the remaining generations");
+            let all: Vec<Gen> = self.generations.keys().copied().collect();
+            for n in all {
+                self.kill(n);
+            }
+            self.exit_code = 1;
+            return;
+        }
+        self.stopping = true;
+        self.respawn_at = None;
+        tracing::info!(
+            "front {why}: stopping {} generation(s)",
+            self.generations.len()
+        );
+        let all: Vec<Gen> = self.generations.keys().copied().collect();
+        for n in all {
+            let Some(g) = self.generations.get_mut(&n) else {
+                continue;
+            };
+            match g.phase {
+                Phase::Starting { .. } => self.fail_starting(now, n, "the service is stopping"),
+                Phase::Active { .. } | Phase::Draining { .. } => {
+                    let deadline = drain_deadline(now, g.timeouts);
+                    g.phase = match g.phase {
+                        Phase::Draining { since, deadline: d } => Phase::Draining {
+                            since,
+                            deadline: d.min(deadline),
+                        },
+                        _ => Phase::Draining {
+                            since: now,
+                            deadline,
+                        },
+                    };
+                    if let Some(peer) = g.peer {
+                        self.out.push(Action::Send {
+                            peer,
+                            message: Message::Shutdown,
+                        });
+                    }
+                }
+                Phase::Killed => {}
+            }
+        }
+        for (peer, _) in std::mem::take(&mut self.waiters) {
+            self.refuse(peer, "the service is shutting down".to_owned());
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        if self.respawn_at.is_some_and(|t| t <= now) {
+            self.respawn_at = None;
+            if let Err(why) = self.spawn(now, "respawn") {
+                tracing::warn!("respawn skipped: {why}");
+            }
+        }
+        let expired: Vec<(Gen, Phase)> = self
+            .generations
+            .iter()
+            .filter(|(_, g)| match g.phase {
+                Phase::Starting { deadline } | Phase::Draining { deadline, .. } => deadline <= now,
+                Phase::Active { .. } | Phase::Killed => false,
+            })
+            .map(|(n, g)| (*n, g.phase))
+            .collect();
+        for (n, phase) in expired {
+            let Some(g) = self.generations.get(&n) else {
+                continue;
+            };
+            if let Phase::Starting { .. } = phase {
+                let why = format!("not ready within {:?}", g.timeouts.ready);
+                self.fail_starting(now, n, &why);
+                continue;
+            }
+            tracing::warn!(
+                generation = n,
+                "generation {n}{} still running {:?} after it was told to stop: killing it",
+                pid_note(g.pid),
+                g.timeouts.drain.saturating_add(DRAIN_SLACK)
+            );
+            self.kill(n);
+            if self.stopping {
+                self.exit_code = 1;
+            }
+        }
+    }
+
+    /// A starting generation failed (deadline, lost connection, stop): kill it, roll back.
+    fn fail_starting(&mut self, now: Instant, n: Gen, why: &str) {
+        let pid = self.generations.get(&n).and_then(|g| g.pid);
+        self.kill(n);
+        self.log_failed_start(n, pid, why);
+        self.answer_waiters(
+            n,
+            Message::Error {
+                reason: format!("generation {n} failed before it was ready: {why}"),
+            },
+        );
+        if !self.stopping {
+            self.failed(now, why);
+        }
+    }
+
+    fn log_failed_start(&self, n: Gen, pid: Option<u32>, why: &str) {
+        let pid = pid_note(pid);
+        match self.active() {
+            Some(active) if !self.stopping => tracing::warn!(
+                generation = n,
+                "rollback: generation {n}{pid} failed before it was ready ({why}); generation {active} keeps serving"
+            ),
+            _ => tracing::warn!(
+                generation = n,
+                "generation {n}{pid} failed before it was ready ({why})"
+            ),
+        }
+    }
+
+    /// The active generation that became ready at `since` is gone without being asked.
+    fn crashed(&mut self, now: Instant, since: Instant) {
+        if self.stopping {
+            return;
+        }
+        let served = now.saturating_duration_since(since);
+        self.failed(
+            now,
+            &format!(
+                "the active generation ended after serving {} ms",
+                served.as_millis()
+            ),
+        );
+    }
+
+    /// Counts one failure (a failed start, or a crash) and decides what follows: nothing while
+    /// another generation serves, else a respawn after a growing delay, or giving up.
+    fn failed(&mut self, now: Instant, why: &str) {
+        if self
+            .last_ready
+            .is_some_and(|t| now.saturating_duration_since(t) >= STABLE_AFTER)
+        {
+            // The last generation served long enough to count as healthy.
+            self.failures = 0;
+            self.last_ready = None;
+        }
+        self.failures = self.failures.saturating_add(1);
+        if self.stopping || self.active().is_some() || self.starting().is_some() {
+            return;
+        }
+        let limit = if self.ever_ready {
+            MAX_CONSECUTIVE_FAILURES
+        } else {
+            MAX_INITIAL_ATTEMPTS
+        };
+        if self.failures >= limit {
+            tracing::error!(
+                "{} consecutive failures with no generation serving (last: {why}); the front gives up",
+                self.failures
+            );
+            self.exit_code = 1;
+            self.stop(now, "gives up");
+            return;
+        }
+        let delay = respawn_delay(self.failures);
+        tracing::warn!(
+            "no generation is serving; starting another in {} ms (failure {} of at most {limit})",
+            delay.as_millis(),
+            self.failures
+        );
+        self.respawn_at = Some(deadline_after(now, delay));
+    }
+
+    /// Kills `n`: a spawned process waits in `Killed` for its exit; one started by hand is
+    /// forgotten at once (its exit is not ours to see).
+    fn kill(&mut self, n: Gen) {
+        let Some(g) = self.generations.get_mut(&n) else {
+            return;
+        };
+        if g.phase == Phase::Killed {
+            return;
+        }
+        let peer = g.peer.take();
+        self.out.push(Action::Kill(n));
+        if g.spawned {
+            g.phase = Phase::Killed;
+        } else {
+            self.generations.remove(&n);
+        }
+        if let Some(peer) = peer {
+            self.close_peer(peer);
+        }
+    }
+
+    fn close_peer(&mut self, peer: PeerId) {
+        self.peers.remove(&peer);
+        self.waiters.retain(|(p, _)| *p != peer);
+        self.out.push(Action::Close(peer));
+    }
+
+    fn refuse(&mut self, peer: PeerId, reason: String) {
+        self.out.push(Action::Send {
+            peer,
+            message: Message::Error { reason },
+        });
+        self.close_peer(peer);
+    }
+
+    fn answer_waiters(&mut self, n: Gen, answer: Message) {
+        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(_, waited)| *waited == n);
+        self.waiters = rest;
+        for (peer, _) in done {
+            self.out.push(Action::Send {
+                peer,
+                message: answer.clone(),
+            });
+            self.close_peer(peer);
+        }
+    }
+}
+
+fn drain_deadline(now: Instant, timeouts: Timeouts) -> Instant {
+    deadline_after(now, timeouts.drain.saturating_add(DRAIN_SLACK))
+}
+
+/// Wait before the `failures`-th consecutive respawn: 200 ms, doubling, at most 10 s.
+pub(crate) fn respawn_delay(failures: u32) -> Duration {
+    MIN_RESPAWN_DELAY
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_RESPAWN_DELAY)
+}
+
+fn pid_note(pid: Option<u32>) -> String {
+    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

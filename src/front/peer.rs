@@ -1,0 +1,222 @@
+//! One task per control connection: it verifies the peer, reads its Hello within the handshake
+//! deadline, then relays frames between the peer and the front's event loop until either side
+//! ends it. A slow or hostile peer only ever stalls its own task.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::machine::{Gen, PeerId, Timeouts};
+use crate::channel::Channel;
+use crate::config::deadline_after;
+use crate::handoff::{self, ProcessHandle, Stream};
+use crate::protocol::{Message, Role};
+
+/// What a peer task tells the front.
+pub(crate) enum Event {
+    /// The peer proved who it is. A generation started by hand comes with a handle on its
+    /// process, taken right after its pid was verified.
+    Hello {
+        peer: PeerId,
+        pid: u32,
+        role: Role,
+        timeouts: Timeouts,
+        handle: Option<ProcessHandle>,
+    },
+    Ready {
+        peer: PeerId,
+    },
+    Upgrade {
+        peer: PeerId,
+    },
+    /// The task ended; `why` is for the log.
+    Gone {
+        peer: PeerId,
+        why: String,
+    },
+}
+
+/// What the front asks a peer task to do.
+pub(crate) enum Command {
+    SendListeners(Gen),
+    Send(Message),
+    Close,
+}
+
+/// Everything a peer task needs besides its connection.
+pub(crate) struct PeerContext {
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+    pub(crate) sockets: Arc<Vec<std::net::TcpListener>>,
+    pub(crate) handshake: Duration,
+}
+
+/// Runs one control connection to its end and reports it gone. `preconnected` names the
+/// generation whose inherited channel this is: its peer is the child the front spawned, it
+/// has no handshake deadline of its own (the ready deadline covers a slow start), and it is
+/// never counted against the connection limit.
+pub(crate) async fn run(
+    peer: PeerId,
+    stream: Stream,
+    preconnected: Option<Gen>,
+    commands: mpsc::Receiver<Command>,
+    cx: PeerContext,
+) {
+    let why = match serve(peer, stream, preconnected, commands, &cx).await {
+        Ok(()) => "closed the connection".to_owned(),
+        Err(e) => {
+            // Refusals and protocol violations are worth an operator's attention; a
+            // generation's connection resetting as it exits is not.
+            if matches!(
+                e.kind(),
+                io::ErrorKind::InvalidData
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::UnexpectedEof
+            ) {
+                tracing::warn!(peer, "dropped control connection: {e}");
+            }
+            e.to_string()
+        }
+    };
+    let _ = cx.events.send(Event::Gone { peer, why });
+}
+
+async fn serve(
+    peer: PeerId,
+    stream: Stream,
+    preconnected: Option<Gen>,
+    mut commands: mpsc::Receiver<Command>,
+    cx: &PeerContext,
+) -> io::Result<()> {
+    let handshake = cx.handshake;
+    let verified_pid = if preconnected.is_some() {
+        handoff::wait_connected(&stream).await?;
+        handoff::child_pid(&stream)?
+    } else {
+        handoff::check_peer(&stream)?.pid
+    };
+    let mut channel = Channel::new(stream, false);
+    let hello = if preconnected.is_some() {
+        channel.recv().await?
+    } else {
+        timeout(handshake, channel.recv()).await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no hello within {handshake:?}"),
+            )
+        })??
+    };
+    let (pid, role, timeouts) = match hello {
+        Some(Message::Hello {
+            pid,
+            role,
+            ready_timeout,
+            drain_timeout,
+        }) => (
+            pid,
+            role,
+            Timeouts {
+                ready: ready_timeout,
+                drain: drain_timeout,
+            },
+        ),
+        Some(other) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("expected hello, got {other:?}"),
+            ));
+        }
+        None => return Ok(()),
+    };
+    if verified_pid.is_some_and(|real| real != pid) {
+        let reason = format!("claims pid {pid} but the system says {verified_pid:?}");
+        let _ = timeout(handshake, channel.send(&Message::Error { reason: reason.clone() })).await;
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
+    }
+    // A generation started by hand may have to be killed; hold its process now, while the pid
+    // is known to be the one that connected, rather than by number later.
+    let handle = if role == Role::Generation && preconnected.is_none() {
+        match ProcessHandle::open(pid) {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                let reason = format!("cannot take hold of process {pid}: {e}");
+                let _ = timeout(handshake, channel.send(&Message::Error { reason: reason.clone() }))
+                    .await;
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
+            }
+        }
+    } else {
+        None
+    };
+    let _ = cx.events.send(Event::Hello {
+        peer,
+        pid,
+        role,
+        timeouts,
+        handle,
+    });
+    // A control client must ask for something promptly; a generation may take its time to
+    // warm up (the front's ready deadline covers it).
+    let request_deadline =
+        (role == Role::Control).then(|| deadline_after(Instant::now(), handshake));
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::SendListeners(generation)) => {
+                    timeout(handshake, channel.send_listeners(generation, &cx.sockets, pid))
+                        .await
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
+                }
+                Some(Command::Send(message)) => {
+                    timeout(handshake, channel.send(&message))
+                        .await
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
+                }
+                Some(Command::Close) | None => return Ok(()),
+            },
+            message = channel.recv() => match message? {
+                Some(Message::Ready) if role == Role::Generation && !asked => {
+                    asked = true;
+                    let _ = cx.events.send(Event::Ready { peer });
+                }
+                Some(Message::Upgrade) if role == Role::Control && !asked => {
+                    asked = true;
+                    let _ = cx.events.send(Event::Upgrade { peer });
+                }
+                Some(other) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unexpected {other:?} from a {role:?} peer"),
+                    ));
+                }
+                None => return Ok(()),
+            },
+            _ = sleep_until(request_deadline.unwrap_or_else(|| deadline_after(Instant::now(), Duration::MAX))),
+                if request_deadline.is_some() && !asked =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("control client sent no request within {handshake:?}"),
+                ));
+            }
+        }
+    }
+}
+
+/// Tells a peer that arrived when every slot is taken by a peer that said Hello why it is
+/// turned away, in words, then closes. Bounded: a peer that does not read is simply dropped.
+pub(crate) async fn turn_away(stream: Stream, reason: String, handshake: Duration) {
+    if handoff::check_peer(&stream).is_err() {
+        return;
+    }
+    let mut channel = Channel::new(stream, false);
+    let _ = timeout(
+        handshake.min(Duration::from_secs(1)),
+        channel.send(&Message::Error { reason }),
+    )
+    .await;
+}
