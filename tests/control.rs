@@ -70,7 +70,9 @@ async fn garbage_and_oversized_frames_are_dropped() {
     expect_dropped(&service, b"GET / HTTP/1.1\r\nHost: evil\r\n\r\n").await;
     expect_dropped(&service, &[0xff, 0xff, 0xff, 0xff]).await;
     // A valid frame of the wrong kind: Ready before any Hello.
-    expect_dropped(&service, &[0, 0, 0, 2, 1, 3]).await;
+    expect_dropped(&service, &[0, 0, 0, 2, 2, 3]).await;
+    // A Hello from a build that speaks the first protocol version.
+    expect_dropped(&service, &[0, 0, 0, 7, 1, 1, 0, 0, 0, 9, 1]).await;
     // Silence: dropped at the handshake deadline.
     expect_dropped(&service, &[]).await;
 
@@ -88,10 +90,13 @@ async fn a_peer_claiming_another_process_id_is_refused() {
     let service = Service::start().await;
     let g1 = service.hello().await;
 
-    // A Hello that claims to be the active generation: version 1, kind 1 (Hello), pid, role 1.
-    let mut hello = vec![0, 0, 0, 7, 1, 1];
+    // A Hello that claims to be the active generation: version 2, kind 1 (Hello), pid, role 1,
+    // ready and drain timeouts.
+    let mut hello = vec![0, 0, 0, 23, 2, 1];
     hello.extend_from_slice(&g1.pid.to_be_bytes());
     hello.push(1);
+    hello.extend_from_slice(&60_000u64.to_be_bytes());
+    hello.extend_from_slice(&30_000u64.to_be_bytes());
     let mut stream = connect(&service).await;
     stream.write_all(&hello).await.unwrap();
     let mut answer = Vec::new();

@@ -18,15 +18,18 @@ use tokio::net::UnixStream;
 /// Raw frame: `len | version 1 | kind | payload`.
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
-    out.extend([1, kind]);
+    // Protocol version 2.
+    out.extend([2, kind]);
     out.extend_from_slice(payload);
     out
 }
 
-/// `Hello { pid, role }`; role 1 = generation, 2 = control client.
+/// `Hello { pid, role, ready, drain }`; role 1 = generation, 2 = control client.
 fn hello(pid: u32, role: u8) -> Vec<u8> {
     let mut payload = pid.to_be_bytes().to_vec();
     payload.push(role);
+    payload.extend(60_000u64.to_be_bytes());
+    payload.extend(30_000u64.to_be_bytes());
     frame(1, &payload)
 }
 

@@ -351,6 +351,10 @@ impl Machine {
         timeouts: Timeouts,
         preconnected: Option<Gen>,
     ) {
+        if self.peers.contains_key(&peer) || self.by_peer(peer).is_some() {
+            // One Hello per connection; the peer task never relays a second one.
+            return;
+        }
         if self.stopping {
             self.refuse(peer, "the service is shutting down".to_owned());
             return;
@@ -767,6 +771,11 @@ impl Machine {
 
     fn close_peer(&mut self, peer: PeerId) {
         self.peers.remove(&peer);
+        for g in self.generations.values_mut() {
+            if g.peer == Some(peer) {
+                g.peer = None;
+            }
+        }
         self.waiters.retain(|(p, _)| *p != peer);
         self.out.push(Action::Close(peer));
     }

@@ -100,14 +100,26 @@ async fn serve(
     };
     let mut channel = Channel::new(stream, false);
     let hello = if preconnected.is_some() {
-        channel.recv().await?
+        channel.recv().await
     } else {
         timeout(handshake, channel.recv()).await.map_err(|_| {
             io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("no hello within {handshake:?}"),
             )
-        })??
+        })?
+    };
+    let hello = match hello {
+        Ok(hello) => hello,
+        Err(e) => {
+            if e.kind() == io::ErrorKind::InvalidData {
+                // Say why in a frame: a build speaking another protocol version reads our
+                // header and reports the mismatch instead of a bare hang-up.
+                let reason = format!("the front cannot read this peer's hello: {e}");
+                let _ = timeout(handshake, channel.send(&Message::Error { reason })).await;
+            }
+            return Err(e);
+        }
     };
     let (pid, role, timeouts) = match hello {
         Some(Message::Hello {

@@ -1,1 +1,933 @@
+//! The machine driven directly: one test per rule, then random event sequences checked against
+//! the invariants after every step. Time is a fake clock: an `Instant` moved by hand.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
 use super::*;
+
+const SEC: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+fn defaults() -> Timeouts {
+    Timeouts {
+        ready: 60 * SEC,
+        drain: 30 * SEC,
+    }
+}
+
+/// A machine, a fake clock, and the bookkeeping of the world around it.
+struct World {
+    m: Machine,
+    now: Instant,
+    next_peer: PeerId,
+    next_pid: u32,
+    /// The pid and the pre-connected peer of each generation the machine had spawned.
+    spawned: BTreeMap<Gen, (u32, PeerId)>,
+}
+
+impl World {
+    fn new(defaults: Timeouts) -> Self {
+        World {
+            m: Machine::new(defaults),
+            now: Instant::now(),
+            next_peer: 100,
+            next_pid: 1000,
+            spawned: BTreeMap::new(),
+        }
+    }
+
+    fn feed(&mut self, input: Input) -> Vec<Action> {
+        self.m.handle(self.now, input)
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    /// Advances to `by` later and ticks.
+    fn tick_after(&mut self, by: Duration) -> Vec<Action> {
+        self.advance(by);
+        self.feed(Input::Tick)
+    }
+
+    /// Performs a Spawn the way the shell does: a pid and a pre-connected peer.
+    fn spawned(&mut self, generation: Gen) -> Vec<Action> {
+        let pid = self.next_pid;
+        self.next_pid += 1;
+        let peer = self.peer();
+        self.spawned.insert(generation, (pid, peer));
+        self.feed(Input::Spawned { generation, pid })
+    }
+
+    fn peer(&mut self) -> PeerId {
+        self.next_peer += 1;
+        self.next_peer
+    }
+
+    fn pid(&self, generation: Gen) -> u32 {
+        self.spawned[&generation].0
+    }
+
+    fn peer_of(&self, generation: Gen) -> PeerId {
+        self.spawned[&generation].1
+    }
+
+    /// A spawned generation says Hello on its inherited channel.
+    fn hello(&mut self, generation: Gen, timeouts: Timeouts) -> Vec<Action> {
+        let (pid, peer) = self.spawned[&generation];
+        self.feed(Input::Hello {
+            peer,
+            pid,
+            role: Role::Generation,
+            timeouts,
+            preconnected: Some(generation),
+        })
+    }
+
+    fn ready(&mut self, generation: Gen) -> Vec<Action> {
+        let peer = self.peer_of(generation);
+        self.feed(Input::Ready { peer })
+    }
+
+    fn exited(&mut self, generation: Gen, status: &str) -> Vec<Action> {
+        self.feed(Input::Exited {
+            generation,
+            status: status.to_owned(),
+        })
+    }
+
+    /// Spawn (already requested), Hello and Ready for `generation`.
+    fn bring_up(&mut self, generation: Gen) {
+        self.spawned(generation);
+        self.hello(generation, defaults());
+        self.ready(generation);
+    }
+
+    /// A control client that said Hello; returns its peer.
+    fn control_client(&mut self) -> PeerId {
+        let peer = self.peer();
+        let pid = self.next_pid;
+        self.next_pid += 1;
+        let out = self.feed(Input::Hello {
+            peer,
+            pid,
+            role: Role::Control,
+            timeouts: defaults(),
+            preconnected: None,
+        });
+        assert_eq!(out, vec![]);
+        peer
+    }
+
+    fn phase(&self, generation: Gen) -> Option<Phase> {
+        self.m.phases().get(&generation).copied()
+    }
+}
+
+fn is_active(phase: Option<Phase>) -> bool {
+    matches!(phase, Some(Phase::Active { .. }))
+}
+
+fn is_draining(phase: Option<Phase>) -> bool {
+    matches!(phase, Some(Phase::Draining { .. }))
+}
+
+fn error_to(out: &[Action], to: PeerId) -> Option<String> {
+    out.iter().find_map(|a| match a {
+        Action::Send {
+            peer,
+            message: Message::Error { reason },
+        } if *peer == to => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+/// Generation 1 up and serving.
+fn serving() -> World {
+    let mut w = World::new(defaults());
+    assert_eq!(w.feed(Input::Start), vec![Action::Spawn(1)]);
+    w.bring_up(1);
+    assert!(is_active(w.phase(1)));
+    w
+}
+
+#[test]
+fn first_start_spawns_hands_over_and_serves() {
+    let mut w = World::new(defaults());
+    assert_eq!(w.feed(Input::Start), vec![Action::Spawn(1)]);
+    assert_eq!(w.spawned(1), vec![]);
+    let peer = w.peer_of(1);
+    assert_eq!(
+        w.hello(1, defaults()),
+        vec![Action::SendListeners {
+            peer,
+            generation: 1
+        }]
+    );
+    assert!(matches!(w.phase(1), Some(Phase::Starting { .. })));
+    assert_eq!(w.ready(1), vec![]);
+    assert!(is_active(w.phase(1)));
+    assert_eq!(w.m.next_deadline(), None, "nothing to wait for while serving");
+}
+
+#[test]
+fn an_upgrade_supersedes_the_active_generation_once_the_new_one_is_ready() {
+    let mut w = serving();
+    assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(2)]);
+    w.spawned(2);
+    w.hello(2, defaults());
+    assert!(is_active(w.phase(1)), "the old one serves until the new one is ready");
+    let old = w.peer_of(1);
+    assert_eq!(
+        w.ready(2),
+        vec![Action::Send {
+            peer: old,
+            message: Message::Superseded
+        }]
+    );
+    assert!(is_draining(w.phase(1)));
+    assert!(is_active(w.phase(2)));
+    w.advance(2 * SEC);
+    assert_eq!(w.exited(1, "exit status: 0"), vec![Action::Close(old)]);
+    assert_eq!(w.phase(1), None);
+}
+
+#[test]
+fn a_control_client_waits_for_the_outcome_of_its_upgrade() {
+    let mut w = serving();
+    let client = w.control_client();
+    assert_eq!(
+        w.feed(Input::UpgradeRequested { peer: client }),
+        vec![Action::Spawn(2)]
+    );
+    w.spawned(2);
+    w.hello(2, defaults());
+    let out = w.ready(2);
+    assert!(out.contains(&Action::Send {
+        peer: client,
+        message: Message::Upgraded { generation: 2 }
+    }));
+    assert!(out.contains(&Action::Close(client)));
+    w.exited(1, "exit status: 0");
+
+    // A failing build: the client hears why, and generation 2 keeps serving.
+    let client = w.control_client();
+    assert_eq!(
+        w.feed(Input::UpgradeRequested { peer: client }),
+        vec![Action::Spawn(3)]
+    );
+    w.spawned(3);
+    let out = w.exited(3, "exit status: 3");
+    let reason = error_to(&out, client).expect("an error for the client");
+    assert!(
+        reason.contains("generation 3 failed before it was ready"),
+        "{reason}"
+    );
+    assert!(reason.contains("exit status: 3"), "{reason}");
+    assert!(is_active(w.phase(2)));
+    assert_eq!(w.m.next_deadline(), None, "a rollback schedules no respawn");
+}
+
+#[test]
+fn a_second_upgrade_while_one_is_starting_is_refused_with_a_reason() {
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.spawned(2);
+    let client = w.control_client();
+    let out = w.feed(Input::UpgradeRequested { peer: client });
+    let reason = error_to(&out, client).expect("refused");
+    assert!(reason.contains("already in progress"), "{reason}");
+    assert!(reason.contains("generation 2"), "{reason}");
+    assert!(out.contains(&Action::Close(client)));
+    assert!(!out.iter().any(|a| matches!(a, Action::Spawn(_))));
+    // SIGHUP too.
+    assert_eq!(w.feed(Input::Hangup), vec![]);
+    // And a build started by hand.
+    let stranger = w.peer();
+    let out = w.feed(Input::Hello {
+        peer: stranger,
+        pid: 4242,
+        role: Role::Generation,
+        timeouts: defaults(),
+        preconnected: None,
+    });
+    assert!(error_to(&out, stranger).is_some_and(|r| r.contains("already in progress")));
+}
+
+#[test]
+fn a_build_started_by_hand_is_held_to_its_own_deadlines() {
+    let mut w = serving();
+    let peer = w.peer();
+    let own = Timeouts {
+        ready: 2 * SEC,
+        drain: 120 * SEC,
+    };
+    let out = w.feed(Input::Hello {
+        peer,
+        pid: 5000,
+        role: Role::Generation,
+        timeouts: own,
+        preconnected: None,
+    });
+    assert_eq!(
+        out,
+        vec![Action::SendListeners {
+            peer,
+            generation: 2
+        }]
+    );
+    assert_eq!(w.m.next_deadline(), Some(w.now + 2 * SEC));
+    w.feed(Input::Ready { peer });
+    assert!(is_active(w.phase(2)));
+    w.exited(1, "exit status: 0");
+    // Superseded by generation 3, it gets its own 120 s (+ slack), not the front's 30 s.
+    w.feed(Input::Hangup);
+    w.spawned(3);
+    w.hello(3, defaults());
+    w.ready(3);
+    assert!(is_draining(w.phase(2)));
+    assert_eq!(w.tick_after(40 * SEC), vec![]);
+    assert!(is_draining(w.phase(2)));
+    let out = w.tick_after(86 * SEC);
+    assert!(out.contains(&Action::Kill(2)), "{out:?}");
+    assert_eq!(w.phase(2), None, "not ours to reap: forgotten once killed");
+}
+
+#[test]
+fn a_spawned_build_raising_its_ready_timeout_gets_it() {
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.spawned(2);
+    w.hello(
+        2,
+        Timeouts {
+            ready: 200 * SEC,
+            drain: 30 * SEC,
+        },
+    );
+    assert_eq!(w.tick_after(61 * SEC), vec![]);
+    assert!(matches!(w.phase(2), Some(Phase::Starting { .. })));
+    let out = w.tick_after(140 * SEC);
+    assert!(out.contains(&Action::Kill(2)));
+    assert_eq!(w.phase(2), Some(Phase::Killed));
+    assert!(is_active(w.phase(1)));
+}
+
+#[test]
+fn timeouts_of_duration_max_mean_never_and_do_not_panic() {
+    let forever = Timeouts {
+        ready: Duration::MAX,
+        drain: Duration::MAX,
+    };
+    let mut w = World::new(forever);
+    w.feed(Input::Start);
+    w.spawned(1);
+    w.hello(1, forever);
+    assert!(w.m.next_deadline().is_some_and(|d| d > w.now + 3650 * 86_400 * SEC));
+    w.ready(1);
+    w.feed(Input::Hangup);
+    w.spawned(2);
+    w.hello(2, forever);
+    w.ready(2);
+    assert!(is_draining(w.phase(1)));
+    assert_eq!(w.tick_after(86_400 * SEC), vec![]);
+    w.feed(Input::Terminate { signal: "SIGTERM" });
+    assert!(is_draining(w.phase(2)));
+}
+
+#[test]
+fn a_stop_while_a_generation_starts_waits_until_that_child_is_reaped() {
+    let mut w = World::new(defaults());
+    w.feed(Input::Start);
+    w.spawned(1);
+    let out = w.feed(Input::Terminate { signal: "SIGTERM" });
+    assert!(out.contains(&Action::Kill(1)), "{out:?}");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Exit(_))),
+        "must not exit before the child is reaped: {out:?}"
+    );
+    assert_eq!(w.phase(1), Some(Phase::Killed));
+    assert_eq!(w.exited(1, "signal: 9 (SIGKILL)"), vec![Action::Exit(0)]);
+}
+
+#[test]
+fn a_stop_drains_the_active_generation_and_kills_it_at_its_deadline() {
+    let mut w = serving();
+    let peer = w.peer_of(1);
+    let out = w.feed(Input::Terminate { signal: "SIGTERM" });
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            peer,
+            message: Message::Shutdown
+        }]
+    );
+    assert_eq!(w.m.next_deadline(), Some(w.now + 35 * SEC));
+    // A new generation cannot join a stopping service.
+    let late = w.peer();
+    let out = w.feed(Input::Hello {
+        peer: late,
+        pid: 7,
+        role: Role::Generation,
+        timeouts: defaults(),
+        preconnected: None,
+    });
+    assert!(error_to(&out, late).is_some_and(|r| r.contains("shutting down")));
+    let out = w.tick_after(35 * SEC);
+    assert!(out.contains(&Action::Kill(1)));
+    assert_eq!(w.exited(1, "signal: 9 (SIGKILL)"), vec![Action::Exit(1)]);
+}
+
+#[test]
+fn a_second_stop_kills_everything() {
+    let mut w = serving();
+    w.feed(Input::Terminate { signal: "SIGTERM" });
+    let out = w.feed(Input::Terminate { signal: "SIGINT" });
+    assert!(out.contains(&Action::Kill(1)));
+    assert_eq!(w.exited(1, "signal: 9 (SIGKILL)"), vec![Action::Exit(1)]);
+}
+
+#[test]
+fn a_front_spawned_generation_failing_before_ready_is_retried_then_given_up() {
+    let mut w = World::new(defaults());
+    w.feed(Input::Start);
+    let mut delays = Vec::new();
+    for n in 1..=MAX_INITIAL_ATTEMPTS {
+        let n = u64::from(n);
+        w.spawned(n);
+        w.hello(n, defaults());
+        let out = w.exited(n, "exit status: 3");
+        assert!(out.contains(&Action::Close(w.peer_of(n))));
+        if n < u64::from(MAX_INITIAL_ATTEMPTS) {
+            assert!(!out.iter().any(|a| matches!(a, Action::Spawn(_) | Action::Exit(_))));
+            let delay = w.m.next_deadline().expect("a respawn") - w.now;
+            delays.push(delay);
+            assert_eq!(w.tick_after(delay), vec![Action::Spawn(n + 1)]);
+        } else {
+            assert_eq!(out.last(), Some(&Action::Exit(1)), "gives up with a non-zero status");
+        }
+    }
+    assert_eq!(delays, vec![200 * MS, 400 * MS]);
+}
+
+#[test]
+fn giving_up_still_waits_for_a_killed_child() {
+    let quick = Timeouts {
+        ready: SEC,
+        drain: 30 * SEC,
+    };
+    let mut w = World::new(quick);
+    w.feed(Input::Start);
+    for n in 1..=3 {
+        w.spawned(n);
+        let out = w.tick_after(SEC);
+        assert!(out.contains(&Action::Kill(n)), "{out:?}");
+        assert!(!out.iter().any(|a| matches!(a, Action::Exit(_))));
+        if n < 3 {
+            w.exited(n, "signal: 9 (SIGKILL)");
+            let delay = w.m.next_deadline().expect("a respawn") - w.now;
+            assert_eq!(w.tick_after(delay), vec![Action::Spawn(n + 1)]);
+        }
+    }
+    assert_eq!(w.exited(3, "signal: 9 (SIGKILL)"), vec![Action::Exit(1)]);
+}
+
+#[test]
+fn a_crash_soon_after_ready_counts_as_a_failed_start_with_growing_delays() {
+    let mut w = serving();
+    let mut delays = Vec::new();
+    let mut n = 1;
+    loop {
+        w.advance(200 * MS);
+        let out = w.exited(n, "exit status: 101");
+        if out.contains(&Action::Exit(1)) {
+            break;
+        }
+        let delay = w.m.next_deadline().expect("a respawn") - w.now;
+        delays.push(delay);
+        assert_eq!(w.tick_after(delay), vec![Action::Spawn(n + 1)]);
+        n += 1;
+        w.bring_up(n);
+        assert!(n < 20, "never gave up");
+    }
+    assert_eq!(
+        delays,
+        [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
+            .map(|ms| ms * MS)
+            .to_vec()
+    );
+    assert_eq!(delays.len() + 1, MAX_CONSECUTIVE_FAILURES as usize);
+}
+
+#[test]
+fn a_crash_after_serving_a_while_starts_counting_afresh() {
+    let mut w = serving();
+    for n in 1..=5 {
+        w.advance(STABLE_AFTER);
+        w.exited(n, "signal: 11 (SIGSEGV)");
+        let delay = w.m.next_deadline().expect("a respawn") - w.now;
+        assert_eq!(delay, MIN_RESPAWN_DELAY, "crash {n}");
+        assert_eq!(w.tick_after(delay), vec![Action::Spawn(n + 1)]);
+        w.bring_up(n + 1);
+    }
+}
+
+#[test]
+fn failed_upgrades_while_one_serves_never_give_up() {
+    let mut w = serving();
+    w.advance(STABLE_AFTER);
+    for n in 2..40 {
+        assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(n)]);
+        w.spawned(n);
+        assert_eq!(w.exited(n, "exit status: 3"), vec![]);
+        assert!(is_active(w.phase(1)));
+    }
+}
+
+#[test]
+fn a_failed_spawn_counts_as_a_failed_start() {
+    let mut w = World::new(defaults());
+    w.feed(Input::Start);
+    let out = w.feed(Input::SpawnFailed {
+        generation: 1,
+        why: "No such file or directory".to_owned(),
+    });
+    assert_eq!(out, vec![]);
+    assert_eq!(w.phase(1), None);
+    assert_eq!(w.tick_after(200 * MS), vec![Action::Spawn(2)]);
+}
+
+#[test]
+fn an_active_generation_out_of_touch_is_kept_until_it_exits_and_replaced() {
+    let mut w = serving();
+    let peer = w.peer_of(1);
+    w.advance(STABLE_AFTER);
+    let out = w.feed(Input::PeerGone {
+        peer,
+        why: "reset".to_owned(),
+    });
+    assert_eq!(out, vec![]);
+    assert!(is_draining(w.phase(1)), "still running: kept with a deadline");
+    assert_eq!(w.tick_after(200 * MS), vec![Action::Spawn(2)]);
+    w.bring_up(2);
+    assert_eq!(w.exited(1, "exit status: 0"), vec![]);
+}
+
+#[test]
+fn only_the_spawned_child_may_use_its_channel() {
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.spawned(2);
+    let peer = w.peer_of(2);
+    let out = w.feed(Input::Hello {
+        peer,
+        pid: 1,
+        role: Role::Generation,
+        timeouts: defaults(),
+        preconnected: Some(2),
+    });
+    assert!(error_to(&out, peer).is_some_and(|r| r.contains("not by the process the front started")));
+    assert!(!out.iter().any(|a| matches!(a, Action::SendListeners { .. })));
+    // A channel for a generation that is no longer starting.
+    let out = w.feed(Input::Hello {
+        peer: 999,
+        pid: 1,
+        role: Role::Generation,
+        timeouts: defaults(),
+        preconnected: Some(1),
+    });
+    assert!(error_to(&out, 999).is_some_and(|r| r.contains("no longer starting")));
+}
+
+#[test]
+fn the_active_process_cannot_join_again() {
+    let mut w = serving();
+    let pid = w.pid(1);
+    let out = w.feed(Input::Hello {
+        peer: 77,
+        pid,
+        role: Role::Generation,
+        timeouts: defaults(),
+        preconnected: None,
+    });
+    assert!(error_to(&out, 77).is_some_and(|r| r.contains("already a generation")));
+}
+
+#[test]
+fn peers_cannot_act_outside_their_role() {
+    let mut w = serving();
+    // A generation cannot ask for upgrades; a control client cannot say Ready.
+    let gen_peer = w.peer_of(1);
+    assert_eq!(w.feed(Input::UpgradeRequested { peer: gen_peer }), vec![]);
+    let client = w.control_client();
+    assert_eq!(w.feed(Input::Ready { peer: client }), vec![]);
+    assert_eq!(w.feed(Input::UpgradeRequested { peer: 12345 }), vec![]);
+}
+
+#[test]
+fn respawn_delays_grow_and_saturate() {
+    assert_eq!(respawn_delay(1), 200 * MS);
+    assert_eq!(respawn_delay(2), 400 * MS);
+    assert_eq!(respawn_delay(7), MAX_RESPAWN_DELAY);
+    assert_eq!(respawn_delay(u32::MAX), MAX_RESPAWN_DELAY);
+}
+
+// ---- Random event sequences ----
+
+/// One abstract event; indices pick among whatever exists at that moment.
+#[derive(Debug, Clone)]
+enum Op {
+    Hangup,
+    Upgrade,
+    /// A spawned generation that is starting says Hello.
+    Hello(usize),
+    /// A build started by hand connects, with these ready and drain timeouts (seconds).
+    HandStarted(u64, u64),
+    Ready(usize),
+    PeerGone(usize),
+    /// A live spawned process exits on its own.
+    Crash(usize),
+    /// A killed process is reaped.
+    Reap(usize),
+    Terminate,
+    Advance(u64),
+    Tick,
+    /// The next spawn fails.
+    FailNextSpawn,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => Just(Op::Hangup),
+        1 => Just(Op::Upgrade),
+        4 => any::<usize>().prop_map(Op::Hello),
+        1 => (0u64..120, 0u64..120).prop_map(|(r, d)| Op::HandStarted(r, d)),
+        4 => any::<usize>().prop_map(Op::Ready),
+        1 => any::<usize>().prop_map(Op::PeerGone),
+        2 => any::<usize>().prop_map(Op::Crash),
+        3 => any::<usize>().prop_map(Op::Reap),
+        1 => Just(Op::Terminate),
+        4 => (0u64..40_000).prop_map(Op::Advance),
+        3 => Just(Op::Tick),
+        1 => Just(Op::FailNextSpawn),
+    ]
+}
+
+/// The world outside the machine, as the random driver models it.
+struct Model {
+    w: World,
+    /// Spawned processes not reported exited: (pid, peer).
+    live: BTreeMap<Gen, (u32, PeerId)>,
+    /// Processes the machine asked to kill; they exit when the driver reaps them.
+    killed: BTreeSet<Gen>,
+    /// Peers the machine has not closed, with the generation they speak for (if any).
+    open_peers: BTreeMap<PeerId, Option<Gen>>,
+    fail_next_spawn: bool,
+    exited: Option<i32>,
+    /// When the last respawn (a spawn caused by a tick) happened.
+    last_respawn: Option<Instant>,
+    /// Respawns since a generation last became ready.
+    respawns_without_ready: u32,
+}
+
+impl Model {
+    fn new() -> Self {
+        let mut model = Model {
+            w: World::new(Timeouts {
+                ready: 5 * SEC,
+                drain: 10 * SEC,
+            }),
+            live: BTreeMap::new(),
+            killed: BTreeSet::new(),
+            open_peers: BTreeMap::new(),
+            fail_next_spawn: false,
+            exited: None,
+            last_respawn: None,
+            respawns_without_ready: 0,
+        };
+        model.input(Input::Start);
+        model
+    }
+
+    fn pick<T: Copy>(items: impl Iterator<Item = T>, index: usize) -> Option<T> {
+        let items: Vec<T> = items.collect();
+        (!items.is_empty()).then(|| items[index % items.len()])
+    }
+
+    /// Feeds one input and performs the actions the way the shell does, checking each.
+    fn input(&mut self, input: Input) {
+        let is_tick = input == Input::Tick;
+        let upgrade_from = match input {
+            Input::UpgradeRequested { peer } => Some(peer),
+            _ => None,
+        };
+        let was_starting = self.w.m.starting().is_some();
+        let before_exit = self.exited.is_some();
+        let mut queue = vec![input];
+        while let Some(input) = queue.pop() {
+            let out = self.w.m.handle(self.w.now, input);
+            assert!(
+                !before_exit || out.is_empty(),
+                "actions after Exit: {out:?}"
+            );
+            if let Some(client) = upgrade_from
+                && was_starting
+            {
+                let reason = error_to(&out, client);
+                assert!(
+                    reason.is_some_and(|r| !r.is_empty()),
+                    "an upgrade while one starts must be refused with a reason: {out:?}"
+                );
+            }
+            for action in out {
+                match action {
+                    Action::Spawn(n) => {
+                        if is_tick {
+                            if let Some(last) = self.last_respawn {
+                                assert!(
+                                    self.w.now - last >= MIN_RESPAWN_DELAY,
+                                    "respawned {:?} after the previous respawn",
+                                    self.w.now - last
+                                );
+                            }
+                            self.last_respawn = Some(self.w.now);
+                            self.respawns_without_ready += 1;
+                            assert!(
+                                self.respawns_without_ready <= MAX_CONSECUTIVE_FAILURES + 1,
+                                "respawning without end"
+                            );
+                        }
+                        if std::mem::take(&mut self.fail_next_spawn) {
+                            queue.push(Input::SpawnFailed {
+                                generation: n,
+                                why: "injected".to_owned(),
+                            });
+                        } else {
+                            let pid = self.w.next_pid;
+                            self.w.next_pid += 1;
+                            let peer = self.w.peer();
+                            self.w.spawned.insert(n, (pid, peer));
+                            self.live.insert(n, (pid, peer));
+                            self.open_peers.insert(peer, Some(n));
+                            queue.push(Input::Spawned { generation: n, pid });
+                        }
+                    }
+                    Action::SendListeners { peer, .. } | Action::Send { peer, .. } => {
+                        assert!(
+                            self.open_peers.contains_key(&peer),
+                            "{action:?} to a peer that is not open"
+                        );
+                    }
+                    Action::Close(peer) => {
+                        self.open_peers.remove(&peer);
+                    }
+                    Action::Kill(n) => {
+                        if self.live.contains_key(&n) {
+                            self.killed.insert(n);
+                        }
+                    }
+                    Action::Exit(code) => {
+                        assert!(
+                            self.live.is_empty(),
+                            "exited with children unreaped: {:?}",
+                            self.live
+                        );
+                        self.exited = Some(code);
+                    }
+                }
+            }
+        }
+        self.check();
+    }
+
+    fn check(&self) {
+        let phases = self.w.m.phases();
+        let active = phases.values().filter(|p| is_active(Some(**p))).count();
+        let starting = phases
+            .values()
+            .filter(|p| matches!(p, Phase::Starting { .. }))
+            .count();
+        assert!(active <= 1, "{active} active generations: {phases:?}");
+        assert!(starting <= 1, "{starting} starting generations: {phases:?}");
+        let next = self.w.m.next_deadline();
+        for (n, phase) in &phases {
+            if let Phase::Starting { deadline } | Phase::Draining { deadline, .. } = phase {
+                assert!(
+                    next.is_some_and(|next| next <= *deadline),
+                    "generation {n} waits with no deadline: {phase:?}, next {next:?}"
+                );
+            }
+        }
+        // Every spawned process that was not reaped is still tracked.
+        for n in self.live.keys() {
+            assert!(
+                phases.contains_key(n) || self.exited.is_some(),
+                "generation {n} is alive but forgotten: {phases:?}"
+            );
+        }
+    }
+
+    fn step(&mut self, op: Op) {
+        if self.exited.is_some() {
+            return;
+        }
+        match op {
+            Op::Hangup => self.input(Input::Hangup),
+            Op::Upgrade => {
+                let peer = self.w.peer();
+                self.open_peers.insert(peer, None);
+                self.input(Input::Hello {
+                    peer,
+                    pid: 1,
+                    role: Role::Control,
+                    timeouts: defaults(),
+                    preconnected: None,
+                });
+                if self.open_peers.contains_key(&peer) {
+                    self.input(Input::UpgradeRequested { peer });
+                }
+            }
+            Op::Hello(i) => {
+                let open = &self.open_peers;
+                let talking = self.live.iter().filter(|(_, (_, peer))| open.contains_key(peer));
+                if let Some((n, (pid, peer))) = Self::pick(talking, i) {
+                    let (n, pid, peer) = (*n, *pid, *peer);
+                    self.input(Input::Hello {
+                        peer,
+                        pid,
+                        role: Role::Generation,
+                        timeouts: Timeouts {
+                            ready: 3 * SEC,
+                            drain: 20 * SEC,
+                        },
+                        preconnected: Some(n),
+                    });
+                }
+            }
+            Op::HandStarted(ready, drain) => {
+                let peer = self.w.peer();
+                let pid = self.w.next_pid;
+                self.w.next_pid += 1;
+                self.open_peers.insert(peer, None);
+                self.input(Input::Hello {
+                    peer,
+                    pid,
+                    role: Role::Generation,
+                    timeouts: Timeouts {
+                        ready: SEC * u32::try_from(ready).unwrap(),
+                        drain: SEC * u32::try_from(drain).unwrap(),
+                    },
+                    preconnected: None,
+                });
+            }
+            Op::Ready(i) => {
+                if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
+                    let before = self.w.m.active();
+                    self.input(Input::Ready { peer });
+                    if self.w.m.active() != before {
+                        self.respawns_without_ready = 0;
+                    }
+                }
+            }
+            Op::PeerGone(i) => {
+                if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
+                    self.open_peers.remove(&peer);
+                    self.input(Input::PeerGone {
+                        peer,
+                        why: "gone".to_owned(),
+                    });
+                }
+            }
+            Op::Crash(i) => {
+                if let Some(n) = Self::pick(self.live.keys().copied(), i) {
+                    self.reap(n, "exit status: 101");
+                }
+            }
+            Op::Reap(i) => {
+                if let Some(n) = Self::pick(self.killed.iter().copied(), i) {
+                    self.reap(n, "signal: 9 (SIGKILL)");
+                }
+            }
+            Op::Terminate => self.input(Input::Terminate { signal: "SIGTERM" }),
+            Op::Advance(ms) => self.w.advance(Duration::from_millis(ms)),
+            Op::Tick => {
+                if let Some(deadline) = self.w.m.next_deadline() {
+                    if deadline > self.w.now {
+                        self.w.now = deadline;
+                    }
+                    self.input(Input::Tick);
+                }
+            }
+            Op::FailNextSpawn => self.fail_next_spawn = true,
+        }
+    }
+
+    fn reap(&mut self, n: Gen, status: &str) {
+        if let Some((_, peer)) = self.live.remove(&n) {
+            self.killed.remove(&n);
+            // The process's channel ends with it.
+            if self.open_peers.remove(&peer).is_some() {
+                self.input(Input::PeerGone {
+                    peer,
+                    why: "end of stream".to_owned(),
+                });
+            }
+            if self.exited.is_none() {
+                self.input(Input::Exited {
+                    generation: n,
+                    status: status.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// After any history, a stop ends in Exit once the processes go when told or killed.
+    fn stops(&mut self) {
+        self.step(Op::Terminate);
+        for _ in 0..100 {
+            if self.exited.is_some() {
+                return;
+            }
+            // Processes told to stop (or killed) exit; time passes to every deadline.
+            let killed: Vec<Gen> = self.killed.iter().copied().collect();
+            for n in killed {
+                self.reap(n, "signal: 9 (SIGKILL)");
+            }
+            self.step(Op::Tick);
+            if self.exited.is_none()
+                && self.w.m.next_deadline().is_none()
+                && self.killed.is_empty()
+            {
+                let live: Vec<Gen> = self.live.keys().copied().collect();
+                for n in live {
+                    self.reap(n, "exit status: 0");
+                }
+            }
+        }
+        panic!(
+            "the front never exited after a stop: {:?}",
+            self.w.m.phases()
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 4096,
+        max_shrink_iters: 10_000,
+        ..ProptestConfig::default()
+    })]
+
+    /// Any order of events keeps the invariants, and a stop always ends in an exit that
+    /// leaves no spawned process behind.
+    #[test]
+    fn any_event_order_keeps_the_invariants(ops in proptest::collection::vec(op(), 0..60)) {
+        let mut model = Model::new();
+        for op in ops {
+            model.step(op);
+        }
+        model.stops();
+    }
+}
