@@ -15,7 +15,7 @@ use common::{Service, example, run_bounded, set_mode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// Raw frame: `len | version 1 | kind | payload`.
+/// Raw frame: `len | version 2 | kind | payload`.
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
     // Protocol version 2.

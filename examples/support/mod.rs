@@ -24,6 +24,7 @@ pub async fn command_line() -> Result<Vec<String>, ExitCode> {
         args.push("127.0.0.1:8080".to_owned());
     }
     if !upgrade {
+        start_hook();
         return Ok(args);
     }
     Err(match risefront::upgrade(&args).await {
@@ -58,21 +59,61 @@ pub fn slow_delay(query: Option<&str>) -> Duration {
     Duration::from_millis(ms.min(60_000))
 }
 
-/// Lets the end-to-end tests make a new generation fail before it is ready:
-/// `HELLO_FAIL=exit` exits with status 3, `HELLO_FAIL=hang` never serves.
+/// The failure the end-to-end tests ask for: `HELLO_FAIL`, or else the contents of the file
+/// named by `HELLO_FAIL_FILE` if it exists, which lets a test make only the processes started
+/// from some point on fail, including those the front starts itself.
+fn failure_mode() -> Option<String> {
+    if let Ok(mode) = std::env::var("HELLO_FAIL") {
+        return Some(mode);
+    }
+    let file = std::env::var_os("HELLO_FAIL_FILE")?;
+    let mode = std::fs::read_to_string(file).ok()?;
+    Some(mode.trim().to_owned())
+}
+
+/// Runs before `bind`: `slow-start:<ms>` sleeps that long first, like an app loading its
+/// configuration before it binds.
+fn start_hook() {
+    if let Some(ms) = failure_mode()
+        .as_deref()
+        .and_then(|m| m.strip_prefix("slow-start:"))
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        eprintln!("HELLO_FAIL=slow-start:{ms}: sleeping before bind");
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+/// Runs after `bind`, to make a generation fail: `exit` exits with status 3 before serving,
+/// `hang` never serves, `crash:<ms>` serves and exits with status 4 `ms` later (a build that
+/// dies soon after it took over).
 pub fn failure_hook() {
-    match std::env::var("HELLO_FAIL").as_deref() {
-        Ok("exit") => {
+    let Some(mode) = failure_mode() else {
+        return;
+    };
+    match mode.as_str() {
+        "exit" => {
             eprintln!("HELLO_FAIL=exit: exiting before serving");
             std::process::exit(3);
         }
-        Ok("hang") => {
+        "hang" => {
             eprintln!("HELLO_FAIL=hang: never serving");
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
-        _ => {}
+        other => {
+            if let Some(ms) = other
+                .strip_prefix("crash:")
+                .and_then(|ms| ms.parse::<u64>().ok())
+            {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    eprintln!("HELLO_FAIL=crash:{ms}: exiting after serving {ms} ms");
+                    std::process::exit(4);
+                });
+            }
+        }
     }
 }
 

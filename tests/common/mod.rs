@@ -204,6 +204,12 @@ impl Service {
         pid
     }
 
+    /// Waits (bounded) for the front to exit by itself.
+    pub fn wait_front_exit(&mut self) -> ExitStatus {
+        wait_child(&mut self.front, PATIENCE)
+            .unwrap_or_else(|| panic!("the front did not exit:\n{}", self.log()))
+    }
+
     /// Waits for a process this harness started by hand (not the front) to exit.
     pub fn wait_other(&mut self, pid: u32) -> ExitStatus {
         let child = self

@@ -1,0 +1,238 @@
+//! End-to-end: the front's edges. Generations it starts itself that fail before or soon after
+//! ready, giving up, stopping while a generation starts, and upgrades under a flood of silent
+//! control connections.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Service, TempDir, example};
+
+/// A service whose generations fail as the file `fail` says, once a test writes it.
+struct Failing {
+    service: Service,
+    file: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Failing {
+    async fn start(env: &[(&str, &str)]) -> Failing {
+        let dir = TempDir::new();
+        let file = dir.0.join("fail");
+        let path = file.to_string_lossy().into_owned();
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.push(("HELLO_FAIL_FILE", &path));
+        let service = Service::start_with(&example("hello"), &env).await;
+        Failing {
+            service,
+            file,
+            _dir: dir,
+        }
+    }
+
+    fn fail_with(&self, mode: &str) {
+        std::fs::write(&self.file, mode).expect("write the failure file");
+    }
+
+    fn heal(&self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// How many generations the front started, from its log.
+fn starts(log: &str) -> usize {
+    log.matches(") starting (").count()
+}
+
+#[tokio::test]
+async fn a_generation_the_front_starts_that_fails_before_ready_is_rolled_back() {
+    let failing = Failing::start(&[]).await;
+    let service = &failing.service;
+    let g1 = service.hello().await;
+
+    failing.fail_with("exit");
+    let output = service.upgrade_command().await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the failed upgrade succeeded");
+    assert!(
+        stderr.contains("generation 2 failed before it was ready")
+            && stderr.contains("exit status: 3")
+            && !stderr.contains("pid 0"),
+        "{stderr}"
+    );
+    service.wait_log("rollback: generation 2").await;
+    assert_eq!(service.hello().await, g1, "the old generation keeps serving");
+    assert!(
+        !service.log().contains("starting (respawn)"),
+        "a rollback respawns nothing:\n{}",
+        service.log()
+    );
+
+    failing.heal();
+    let output = service.upgrade_command().await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(service.hello().await.generation, 3);
+}
+
+#[tokio::test]
+async fn a_service_that_never_becomes_ready_gives_up_after_three_starts() {
+    let mut service = Service::spawn(&example("hello"), &[("HELLO_FAIL", "exit")]);
+    let status = service.wait_front_exit();
+    assert_eq!(status.code(), Some(1), "{}", service.log());
+    let log = service.log();
+    assert_eq!(starts(&log), 3, "{log}");
+    assert!(log.contains("the front gives up"), "{log}");
+    // The delays between the starts grew: 200 ms, then 400 ms.
+    assert!(log.contains("starting another in 200 ms"), "{log}");
+    assert!(log.contains("starting another in 400 ms"), "{log}");
+}
+
+#[tokio::test]
+async fn a_build_that_crashes_soon_after_ready_is_restarted_with_growing_delays() {
+    let service = Service::spawn(&example("hello"), &[("HELLO_FAIL", "crash:200")]);
+    // Wait for the first start, then count the starts in a fixed window.
+    service.wait_log(") starting (").await;
+    let window = Duration::from_secs(6);
+    tokio::time::sleep(window).await;
+    let log = service.log();
+    let count = starts(&log);
+    println!("{count} starts in {window:?} of a build that crashes 200 ms after ready");
+    // Back-to-back restarts would be one every ~250 ms (24 in the window); the delays of
+    // 200, 400, 800, 1600 and 3200 ms allow 5 or 6 (fewer where processes start slowly).
+    assert!((2..=7).contains(&count), "{count} starts:\n{log}");
+    assert!(
+        log.contains("starting another in 200 ms") && log.contains("starting another in 400 ms"),
+        "the delay did not grow:\n{log}"
+    );
+}
+
+#[cfg(unix)]
+mod unix {
+    use super::*;
+    use common::{alive, wait_gone};
+    use rustix::process::Signal;
+    use tokio::net::UnixStream;
+
+    #[tokio::test]
+    async fn a_stop_while_a_generation_starts_kills_it_before_the_front_exits() {
+        let mut failing = Failing::start(&[]).await;
+        let g1 = failing.service.hello().await;
+        // Generation 2 takes 3 s before it even calls bind: long after the front is gone,
+        // if the front did not wait for it.
+        failing.fail_with("slow-start:3000");
+        failing.service.signal_front(Signal::HUP);
+        failing
+            .service
+            .wait_log("generation 2 (pid ")
+            .await;
+        let log = failing.service.log();
+        let g2: u32 = log
+            .split("generation 2 (pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|pid| pid.parse().ok())
+            .expect("generation 2's pid in the log");
+        let status = failing.service.terminate();
+        assert!(
+            !alive(g2),
+            "the front exited ({status:?}) before generation 2 was gone"
+        );
+        wait_gone(g1.pid).await;
+        // Nothing took the service over: no second front answers, and none will.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(
+            failing.service.get("/").await.is_err(),
+            "something serves after the stop:\n{}",
+            failing.service.log()
+        );
+        assert!(!failing.service.any_alive(), "a process outlived the front");
+    }
+
+    #[tokio::test]
+    async fn two_hundred_silent_control_connections_do_not_delay_an_upgrade() {
+        let mut service = Service::start().await;
+        let socket = service.control_endpoint().await;
+        let mut silent = Vec::new();
+        for _ in 0..200 {
+            silent.push(UnixStream::connect(&socket).await.expect("connect"));
+        }
+        // The front has taken them all in (and dropped the oldest to stay within its limit).
+        service.wait_log("dropped the oldest that had not said hello").await;
+
+        let started = Instant::now();
+        service.signal_front(Signal::HUP);
+        service.wait_generation(2).await;
+        let took = started.elapsed();
+        println!("SIGHUP upgrade with 200 silent control connections: {took:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+
+        // A build started by hand competes for a slot on the endpoint: the oldest silent peer
+        // makes room for it.
+        for _ in 0..200 {
+            silent.push(UnixStream::connect(&socket).await.expect("connect"));
+        }
+        let started = Instant::now();
+        service.start_again(&[]);
+        service.wait_generation(3).await;
+        let took = started.elapsed();
+        println!("hand-started upgrade with 400 silent control connections: {took:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(!service.log().contains("rollback"), "{}", service.log());
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn a_generation_turned_away_by_a_full_front_says_why() {
+        let mut service = Service::start_with(
+            &example("hello"),
+            &[("RISEFRONT_HANDSHAKE_TIMEOUT", "10s")],
+        )
+        .await;
+        let socket = service.control_endpoint().await;
+        // 64 control clients that introduce themselves and then wait: all slots taken by
+        // peers that said hello, none of which may be dropped for a stranger.
+        let mut clients = Vec::new();
+        for _ in 0..64 {
+            let mut client = UnixStream::connect(&socket).await.expect("connect");
+            tokio::io::AsyncWriteExt::write_all(&mut client, &control_hello())
+                .await
+                .expect("hello");
+            clients.push(client);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = service.start_again(&[]);
+        let status = service.wait_other(pid);
+        assert!(!status.success());
+        let log = service.log();
+        assert!(
+            log.contains(&format!(
+                "the front at {socket} already serves 64 control connections (its limit)"
+            )),
+            "{log}"
+        );
+        assert!(log.contains("the front refused this generation"), "{log}");
+        drop(clients);
+    }
+
+    /// `Hello { pid: ours, role: control }` in protocol version 2.
+    fn control_hello() -> Vec<u8> {
+        let mut payload = std::process::id().to_be_bytes().to_vec();
+        payload.push(2);
+        payload.extend(60_000u64.to_be_bytes());
+        payload.extend(30_000u64.to_be_bytes());
+        let mut out = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
+        out.extend([2, 1]);
+        out.extend(payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn failures_are_reported_with_the_real_pid() {
+        let failing = Failing::start(&[]).await;
+        failing.fail_with("exit");
+        failing.service.signal_front(Signal::HUP);
+        failing.service.wait_log("rollback: generation 2").await;
+        let log = failing.service.log();
+        assert!(!log.contains("pid 0)"), "{log}");
+    }
+}
