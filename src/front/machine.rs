@@ -40,6 +40,9 @@ pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// Shortest and longest wait before starting a replacement after a failure.
 pub(crate) const MIN_RESPAWN_DELAY: Duration = Duration::from_millis(200);
 pub(crate) const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(10);
+/// How long a spawned generation whose channel ended before ready has to exit: its exit
+/// status says more about what went wrong than the end of the channel.
+pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// Extra time a generation gets past its own drain deadline before the front kills it: the
 /// generation enforces the deadline itself and needs a moment to exit.
 pub(crate) const DRAIN_SLACK: Duration = Duration::from_secs(5);
@@ -128,6 +131,8 @@ struct Generation {
     timeouts: Timeouts,
     /// Why it was started, for the log line once its pid is known.
     reason: String,
+    /// Why its control connection ended, if it did before it was ready.
+    lost: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -291,6 +296,7 @@ impl Machine {
                 started: now,
                 timeouts: self.defaults,
                 reason: reason.to_owned(),
+                lost: None,
             },
         );
         self.out.push(Action::Spawn(n));
@@ -417,6 +423,7 @@ impl Machine {
                         started: now,
                         timeouts,
                         reason: String::new(),
+                        lost: None,
                     },
                 );
                 tracing::info!(
@@ -503,6 +510,13 @@ impl Machine {
         g.peer = None;
         let why = format!("its control connection ended: {why}");
         match g.phase {
+            Phase::Starting { deadline } if g.spawned => {
+                // Most likely exiting: wait briefly for its status, which says why.
+                g.phase = Phase::Starting {
+                    deadline: deadline.min(deadline_after(now, EXIT_GRACE)),
+                };
+                g.lost = Some(why);
+            }
             Phase::Starting { .. } => self.fail_starting(now, n, &why),
             Phase::Active { since } => {
                 let (pid, spawned) = (g.pid, g.spawned);
@@ -648,7 +662,10 @@ impl Machine {
                 continue;
             };
             if let Phase::Starting { .. } = phase {
-                let why = format!("not ready within {:?}", g.timeouts.ready);
+                let why = match &g.lost {
+                    Some(lost) => format!("{lost}, and it was still running {EXIT_GRACE:?} later"),
+                    None => format!("not ready within {:?}", g.timeouts.ready),
+                };
                 self.fail_starting(now, n, &why);
                 continue;
             }
