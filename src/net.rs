@@ -35,7 +35,6 @@ where
     Ok(out)
 }
 
-
 /// Binds the first candidate that works, like `tokio::net::TcpListener::bind`.
 pub(crate) async fn bind_first(candidates: &[SocketAddr]) -> io::Result<TcpListener> {
     let mut last = None;
@@ -53,4 +52,3 @@ pub(crate) async fn bind_first(candidates: &[SocketAddr]) -> io::Result<TcpListe
     Err(last
         .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "risefront: no address")))
 }
-

@@ -783,7 +783,9 @@ mod tests {
             (KIND_READY, &[0]),
             (
                 KIND_HELLO,
-                &[0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9],
+                &[
+                    0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9,
+                ],
             ),
             (KIND_UPGRADED, &[0, 0, 0, 0, 0, 0, 0, 1, 0]),
             (KIND_ERROR, &[0, 1, b'a', b'b']),
@@ -997,14 +999,16 @@ mod tests {
     fn arb_message() -> impl Strategy<Value = Message> {
         let role = prop_oneof![Just(Role::Generation), Just(Role::Control)];
         prop_oneof![
-            (any::<u32>(), role, any::<u64>(), any::<u64>()).prop_map(|(pid, role, ready, drain)| {
-                Message::Hello {
-                    pid,
-                    role,
-                    ready_timeout: Duration::from_millis(ready),
-                    drain_timeout: Duration::from_millis(drain),
+            (any::<u32>(), role, any::<u64>(), any::<u64>()).prop_map(
+                |(pid, role, ready, drain)| {
+                    Message::Hello {
+                        pid,
+                        role,
+                        ready_timeout: Duration::from_millis(ready),
+                        drain_timeout: Duration::from_millis(drain),
+                    }
                 }
-            }),
+            ),
             (any::<u64>(), vec(vec(any::<u8>(), 0..64), 0..8)).prop_map(|(generation, sockets)| {
                 Message::Listeners {
                     generation,

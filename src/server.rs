@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::process;
 use crate::layer::DrainFuture;
 use crate::listener::RiseFrontListener;
+use crate::process;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 
-use crate::config::Config;
 use crate::channel::Channel;
+use crate::config::Config;
 use crate::handoff::Endpoint;
 use crate::protocol::{Message, Role};
 

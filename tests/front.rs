@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Service, TempDir, example};
 
@@ -61,7 +61,11 @@ async fn a_generation_the_front_starts_that_fails_before_ready_is_rolled_back() 
         "{stderr}"
     );
     service.wait_log("rollback: generation 2").await;
-    assert_eq!(service.hello().await, g1, "the old generation keeps serving");
+    assert_eq!(
+        service.hello().await,
+        g1,
+        "the old generation keeps serving"
+    );
     assert!(
         !service.log().contains("starting (respawn)"),
         "a rollback respawns nothing:\n{}",
@@ -108,6 +112,8 @@ async fn a_build_that_crashes_soon_after_ready_is_restarted_with_growing_delays(
 
 #[cfg(unix)]
 mod unix {
+    use std::time::Instant;
+
     use super::*;
     use common::{alive, wait_gone};
     use rustix::process::Signal;
@@ -121,10 +127,7 @@ mod unix {
         // if the front did not wait for it.
         failing.fail_with("slow-start:3000");
         failing.service.signal_front(Signal::HUP);
-        failing
-            .service
-            .wait_log("generation 2 (pid ")
-            .await;
+        failing.service.wait_log("generation 2 (pid ").await;
         let log = failing.service.log();
         let g2: u32 = log
             .split("generation 2 (pid ")
@@ -157,7 +160,9 @@ mod unix {
             silent.push(UnixStream::connect(&socket).await.expect("connect"));
         }
         // The front has taken them all in (and dropped the oldest to stay within its limit).
-        service.wait_log("dropped the oldest that had not said hello").await;
+        service
+            .wait_log("dropped the oldest that had not said hello")
+            .await;
 
         let started = Instant::now();
         service.signal_front(Signal::HUP);
@@ -183,11 +188,8 @@ mod unix {
 
     #[tokio::test]
     async fn a_generation_turned_away_by_a_full_front_says_why() {
-        let mut service = Service::start_with(
-            &example("hello"),
-            &[("RISEFRONT_HANDSHAKE_TIMEOUT", "10s")],
-        )
-        .await;
+        let mut service =
+            Service::start_with(&example("hello"), &[("RISEFRONT_HANDSHAKE_TIMEOUT", "10s")]).await;
         let socket = service.control_endpoint().await;
         // 64 control clients that introduce themselves and then wait: all slots taken by
         // peers that said hello, none of which may be dropped for a stranger.

@@ -246,7 +246,10 @@ impl Machine {
     /// Each generation's phase, for tests and diagnostics.
     #[cfg(test)]
     pub(crate) fn phases(&self) -> BTreeMap<Gen, Phase> {
-        self.generations.iter().map(|(n, g)| (*n, g.phase)).collect()
+        self.generations
+            .iter()
+            .map(|(n, g)| (*n, g.phase))
+            .collect()
     }
 
     fn starting(&self) -> Option<(Gen, &Generation)> {
@@ -367,7 +370,10 @@ impl Machine {
         }
         if role == Role::Control {
             if preconnected.is_some() {
-                self.refuse(peer, "a generation's channel is not a control client".to_owned());
+                self.refuse(
+                    peer,
+                    "a generation's channel is not a control client".to_owned(),
+                );
                 return;
             }
             self.peers.insert(peer, Peer { role, pid });

@@ -64,7 +64,9 @@ pub(crate) async fn run(
         "front started for service {:?}",
         config.name
     );
-    let code = Front::new(config, exe, args, sockets, &endpoint).run(control).await;
+    let code = Front::new(config, exe, args, sockets, &endpoint)
+        .run(control)
+        .await;
     endpoint.remove();
     drop(lock);
     std::process::exit(code)
@@ -205,7 +207,12 @@ impl<'a> Front<'a> {
             }
             // The accept pause is a deadline like the machine's: with nothing else pending,
             // accepting must still resume on time.
-            let wake = self.machine.next_deadline().into_iter().chain(accept_paused_until).min();
+            let wake = self
+                .machine
+                .next_deadline()
+                .into_iter()
+                .chain(accept_paused_until)
+                .min();
             tokio::select! {
                 accepted = control.accept(), if accept_paused_until.is_none() => match accepted {
                     Ok(stream) => self.admit(stream),
@@ -328,7 +335,11 @@ impl<'a> Front<'a> {
 
     /// Admits a connection from the public endpoint, making room if every slot is taken.
     fn admit(&mut self, stream: Stream) {
-        let open = self.peers.values().filter(|p| p.preconnected.is_none()).count();
+        let open = self
+            .peers
+            .values()
+            .filter(|p| p.preconnected.is_none())
+            .count();
         if open >= MAX_PEERS {
             // Peer ids grow with age, so the first silent one is the oldest.
             let oldest_silent = self
@@ -356,7 +367,11 @@ impl<'a> Front<'a> {
                         self.endpoint
                     );
                     tracing::warn!("turned a control connection away: {reason}");
-                    tokio::spawn(peer::turn_away(stream, reason, self.config.handshake_timeout));
+                    tokio::spawn(peer::turn_away(
+                        stream,
+                        reason,
+                        self.config.handshake_timeout,
+                    ));
                     return;
                 }
             }
@@ -402,9 +417,11 @@ impl<'a> Front<'a> {
         let (ours, theirs) = handoff::child_channel(self.endpoint)?;
         let mut command = tokio::process::Command::new(&self.exe);
         command.args(&self.args).stdin(Stdio::null());
-        let inherited = theirs.attach(&mut command)?;
-        let spawned = command.spawn();
-        drop(inherited);
+        let spawned = {
+            // Held until the spawn returned; then the front keeps only its own end.
+            let _inherited = theirs.attach(&mut command)?;
+            command.spawn()
+        };
         let mut child = spawned?;
         let pid = child.id().unwrap_or_default();
         let (kill, killed) = oneshot::channel::<()>();

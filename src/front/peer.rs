@@ -145,7 +145,13 @@ async fn serve(
     };
     if verified_pid.is_some_and(|real| real != pid) {
         let reason = format!("claims pid {pid} but the system says {verified_pid:?}");
-        let _ = timeout(handshake, channel.send(&Message::Error { reason: reason.clone() })).await;
+        let _ = timeout(
+            handshake,
+            channel.send(&Message::Error {
+                reason: reason.clone(),
+            }),
+        )
+        .await;
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
     }
     // A generation started by hand may have to be killed; hold its process now, while the pid
@@ -155,8 +161,13 @@ async fn serve(
             Ok(handle) => Some(handle),
             Err(e) => {
                 let reason = format!("cannot take hold of process {pid}: {e}");
-                let _ = timeout(handshake, channel.send(&Message::Error { reason: reason.clone() }))
-                    .await;
+                let _ = timeout(
+                    handshake,
+                    channel.send(&Message::Error {
+                        reason: reason.clone(),
+                    }),
+                )
+                .await;
                 return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
             }
         }

@@ -10,8 +10,8 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -312,10 +312,17 @@ pub(crate) struct ChildChannel {
 /// A connected pair: the front's end, and the end the child inherits.
 pub(crate) fn child_channel(_endpoint: &Endpoint) -> io::Result<(Stream, ChildChannel)> {
     // std creates both ends close-on-exec on every Unix.
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-        .map_err(|e| io::Error::new(e.kind(), format!("risefront: create a control channel: {e}")))?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("risefront: create a control channel: {e}"),
+        )
+    })?;
     ours.set_nonblocking(true)?;
-    Ok((UnixStream::from_std(ours)?, ChildChannel { end: theirs.into() }))
+    Ok((
+        UnixStream::from_std(ours)?,
+        ChildChannel { end: theirs.into() },
+    ))
 }
 
 impl ChildChannel {
@@ -386,8 +393,9 @@ pub(crate) fn inherited_channel() -> io::Result<Option<Stream>> {
     // nothing else in the process knows the number, and `TAKEN` makes sure it is adopted at
     // most once. It is checked to be a socket of our own user before any use.
     let end = unsafe { OwnedFd::from_raw_fd(fd) };
-    let is_socket = rustix::fs::fstat(&end)
-        .map(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket);
+    let is_socket = rustix::fs::fstat(&end).map(|stat| {
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket
+    });
     if is_socket != Ok(true) {
         // Closed or reused by the program before it called bind: not ours to close.
         std::mem::forget(end);

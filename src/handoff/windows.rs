@@ -197,6 +197,16 @@ impl Endpoint {
     pub(crate) fn remove(&self) {}
 
     fn create_instance(&self, first: bool) -> io::Result<NamedPipeServer> {
+        self.create_pipe(&self.pipe, first, None)
+    }
+
+    /// Creates an instance of pipe `name` with the owner-only descriptor.
+    fn create_pipe(
+        &self,
+        name: &str,
+        first: bool,
+        max_instances: Option<usize>,
+    ) -> io::Result<NamedPipeServer> {
         let descriptor = SecurityDescriptor::from_sddl(&self.sddl)?;
         let mut attributes = SECURITY_ATTRIBUTES {
             nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
@@ -209,14 +219,15 @@ impl Endpoint {
             .reject_remote_clients(true)
             .access_inbound(true)
             .access_outbound(true);
+        if let Some(max) = max_instances {
+            options.max_instances(max);
+        }
         // SAFETY: `attributes` is a valid SECURITY_ATTRIBUTES for the whole call, and the
         // descriptor it points to lives in `descriptor`, dropped only after the call returns
         // (CreateNamedPipeW copies it into the pipe object).
         unsafe {
-            options.create_with_security_attributes_raw(
-                &self.pipe,
-                (&raw mut attributes).cast::<c_void>(),
-            )
+            options
+                .create_with_security_attributes_raw(name, (&raw mut attributes).cast::<c_void>())
         }
     }
 }
@@ -544,15 +555,128 @@ pub(crate) fn listener_from_protocol_info(blob: &[u8]) -> io::Result<TcpListener
     Ok(unsafe { TcpListener::from_raw_socket(socket as _) })
 }
 
-/// Kills a generation the front did not spawn itself (one started by hand), by its verified pid.
-pub(crate) fn kill_pid(pid: u32) {
-    // SAFETY: OpenProcess has no memory-safety preconditions; a null result is handled.
-    let raw = unsafe { OpenProcess(PROCESS_TERMINATE, 0, pid) };
-    if raw.is_null() {
-        return;
+/// The variable that tells a front-spawned generation the name of its private control pipe.
+pub(crate) const CHANNEL_VAR: &str = "RISEFRONT_CHANNEL";
+
+/// A private pipe for one generation the front spawns: a name nobody else knows, one
+/// instance, the owner-only descriptor. The child connects to it instead of the public pipe,
+/// so no crowd of other clients can keep it out.
+pub(crate) struct ChildChannel {
+    pipe: String,
+}
+
+/// Nothing to hold past the spawn: the child finds its pipe by name.
+pub(crate) struct Inherited;
+
+/// Creates the private pipe: the front's end, and the name the child is given.
+pub(crate) fn child_channel(endpoint: &Endpoint) -> io::Result<(Stream, ChildChannel)> {
+    let pipe = format!("{}-{}", endpoint.pipe, random_suffix());
+    let server = endpoint
+        .create_pipe(&pipe, true, Some(1))
+        .map_err(|e| context(e, "create private control pipe", &pipe))?;
+    Ok((Stream::Server(server), ChildChannel { pipe }))
+}
+
+/// 128 bits from std's randomly keyed hasher (seeded from the system's random source once per
+/// process), mixed with the time and a counter: not guessable by another process.
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut halves = [0u64; 2];
+    for (i, half) in halves.iter_mut().enumerate() {
+        let mut hasher = std::hash::RandomState::new().build_hasher();
+        hasher.write_u128(nanos);
+        hasher.write_u64(count);
+        hasher.write_usize(i);
+        *half = hasher.finish();
     }
-    // SAFETY: `raw` is a process handle we just opened and own; OwnedHandle closes it once.
-    let process = unsafe { OwnedHandle::from_raw_handle(raw) };
-    // SAFETY: `process` is a valid handle with PROCESS_TERMINATE access.
-    unsafe { TerminateProcess(process.as_raw_handle(), 1) };
+    format!("{:016x}{:016x}", halves[0], halves[1])
+}
+
+impl ChildChannel {
+    /// Tells the child, through its environment, which pipe is its own.
+    pub(crate) fn attach(self, command: &mut tokio::process::Command) -> io::Result<Inherited> {
+        command.env(CHANNEL_VAR, &self.pipe);
+        Ok(Inherited)
+    }
+}
+
+/// Waits until the child the private pipe was made for has connected.
+pub(crate) async fn wait_connected(stream: &Stream) -> io::Result<()> {
+    match stream {
+        Stream::Server(server) => server.connect().await,
+        Stream::Client(_) => Ok(()),
+    }
+}
+
+/// The pid of the process on the other end of a private pipe, as the pipe reports it; the
+/// front compares it with the pid it spawned.
+pub(crate) fn child_pid(stream: &Stream) -> io::Result<Option<u32>> {
+    check_peer(stream).map(|peer| peer.pid)
+}
+
+/// In a generation: the private pipe of the front that spawned this process.
+///
+/// `Ok(None)` when there is none: no variable, or a pipe that is gone or already taken (the
+/// variable is inherited by our own children too, and only the first process connects).
+pub(crate) fn inherited_channel() -> io::Result<Option<Stream>> {
+    let Ok(pipe) = std::env::var(CHANNEL_VAR) else {
+        return Ok(None);
+    };
+    if !pipe.starts_with(r"\\.\pipe\risefront-") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("risefront: {CHANNEL_VAR}={pipe:?} is not a risefront control pipe"),
+        ));
+    }
+    match ClientOptions::new().open(&pipe) {
+        Ok(client) => {
+            let stream = Stream::Client(client);
+            check_peer(&stream).map_err(|e| context(e, "verify the front at", &pipe))?;
+            Ok(Some(stream))
+        }
+        Err(e) if is_os_error(&e, ERROR_FILE_NOT_FOUND) || is_os_error(&e, ERROR_PIPE_BUSY) => {
+            Ok(None)
+        }
+        Err(e) => Err(context(e, "connect to private control pipe", &pipe)),
+    }
+}
+
+/// A generation process the front did not spawn (one started by hand), held open from the
+/// moment its identity was verified: while the handle is open, Windows does not reuse its id,
+/// so a kill can only ever reach that process.
+pub(crate) struct ProcessHandle {
+    process: OwnedHandle,
+}
+
+impl ProcessHandle {
+    /// Opens process `pid`, which the caller just verified, with the right to terminate it.
+    pub(crate) fn open(pid: u32) -> io::Result<Self> {
+        // SAFETY: OpenProcess has no memory-safety preconditions; a null result is handled.
+        let raw = unsafe { OpenProcess(PROCESS_TERMINATE, 0, pid) };
+        if raw.is_null() {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("risefront: open process {pid}: {e}"),
+            ));
+        }
+        // SAFETY: `raw` is a process handle we just opened and own; OwnedHandle closes it once.
+        let process = unsafe { OwnedHandle::from_raw_handle(raw) };
+        Ok(ProcessHandle { process })
+    }
+
+    /// Terminates the process (exit code 1).
+    pub(crate) fn kill(&self) -> io::Result<()> {
+        // SAFETY: `process` is a valid handle opened with PROCESS_TERMINATE access.
+        if unsafe { TerminateProcess(self.process.as_raw_handle(), 1) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }

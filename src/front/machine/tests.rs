@@ -169,7 +169,11 @@ fn first_start_spawns_hands_over_and_serves() {
     assert!(matches!(w.phase(1), Some(Phase::Starting { .. })));
     assert_eq!(w.ready(1), vec![]);
     assert!(is_active(w.phase(1)));
-    assert_eq!(w.m.next_deadline(), None, "nothing to wait for while serving");
+    assert_eq!(
+        w.m.next_deadline(),
+        None,
+        "nothing to wait for while serving"
+    );
 }
 
 #[test]
@@ -178,7 +182,10 @@ fn an_upgrade_supersedes_the_active_generation_once_the_new_one_is_ready() {
     assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(2)]);
     w.spawned(2);
     w.hello(2, defaults());
-    assert!(is_active(w.phase(1)), "the old one serves until the new one is ready");
+    assert!(
+        is_active(w.phase(1)),
+        "the old one serves until the new one is ready"
+    );
     let old = w.peer_of(1);
     assert_eq!(
         w.ready(2),
@@ -325,7 +332,10 @@ fn timeouts_of_duration_max_mean_never_and_do_not_panic() {
     w.feed(Input::Start);
     w.spawned(1);
     w.hello(1, forever);
-    assert!(w.m.next_deadline().is_some_and(|d| d > w.now + 3650 * 86_400 * SEC));
+    assert!(
+        w.m.next_deadline()
+            .is_some_and(|d| d > w.now + 3650 * 86_400 * SEC)
+    );
     w.ready(1);
     w.feed(Input::Hangup);
     w.spawned(2);
@@ -401,12 +411,19 @@ fn a_front_spawned_generation_failing_before_ready_is_retried_then_given_up() {
         let out = w.exited(n, "exit status: 3");
         assert!(out.contains(&Action::Close(w.peer_of(n))));
         if n < u64::from(MAX_INITIAL_ATTEMPTS) {
-            assert!(!out.iter().any(|a| matches!(a, Action::Spawn(_) | Action::Exit(_))));
+            assert!(
+                !out.iter()
+                    .any(|a| matches!(a, Action::Spawn(_) | Action::Exit(_)))
+            );
             let delay = w.m.next_deadline().expect("a respawn") - w.now;
             delays.push(delay);
             assert_eq!(w.tick_after(delay), vec![Action::Spawn(n + 1)]);
         } else {
-            assert_eq!(out.last(), Some(&Action::Exit(1)), "gives up with a non-zero status");
+            assert_eq!(
+                out.last(),
+                Some(&Action::Exit(1)),
+                "gives up with a non-zero status"
+            );
         }
     }
     assert_eq!(delays, vec![200 * MS, 400 * MS]);
@@ -509,7 +526,10 @@ fn an_active_generation_out_of_touch_is_kept_until_it_exits_and_replaced() {
         why: "reset".to_owned(),
     });
     assert_eq!(out, vec![]);
-    assert!(is_draining(w.phase(1)), "still running: kept with a deadline");
+    assert!(
+        is_draining(w.phase(1)),
+        "still running: kept with a deadline"
+    );
     assert_eq!(w.tick_after(200 * MS), vec![Action::Spawn(2)]);
     w.bring_up(2);
     assert_eq!(w.exited(1, "exit status: 0"), vec![]);
@@ -528,8 +548,13 @@ fn only_the_spawned_child_may_use_its_channel() {
         timeouts: defaults(),
         preconnected: Some(2),
     });
-    assert!(error_to(&out, peer).is_some_and(|r| r.contains("not by the process the front started")));
-    assert!(!out.iter().any(|a| matches!(a, Action::SendListeners { .. })));
+    assert!(
+        error_to(&out, peer).is_some_and(|r| r.contains("not by the process the front started"))
+    );
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, Action::SendListeners { .. }))
+    );
     // A channel for a generation that is no longer starting.
     let out = w.feed(Input::Hello {
         peer: 999,
@@ -791,7 +816,10 @@ impl Model {
             }
             Op::Hello(i) => {
                 let open = &self.open_peers;
-                let talking = self.live.iter().filter(|(_, (_, peer))| open.contains_key(peer));
+                let talking = self
+                    .live
+                    .iter()
+                    .filter(|(_, (_, peer))| open.contains_key(peer));
                 if let Some((n, (pid, peer))) = Self::pick(talking, i) {
                     let (n, pid, peer) = (*n, *pid, *peer);
                     self.input(Input::Hello {
@@ -896,9 +924,7 @@ impl Model {
                 self.reap(n, "signal: 9 (SIGKILL)");
             }
             self.step(Op::Tick);
-            if self.exited.is_none()
-                && self.w.m.next_deadline().is_none()
-                && self.killed.is_empty()
+            if self.exited.is_none() && self.w.m.next_deadline().is_none() && self.killed.is_empty()
             {
                 let live: Vec<Gen> = self.live.keys().copied().collect();
                 for n in live {
