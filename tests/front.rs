@@ -152,6 +152,33 @@ mod unix {
     }
 
     #[tokio::test]
+    async fn a_stop_while_the_first_generation_starts_leaves_nothing_behind() {
+        // Every process sleeps 3 s before bind (the front too, before it becomes the front).
+        let mut service = Service::spawn(&example("hello"), &[("HELLO_FAIL", "slow-start:3000")]);
+        service.wait_log("generation 1 (pid ").await;
+        let log = service.log();
+        let g1: u32 = log
+            .split("generation 1 (pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|pid| pid.parse().ok())
+            .expect("generation 1's pid in the log");
+        let status = service.terminate();
+        assert!(
+            !alive(g1),
+            "the front exited ({status:?}) before generation 1 was gone"
+        );
+        // Generation 1 would have woken up by now, found no front and become one.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(
+            service.get("/").await.is_err(),
+            "something serves after the stop:\n{}",
+            service.log()
+        );
+        assert!(!service.any_alive(), "a process outlived the front");
+    }
+
+    #[tokio::test]
     async fn two_hundred_silent_control_connections_do_not_delay_an_upgrade() {
         let mut service = Service::start().await;
         let socket = service.control_endpoint().await;
@@ -182,7 +209,9 @@ mod unix {
         let took = started.elapsed();
         println!("hand-started upgrade with 400 silent control connections: {took:?}");
         assert!(took < Duration::from_secs(2), "took {took:?}");
-        assert!(!service.log().contains("rollback"), "{}", service.log());
+        let log = service.log();
+        assert!(!log.contains("rollback"), "{log}");
+        assert!(log.contains("dropped the oldest that had not said hello"), "{log}");
         drop(silent);
     }
 
