@@ -59,7 +59,7 @@ pub fn superseded() -> impl Future<Output = ()> + Send + 'static {
         let since = process.draining_since().await;
         let grace = process.idle_grace();
         tokio::select! {
-            _ = tokio::time::sleep_until(since + grace) => {}
+            _ = tokio::time::sleep_until(deadline_after(since, grace)) => {}
             _ = process.idle() => {}
         }
     }
@@ -238,7 +238,7 @@ impl Process {
             if !self.handled.load(Ordering::Relaxed) {
                 std::process::exit(0);
             }
-            tokio::time::sleep_until(deadline + APP_EXIT_SLACK).await;
+            tokio::time::sleep_until(deadline_after(deadline, APP_EXIT_SLACK)).await;
             tracing::warn!(
                 generation,
                 "generation {generation} drained but the app did not exit by the drain deadline; exiting"

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::config::deadline_after;
 use crate::layer::DrainFuture;
 use crate::listener::RiseFrontListener;
 use crate::process;
@@ -219,8 +220,8 @@ impl GracefulServer {
             idle_grace.as_millis(),
             drain_timeout.as_millis()
         );
-        let deadline = started + drain_timeout;
-        let grace_over = tokio::time::sleep_until(started + idle_grace);
+        let deadline = deadline_after(started, drain_timeout);
+        let grace_over = tokio::time::sleep_until(deadline_after(started, idle_grace));
         tokio::pin!(grace_over);
         let mut grace_done = false;
         let mut drained = 0u64;

@@ -33,7 +33,10 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> io::Result<
     channel.send(&Message::Upgrade).await?;
     // The front answers once the new generation is ready or has failed, which its own ready
     // deadline bounds; the margin covers a build whose ready timeout differs from ours.
-    let wait = config.ready_timeout + config.handshake_timeout + Duration::from_secs(5);
+    let wait = config
+        .ready_timeout
+        .saturating_add(config.handshake_timeout)
+        .saturating_add(Duration::from_secs(5));
     let answer = timeout(wait, channel.recv()).await.map_err(|_| {
         io::Error::new(
             io::ErrorKind::TimedOut,

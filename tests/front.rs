@@ -110,6 +110,25 @@ async fn a_build_that_crashes_soon_after_ready_is_restarted_with_growing_delays(
     );
 }
 
+#[tokio::test]
+async fn timeouts_too_large_for_the_clock_mean_never() {
+    // 10^19 s: a valid Duration, far past what an Instant can hold.
+    let never = "10000000000000000000";
+    let mut service = Service::start_with(
+        &example("hello"),
+        &[
+            ("RISEFRONT_READY_TIMEOUT", never),
+            ("RISEFRONT_DRAIN_TIMEOUT", never),
+        ],
+    )
+    .await;
+    for n in 2..=3 {
+        let way = common::Way::nth(n as usize);
+        service.upgrade(way, n).await;
+    }
+    assert!(!service.log().contains("panicked"), "{}", service.log());
+}
+
 #[cfg(unix)]
 mod unix {
     use std::time::Instant;
@@ -211,7 +230,10 @@ mod unix {
         assert!(took < Duration::from_secs(2), "took {took:?}");
         let log = service.log();
         assert!(!log.contains("rollback"), "{log}");
-        assert!(log.contains("dropped the oldest that had not said hello"), "{log}");
+        assert!(
+            log.contains("dropped the oldest that had not said hello"),
+            "{log}"
+        );
         drop(silent);
     }
 

@@ -957,3 +957,37 @@ proptest! {
         model.stops();
     }
 }
+
+#[test]
+fn a_spawned_generation_whose_channel_ends_before_ready_has_a_moment_to_report_its_exit() {
+    let mut w = serving();
+    let client = w.control_client();
+    w.feed(Input::UpgradeRequested { peer: client });
+    w.spawned(2);
+    w.hello(2, defaults());
+    let peer = w.peer_of(2);
+    let out = w.feed(Input::PeerGone {
+        peer,
+        why: "end of stream".to_owned(),
+    });
+    assert_eq!(out, vec![], "waits for the exit status");
+    assert_eq!(w.m.next_deadline(), Some(w.now + EXIT_GRACE));
+    let out = w.exited(2, "exit status: 3");
+    let reason = error_to(&out, client).expect("the client hears why");
+    assert!(reason.contains("exit status: 3"), "{reason}");
+
+    // One that stays alive without its channel is killed once the moment has passed.
+    let client = w.control_client();
+    w.feed(Input::UpgradeRequested { peer: client });
+    w.spawned(3);
+    let peer = w.peer_of(3);
+    w.feed(Input::PeerGone {
+        peer,
+        why: "end of stream".to_owned(),
+    });
+    let out = w.tick_after(EXIT_GRACE);
+    assert!(out.contains(&Action::Kill(3)));
+    let reason = error_to(&out, client).expect("the client hears why");
+    assert!(reason.contains("still running"), "{reason}");
+    assert!(is_active(w.phase(1)));
+}
