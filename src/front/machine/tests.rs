@@ -980,6 +980,7 @@ fn a_spawned_generation_whose_channel_ends_before_ready_has_a_moment_to_report_i
     let client = w.control_client();
     w.feed(Input::UpgradeRequested { peer: client });
     w.spawned(3);
+    w.hello(3, defaults());
     let peer = w.peer_of(3);
     w.feed(Input::PeerGone {
         peer,
