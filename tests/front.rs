@@ -267,6 +267,52 @@ mod unix {
         drop(clients);
     }
 
+    /// The front runs out of descriptors while accepting, and nothing else happens: accepting
+    /// must resume by itself once descriptors are available again, not wait for an event.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn control_accepting_resumes_by_itself_after_running_out_of_descriptors() {
+        use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
+
+        let service =
+            Service::start_with(&example("hello"), &[("RISEFRONT_HANDSHAKE_TIMEOUT", "60s")]).await;
+        let socket = service.control_endpoint().await;
+        let front = Pid::from_raw(service.front_pid() as i32).expect("front pid");
+        let open: Vec<u64> = std::fs::read_dir(format!("/proc/{}/fd", service.front_pid()))
+            .expect("front's descriptors")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .collect();
+        // A limit that leaves the front exactly four free descriptor numbers.
+        let limit = (0u64..)
+            .filter(|fd| !open.contains(fd))
+            .nth(3)
+            .expect("a free descriptor")
+            + 1;
+        // The front inherited our limits; lower only the soft one (raising the hard one back
+        // would need a capability).
+        let tight = Rlimit {
+            current: Some(limit),
+            maximum: getrlimit(Resource::Nofile).maximum,
+        };
+        let before = prlimit(Some(front), Resource::Nofile, tight).expect("lower the limit");
+        // Connections that never speak: a few are accepted, then accept fails.
+        let mut silent = Vec::new();
+        for _ in 0..8 {
+            silent.push(UnixStream::connect(&socket).await.expect("connect"));
+        }
+        service.wait_log("accept failed").await;
+        prlimit(Some(front), Resource::Nofile, before).expect("restore the limit");
+
+        // No peer leaves for a minute: only the front's own pause deadline can resume accepting.
+        let started = Instant::now();
+        let output = service.upgrade_command().await;
+        let took = started.elapsed();
+        println!("upgrade after the front ran out of descriptors: {took:?}");
+        assert!(output.status.success(), "{output:?}\n{}", service.log());
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        drop(silent);
+    }
+
     /// `Hello { pid: ours, role: control }` in protocol version 2.
     fn control_hello() -> Vec<u8> {
         let mut payload = std::process::id().to_be_bytes().to_vec();
