@@ -56,7 +56,8 @@ async fn a_generation_the_front_starts_that_fails_before_ready_is_rolled_back() 
     assert!(!output.status.success(), "the failed upgrade succeeded");
     assert!(
         stderr.contains("generation 2 failed before it was ready")
-            && stderr.contains("exit status: 3")
+            // "exit status: 3" on Unix, "exit code: 3" on Windows.
+            && stderr.contains(": 3")
             && !stderr.contains("pid 0"),
         "{stderr}"
     );
