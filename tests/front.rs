@@ -135,6 +135,15 @@ mod unix {
     use std::time::Instant;
 
     use super::*;
+
+    /// The pid the front logged when it started generation `n`.
+    fn logged_pid(log: &str, n: u64) -> u32 {
+        log.split(&format!("generation {n} (pid "))
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("generation {n}'s pid in the log:\n{log}"))
+    }
     use common::{alive, wait_gone};
     use rustix::process::Signal;
     use tokio::net::UnixStream;
@@ -148,13 +157,7 @@ mod unix {
         failing.fail_with("slow-start:3000");
         failing.service.signal_front(Signal::HUP);
         failing.service.wait_log("generation 2 (pid ").await;
-        let log = failing.service.log();
-        let g2: u32 = log
-            .split("generation 2 (pid ")
-            .nth(1)
-            .and_then(|rest| rest.split(')').next())
-            .and_then(|pid| pid.parse().ok())
-            .expect("generation 2's pid in the log");
+        let g2 = logged_pid(&failing.service.log(), 2);
         let status = failing.service.terminate();
         assert!(
             !alive(g2),
@@ -176,13 +179,7 @@ mod unix {
         // Every process sleeps 3 s before bind (the front too, before it becomes the front).
         let mut service = Service::spawn(&example("hello"), &[("HELLO_FAIL", "slow-start:3000")]);
         service.wait_log("generation 1 (pid ").await;
-        let log = service.log();
-        let g1: u32 = log
-            .split("generation 1 (pid ")
-            .nth(1)
-            .and_then(|rest| rest.split(')').next())
-            .and_then(|pid| pid.parse().ok())
-            .expect("generation 1's pid in the log");
+        let g1 = logged_pid(&service.log(), 1);
         let status = service.terminate();
         assert!(
             !alive(g1),

@@ -145,14 +145,7 @@ async fn serve(
     };
     if verified_pid.is_some_and(|real| real != pid) {
         let reason = format!("claims pid {pid} but the system says {verified_pid:?}");
-        let _ = timeout(
-            handshake,
-            channel.send(&Message::Error {
-                reason: reason.clone(),
-            }),
-        )
-        .await;
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
+        return Err(refuse(&mut channel, handshake, reason).await);
     }
     // A generation started by hand may have to be killed; hold its process now, while the pid
     // is known to be the one that connected, rather than by number later.
@@ -161,14 +154,7 @@ async fn serve(
             Ok(handle) => Some(handle),
             Err(e) => {
                 let reason = format!("cannot take hold of process {pid}: {e}");
-                let _ = timeout(
-                    handshake,
-                    channel.send(&Message::Error {
-                        reason: reason.clone(),
-                    }),
-                )
-                .await;
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
+                return Err(refuse(&mut channel, handshake, reason).await);
             }
         }
     } else {
@@ -228,6 +214,16 @@ async fn serve(
             }
         }
     }
+}
+
+/// Tells a peer why it is refused (bounded: one that does not read is simply dropped) and
+/// returns the error that ends its task.
+async fn refuse(channel: &mut Channel, handshake: Duration, reason: String) -> io::Error {
+    let message = Message::Error {
+        reason: reason.clone(),
+    };
+    let _ = timeout(handshake, channel.send(&message)).await;
+    io::Error::new(io::ErrorKind::PermissionDenied, reason)
 }
 
 /// Tells a peer that arrived when every slot is taken by a peer that said Hello why it is

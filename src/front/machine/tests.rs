@@ -86,6 +86,19 @@ impl World {
         })
     }
 
+    /// A build started by hand connects to the endpoint and says Hello.
+    fn hand_started(&mut self, pid: u32, timeouts: Timeouts) -> (PeerId, Vec<Action>) {
+        let peer = self.peer();
+        let out = self.feed(Input::Hello {
+            peer,
+            pid,
+            role: Role::Generation,
+            timeouts,
+            preconnected: None,
+        });
+        (peer, out)
+    }
+
     fn ready(&mut self, generation: Gen) -> Vec<Action> {
         let peer = self.peer_of(generation);
         self.feed(Input::Ready { peer })
@@ -252,32 +265,18 @@ fn a_second_upgrade_while_one_is_starting_is_refused_with_a_reason() {
     // SIGHUP too.
     assert_eq!(w.feed(Input::Hangup), vec![]);
     // And a build started by hand.
-    let stranger = w.peer();
-    let out = w.feed(Input::Hello {
-        peer: stranger,
-        pid: 4242,
-        role: Role::Generation,
-        timeouts: defaults(),
-        preconnected: None,
-    });
+    let (stranger, out) = w.hand_started(4242, defaults());
     assert!(error_to(&out, stranger).is_some_and(|r| r.contains("already in progress")));
 }
 
 #[test]
 fn a_build_started_by_hand_is_held_to_its_own_deadlines() {
     let mut w = serving();
-    let peer = w.peer();
     let own = Timeouts {
         ready: 2 * SEC,
         drain: 120 * SEC,
     };
-    let out = w.feed(Input::Hello {
-        peer,
-        pid: 5000,
-        role: Role::Generation,
-        timeouts: own,
-        preconnected: None,
-    });
+    let (peer, out) = w.hand_started(5000, own);
     assert_eq!(
         out,
         vec![Action::SendListeners {
@@ -376,14 +375,7 @@ fn a_stop_drains_the_active_generation_and_kills_it_at_its_deadline() {
     );
     assert_eq!(w.m.next_deadline(), Some(w.now + 35 * SEC));
     // A new generation cannot join a stopping service.
-    let late = w.peer();
-    let out = w.feed(Input::Hello {
-        peer: late,
-        pid: 7,
-        role: Role::Generation,
-        timeouts: defaults(),
-        preconnected: None,
-    });
+    let (late, out) = w.hand_started(7, defaults());
     assert!(error_to(&out, late).is_some_and(|r| r.contains("shutting down")));
     let out = w.tick_after(35 * SEC);
     assert!(out.contains(&Action::Kill(1)));
@@ -569,15 +561,8 @@ fn only_the_spawned_child_may_use_its_channel() {
 #[test]
 fn the_active_process_cannot_join_again() {
     let mut w = serving();
-    let pid = w.pid(1);
-    let out = w.feed(Input::Hello {
-        peer: 77,
-        pid,
-        role: Role::Generation,
-        timeouts: defaults(),
-        preconnected: None,
-    });
-    assert!(error_to(&out, 77).is_some_and(|r| r.contains("already a generation")));
+    let (peer, out) = w.hand_started(w.pid(1), defaults());
+    assert!(error_to(&out, peer).is_some_and(|r| r.contains("already a generation")));
 }
 
 #[test]
