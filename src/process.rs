@@ -71,7 +71,7 @@ pub fn is_draining() -> bool {
     process().draining_now.load(Ordering::Relaxed)
 }
 
-/// Tells the front this generation is ready to take over; see [`RiseFrontListener::ready`].
+/// Tells the front this generation is ready to take over; see [`RiseFrontListener::ready`](crate::RiseFrontListener::ready).
 pub fn ready() {
     process().mark_ready();
 }
