@@ -533,6 +533,7 @@ impl Machine {
                         since: now,
                         deadline: drain_deadline(now, g.timeouts),
                     };
+                    g.lost = Some(why.clone());
                 } else {
                     self.generations.remove(&n);
                 }
@@ -583,6 +584,10 @@ impl Machine {
                 );
                 self.crashed(now, since);
             }
+            Phase::Draining { .. } if g.lost.is_some() => tracing::warn!(
+                generation = n,
+                "generation {n}{pid} exited with {status} after losing its control connection"
+            ),
             Phase::Draining { since, .. } => tracing::info!(
                 generation = n,
                 "generation {n}{pid} finished draining after {} ms ({status})",
