@@ -6,14 +6,15 @@
 //! ```
 //!
 //! `GET /` answers `hello from generation <N> pid <PID>`; `GET /slow?ms=<n>` answers the same
-//! after `n` milliseconds. Try it: run it, `curl localhost:8080`, run it again in another
+//! after `n` milliseconds; `GET /healthz` answers `ok` (200), or `stopping` (503) once the
+//! service is stopping ([`risefront::is_stopping`]), for load balancers. Try it: run it, `curl localhost:8080`, run it again in another
 //! terminal (or `kill -HUP <front pid>`, or `hello --upgrade`), and `curl` again.
 
 mod support;
 
 use std::process::ExitCode;
 
-use axum::{Router, extract::RawQuery, routing::get};
+use axum::{Router, extract::RawQuery, http::StatusCode, routing::get};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -36,6 +37,16 @@ async fn serve(addrs: &[String]) -> std::io::Result<()> {
             get(move |RawQuery(query): RawQuery| async move {
                 tokio::time::sleep(support::slow_delay(query.as_deref())).await;
                 slow_body
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async {
+                if risefront::is_stopping() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+                } else {
+                    (StatusCode::OK, "ok\n")
+                }
             }),
         )
         // Connection: close on responses written after the takeover...

@@ -59,8 +59,9 @@ where
 ///
 /// Timeouts can be overridden at run time without rebuilding, which is what an operator
 /// reaches for during an incident: `RISEFRONT_READY_TIMEOUT`, `RISEFRONT_DRAIN_TIMEOUT`,
-/// `RISEFRONT_HANDSHAKE_TIMEOUT` and `RISEFRONT_IDLE_GRACE` take values such as `500ms`, `30s`,
-/// `2m` or a plain number of seconds, and `RISEFRONT=off` means [`standalone`](Self::standalone).
+/// `RISEFRONT_HANDSHAKE_TIMEOUT`, `RISEFRONT_IDLE_GRACE` and `RISEFRONT_STOP_DELAY` take values
+/// such as `500ms`, `30s`, `2m` or a plain number of seconds, and `RISEFRONT=off` means
+/// [`standalone`](Self::standalone).
 ///
 /// # Example
 ///
@@ -84,6 +85,7 @@ pub struct Builder {
     drain_timeout: Duration,
     handshake_timeout: Duration,
     idle_grace: Duration,
+    stop_delay: Duration,
     standalone: bool,
     manual_ready: bool,
 }
@@ -104,6 +106,7 @@ impl Builder {
             drain_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(5),
             idle_grace: Duration::from_millis(500),
+            stop_delay: Duration::ZERO,
             standalone: false,
             manual_ready: false,
         }
@@ -144,6 +147,32 @@ impl Builder {
     /// clients that are sending on them right now; the grace lets those requests land first.
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;
+        self
+    }
+
+    /// How long the service keeps accepting after it is told to stop (SIGTERM, SIGINT, Ctrl-C
+    /// to the front, or to a standalone process) before it drains. Default 0.
+    ///
+    /// Behind a load balancer or in Kubernetes, endpoint removal propagates only after the
+    /// stop signal: for a few seconds new connections keep coming, and a listener closed at
+    /// once refuses them. During the delay [`is_stopping`](crate::is_stopping) is true, so a
+    /// health check can answer 503 and hasten the balancer.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let listener = risefront::Builder::new()
+    ///     .stop_delay(Duration::from_secs(5)) // the balancer's health-check interval
+    ///     .bind(["0.0.0.0:8080"])
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stop_delay(mut self, delay: Duration) -> Self {
+        self.stop_delay = delay;
         self
     }
 
@@ -231,6 +260,7 @@ impl Builder {
             handshake_timeout: env_duration("RISEFRONT_HANDSHAKE_TIMEOUT")?
                 .unwrap_or(self.handshake_timeout),
             idle_grace: env_duration("RISEFRONT_IDLE_GRACE")?.unwrap_or(self.idle_grace),
+            stop_delay: env_duration("RISEFRONT_STOP_DELAY")?.unwrap_or(self.stop_delay),
             standalone: self.standalone || env_off()?,
             manual_ready: self.manual_ready,
         })

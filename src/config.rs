@@ -15,6 +15,7 @@ pub(crate) struct Config {
     pub(crate) drain_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_grace: Duration,
+    pub(crate) stop_delay: Duration,
     pub(crate) standalone: bool,
     pub(crate) manual_ready: bool,
 }

@@ -69,6 +69,7 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
     }
     let process = process();
     process.configure(config, generation);
+    process.joined_front();
     process.install_signals();
     ignore_hangup(generation);
     let listener = RiseFrontListener::new(listeners, generation, config);
@@ -105,8 +106,16 @@ fn ignore_hangup(generation: u64) {
 /// The generation's half of the control channel, for as long as the process lives.
 async fn talk_to_front(mut channel: Channel, process: &'static Process, generation: u64) {
     let mut ready_sent = false;
+    let mut stop_sent = false;
     loop {
         tokio::select! {
+            _ = process.stop_requested(), if !stop_sent => {
+                stop_sent = true;
+                if let Err(e) = channel.send(&Message::StopRequested).await {
+                    process.start_draining(&format!("lost the front ({e})"));
+                    return;
+                }
+            }
             _ = process.wait_ready(), if !ready_sent => {
                 ready_sent = true;
                 if let Err(e) = channel.send(&Message::Ready).await {
@@ -117,7 +126,14 @@ async fn talk_to_front(mut channel: Channel, process: &'static Process, generati
             }
             message = channel.recv() => match message {
                 Ok(Some(Message::Superseded)) => process.start_draining("was superseded by a newer generation"),
-                Ok(Some(Message::Shutdown)) => process.start_draining("was asked to stop by the front"),
+                Ok(Some(Message::Shutdown)) => {
+                    process.set_stopping();
+                    process.start_draining("was asked to stop by the front");
+                }
+                Ok(Some(Message::Stopping)) => {
+                    process.set_stopping();
+                    tracing::info!(generation, "the service is stopping: generation {generation} serves on until the front's stop delay ends");
+                }
                 Ok(Some(Message::Error { reason })) => {
                     tracing::warn!(generation, "the front says: {reason}");
                 }

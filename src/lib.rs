@@ -80,7 +80,7 @@ mod upgrade;
 pub use builder::{Builder, bind, upgrade};
 pub use layer::{DrainFuture, DrainLayer, DrainService};
 pub use listener::{Addr, Connection, RiseFrontListener};
-pub use process::{is_draining, ready, superseded};
+pub use process::{is_draining, is_stopping, ready, superseded};
 pub use server::{GracefulServer, ServeSummary};
 
 /// The control-protocol decoder, for the fuzz targets in `fuzz/` only (`cargo fuzz` builds

@@ -71,6 +71,32 @@ pub fn is_draining() -> bool {
     process().draining_now.load(Ordering::Relaxed)
 }
 
+/// Whether the service is stopping: it was told to stop (SIGTERM or SIGINT to the front, or
+/// to a standalone process) and is in its stop delay or draining.
+///
+/// Unlike [`is_draining`], it stays false when this generation is merely replaced by a newer
+/// one (the service goes on), so it is the flag for a health check that load balancers
+/// watch: answer 503 while it is true and they stop sending traffic before the listener
+/// closes. See [`Builder::stop_delay`](crate::Builder::stop_delay).
+///
+/// # Example
+///
+/// ```no_run
+/// use axum::{http::StatusCode, routing::get};
+///
+/// let health = get(|| async {
+///     if risefront::is_stopping() {
+///         (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+///     } else {
+///         (StatusCode::OK, "ok\n")
+///     }
+/// });
+/// let app: axum::Router = axum::Router::new().route("/healthz", health);
+/// ```
+pub fn is_stopping() -> bool {
+    process().stopping_now.load(Ordering::Relaxed)
+}
+
 /// Tells the front this generation is ready to take over; see [`RiseFrontListener::ready`](crate::RiseFrontListener::ready).
 pub fn ready() {
     process().mark_ready();
@@ -92,10 +118,15 @@ pub(crate) struct Process {
     ready_changed: Notify,
     draining: watch::Sender<Option<Instant>>,
     draining_now: AtomicBool,
+    stopping_now: AtomicBool,
+    /// Joined to a front: a stop signal from outside asks the front for a replacement.
+    has_front: AtomicBool,
+    stop_request: Notify,
     live: AtomicUsize,
     idle_changed: Notify,
     idle_grace_ms: AtomicU64,
     drain_timeout_ms: AtomicU64,
+    stop_delay_ms: AtomicU64,
     slots: Mutex<Vec<Weak<dyn Gate>>>,
 }
 
@@ -110,10 +141,14 @@ impl Process {
             ready_changed: Notify::new(),
             draining: watch::Sender::new(None),
             draining_now: AtomicBool::new(false),
+            stopping_now: AtomicBool::new(false),
+            has_front: AtomicBool::new(false),
+            stop_request: Notify::new(),
             live: AtomicUsize::new(0),
             idle_changed: Notify::new(),
             idle_grace_ms: AtomicU64::new(500),
             drain_timeout_ms: AtomicU64::new(30_000),
+            stop_delay_ms: AtomicU64::new(0),
             slots: Mutex::new(Vec::new()),
         }
     }
@@ -124,6 +159,23 @@ impl Process {
             .store(millis(config.idle_grace), Ordering::Relaxed);
         self.drain_timeout_ms
             .store(millis(config.drain_timeout), Ordering::Relaxed);
+        self.stop_delay_ms
+            .store(millis(config.stop_delay), Ordering::Relaxed);
+    }
+
+    /// This process is a generation of a front, which decides how it stops.
+    pub(crate) fn joined_front(&self) {
+        self.has_front.store(true, Ordering::Relaxed);
+    }
+
+    /// The service is stopping (the health flag of [`is_stopping`]).
+    pub(crate) fn set_stopping(&self) {
+        self.stopping_now.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves once a stop signal from outside asks for this generation to be replaced.
+    pub(crate) async fn stop_requested(&self) {
+        self.stop_request.notified().await;
     }
 
     /// The app (or [`GracefulServer`](crate::GracefulServer)) ends the process itself once
@@ -258,8 +310,10 @@ impl Process {
         std::process::exit(0);
     }
 
-    /// SIGTERM or SIGINT start draining; a second one ends the process at once, as people
-    /// pressing Ctrl-C twice expect.
+    /// SIGTERM or SIGINT. In a generation of a front, the first one asks the front for a
+    /// replacement (the generation serves until it takes over); standalone, it starts the stop
+    /// delay, if any, then draining. One more starts draining at once, and one while draining
+    /// ends the process, as people pressing Ctrl-C again expect.
     pub(crate) fn install_signals(&'static self) {
         if self.signals.swap(true, Ordering::AcqRel) {
             return;
@@ -272,13 +326,40 @@ impl Process {
             }
         };
         tokio::spawn(async move {
+            let mut asked = false;
             loop {
                 let signal = signals.recv().await;
+                let generation = self.generation.load(Ordering::Relaxed);
                 if self.draining.borrow().is_some() {
                     tracing::warn!("second {signal} while draining: exiting now");
                     std::process::exit(130);
                 }
-                self.start_draining(&format!("got {signal}"));
+                if std::mem::replace(&mut asked, true) {
+                    self.set_stopping();
+                    self.start_draining(&format!("got {signal} again"));
+                    continue;
+                }
+                if self.has_front.load(Ordering::Relaxed) {
+                    tracing::info!(
+                        generation,
+                        "generation {generation} got {signal}: asking the front to start its replacement; it serves until then ({signal} again stops it at once)"
+                    );
+                    self.stop_request.notify_one();
+                    continue;
+                }
+                self.set_stopping();
+                let delay = Duration::from_millis(self.stop_delay_ms.load(Ordering::Relaxed));
+                if delay.is_zero() {
+                    self.start_draining(&format!("got {signal}"));
+                    continue;
+                }
+                tracing::info!(
+                    "got {signal}: still accepting for the stop delay ({delay:?}), then draining"
+                );
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    self.start_draining("ended its stop delay");
+                });
             }
         });
     }

@@ -22,6 +22,8 @@
 //! | 6    | `Upgraded`   | generation `u64`                                                   |
 //! | 7    | `Shutdown`   |                                                                    |
 //! | 8    | `Error`      | `u16` len, UTF-8 bytes                                             |
+//! | 9    | `StopRequested` |                                                                 |
+//! | 10   | `Stopping`   |                                                                    |
 //!
 //! Why it is shaped this way:
 //!
@@ -46,7 +48,8 @@ use std::{error, fmt, io, str};
 
 /// Protocol revision. Bump it on any change to the layout above.
 /// Version 2 added the sender's ready and drain timeouts to `Hello`, so that the front
-/// enforces a new build's own deadlines rather than its own.
+/// enforces a new build's own deadlines rather than its own, and the `StopRequested` and
+/// `Stopping` messages.
 pub(crate) const VERSION: u8 = 2;
 
 /// Largest frame body accepted (after the 4-byte length prefix).
@@ -83,6 +86,8 @@ const KIND_UPGRADE: u8 = 5;
 const KIND_UPGRADED: u8 = 6;
 const KIND_SHUTDOWN: u8 = 7;
 const KIND_ERROR: u8 = 8;
+const KIND_STOP_REQUESTED: u8 = 9;
+const KIND_STOPPING: u8 = 10;
 
 /// Who is on the other end of a control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +145,12 @@ pub(crate) enum Message {
     Shutdown,
     /// Either direction: a refusal or failure, human-readable.
     Error { reason: String },
+    /// Generation -> front: I was told to stop (SIGTERM/SIGINT from outside); replace me, and
+    /// supersede me once the replacement is ready.
+    StopRequested,
+    /// Front -> generation: the service is stopping after its stop delay; keep accepting
+    /// meanwhile, and report stopping to health checks. `Shutdown` follows.
+    Stopping,
 }
 
 impl Message {
@@ -152,6 +163,8 @@ impl Message {
             Message::Upgrade => KIND_UPGRADE,
             Message::Upgraded { .. } => KIND_UPGRADED,
             Message::Shutdown => KIND_SHUTDOWN,
+            Message::StopRequested => KIND_STOP_REQUESTED,
+            Message::Stopping => KIND_STOPPING,
             Message::Error { .. } => KIND_ERROR,
         }
     }
@@ -257,7 +270,12 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
             put_u16_len(out, reason.len())?;
             out.extend_from_slice(reason.as_bytes());
         }
-        Message::Ready | Message::Superseded | Message::Upgrade | Message::Shutdown => {}
+        Message::Ready
+        | Message::Superseded
+        | Message::Upgrade
+        | Message::Shutdown
+        | Message::StopRequested
+        | Message::Stopping => {}
     }
     Ok(())
 }
@@ -282,7 +300,12 @@ fn body_len(msg: &Message) -> Result<usize, ProtocolError> {
         }
         Message::Upgraded { .. } => 8,
         Message::Error { reason } => 2 + truncate_reason(reason).len(),
-        Message::Ready | Message::Superseded | Message::Upgrade | Message::Shutdown => 0,
+        Message::Ready
+        | Message::Superseded
+        | Message::Upgrade
+        | Message::Shutdown
+        | Message::StopRequested
+        | Message::Stopping => 0,
     };
     let len = payload.saturating_add(BODY_HEADER);
     if len > MAX_FRAME {
@@ -378,6 +401,8 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
             generation: u64::from_be_bytes(r.take("truncated upgraded")?),
         },
         KIND_SHUTDOWN => Message::Shutdown,
+        KIND_STOP_REQUESTED => Message::StopRequested,
+        KIND_STOPPING => Message::Stopping,
         KIND_ERROR => {
             let len = usize::from(u16::from_be_bytes(r.take("truncated string")?));
             let bytes = r.bytes(len, "truncated string")?;
@@ -535,6 +560,8 @@ mod tests {
             Message::Upgrade,
             Message::Upgraded { generation: 7 },
             Message::Shutdown,
+            Message::StopRequested,
+            Message::Stopping,
             Message::Error {
                 reason: String::new(),
             },
@@ -615,6 +642,8 @@ mod tests {
             (Message::Superseded, 4),
             (Message::Upgrade, 5),
             (Message::Shutdown, 7),
+            (Message::StopRequested, 9),
+            (Message::Stopping, 10),
         ];
         for (msg, kind) in bare {
             assert_eq!(frame(&msg), [0, 0, 0, 2, VERSION, kind]);
@@ -738,7 +767,7 @@ mod tests {
 
     #[test]
     fn unknown_kind() {
-        for kind in [0, 9, 255] {
+        for kind in [0, 11, 255] {
             assert_eq!(
                 decode(&raw(VERSION, kind, &[])),
                 Err(ProtocolError::UnknownMessage { kind })
@@ -1020,6 +1049,8 @@ mod tests {
             Just(Message::Upgrade),
             any::<u64>().prop_map(|generation| Message::Upgraded { generation }),
             Just(Message::Shutdown),
+            Just(Message::StopRequested),
+            Just(Message::Stopping),
             any::<String>().prop_map(|reason| Message::Error { reason }),
         ]
     }

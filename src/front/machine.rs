@@ -7,6 +7,8 @@
 //! Active(N) --exit / control connection lost--> respawn after a delay that grows with each
 //!                                               consecutive failure; give up after a bound
 //! Draining(N) --drain deadline--> Killed --exit--> gone
+//! Active(N) --StopRequested--> Starting(N+1) spawned; Active(N) serves until it is ready
+//! front stop --stop delay (still accepting, Stopping sent)--> every generation drains
 //! ```
 //!
 //! The I/O shell in [`super`] turns signals, peer frames and child exits into [`Input`]s, feeds
@@ -80,6 +82,8 @@ pub(crate) enum Input {
     Ready { peer: PeerId },
     /// A control connection ended (closed, failed, timed out or refused).
     PeerGone { peer: PeerId, why: String },
+    /// A generation was told to stop by someone other than the front: replace it first.
+    StopRequested { peer: PeerId },
     /// A process the front spawned was reaped.
     Exited { generation: Gen, status: String },
     /// SIGTERM, SIGINT or Ctrl-C.
@@ -133,6 +137,8 @@ struct Generation {
     reason: String,
     /// Why its control connection ended, if it did before it was ready.
     lost: Option<String>,
+    /// It asked to be replaced (it was sent SIGTERM from outside).
+    stop_requested: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +151,9 @@ struct Peer {
 #[derive(Debug)]
 pub(crate) struct Machine {
     defaults: Timeouts,
+    stop_delay: Duration,
+    /// Told to stop, keeping on accepting until then (the stop delay).
+    stop_at: Option<Instant>,
     generations: BTreeMap<Gen, Generation>,
     /// Peers that said Hello.
     peers: BTreeMap<PeerId, Peer>,
@@ -164,10 +173,13 @@ pub(crate) struct Machine {
 }
 
 impl Machine {
-    /// A machine whose generations get `defaults` until they say otherwise in their Hello.
-    pub(crate) fn new(defaults: Timeouts) -> Self {
+    /// A machine whose generations get `defaults` until they say otherwise in their Hello,
+    /// and which keeps accepting for `stop_delay` once told to stop.
+    pub(crate) fn new(defaults: Timeouts, stop_delay: Duration) -> Self {
         Machine {
             defaults,
+            stop_delay,
+            stop_at: None,
             generations: BTreeMap::new(),
             peers: BTreeMap::new(),
             waiters: Vec::new(),
@@ -211,11 +223,12 @@ impl Machine {
             } => self.on_hello(now, peer, pid, role, timeouts, preconnected),
             Input::Ready { peer } => self.on_ready(now, peer),
             Input::PeerGone { peer, why } => self.on_peer_gone(now, peer, &why),
+            Input::StopRequested { peer } => self.on_stop_requested(now, peer),
             Input::Exited { generation, status } => self.on_exited(now, generation, &status),
-            Input::Terminate { signal } => self.stop(now, &format!("got {signal}")),
+            Input::Terminate { signal } => self.on_terminate(now, signal),
             Input::Tick => self.on_tick(now),
         }
-        if self.stopping && self.generations.is_empty() {
+        if self.winding_down() && self.generations.is_empty() {
             self.exited = true;
             tracing::info!("front exiting with status {}", self.exit_code);
             self.out.push(Action::Exit(self.exit_code));
@@ -235,7 +248,13 @@ impl Machine {
                 Phase::Active { .. } | Phase::Killed => None,
             })
             .chain(self.respawn_at)
+            .chain(self.stop_at)
             .min()
+    }
+
+    /// Stopping, or about to once the stop delay has passed: no new generation is started.
+    fn winding_down(&self) -> bool {
+        self.stopping || self.stop_at.is_some()
     }
 
     /// Whether the machine still tracks `generation` (the shell drops its handles otherwise).
@@ -275,7 +294,7 @@ impl Machine {
 
     /// Starts a new generation, unless the service is stopping or one is starting already.
     fn spawn(&mut self, now: Instant, reason: &str) -> Result<Gen, String> {
-        if self.stopping {
+        if self.winding_down() {
             return Err("the service is shutting down".to_owned());
         }
         if let Some((n, g)) = self.starting() {
@@ -300,6 +319,7 @@ impl Machine {
                 timeouts: self.defaults,
                 reason: reason.to_owned(),
                 lost: None,
+                stop_requested: false,
             },
         );
         self.out.push(Action::Spawn(n));
@@ -364,7 +384,7 @@ impl Machine {
             // One Hello per connection; the peer task never relays a second one.
             return;
         }
-        if self.stopping {
+        if self.winding_down() {
             self.refuse(peer, "the service is shutting down".to_owned());
             return;
         }
@@ -430,6 +450,7 @@ impl Machine {
                         timeouts,
                         reason: String::new(),
                         lost: None,
+                        stop_requested: false,
                     },
                 );
                 tracing::info!(
@@ -571,7 +592,7 @@ impl Machine {
                 );
                 self.failed(now, &why);
             }
-            Phase::Active { since } if self.stopping => tracing::info!(
+            Phase::Active { since } if self.winding_down() => tracing::info!(
                 generation = n,
                 "generation {n}{pid} stopped after serving {} ms ({status})",
                 now.saturating_duration_since(since).as_millis()
@@ -596,6 +617,74 @@ impl Machine {
             Phase::Killed => {
                 tracing::info!(generation = n, "generation {n}{pid} exited ({status})")
             }
+        }
+    }
+
+    /// SIGTERM and friends: with a stop delay, keep accepting that long first (generations are
+    /// told `Stopping`, for their health checks); a signal during the delay ends it early.
+    fn on_terminate(&mut self, now: Instant, signal: &str) {
+        if self.stopping || self.stop_at.is_some() || self.stop_delay.is_zero() {
+            self.stop_at = None;
+            self.stop(now, &format!("got {signal}"));
+            return;
+        }
+        self.stop_at = Some(deadline_after(now, self.stop_delay));
+        self.respawn_at = None;
+        tracing::info!(
+            "front got {signal}: still accepting for the stop delay ({:?}), then stopping",
+            self.stop_delay
+        );
+        let starting: Vec<Gen> = self
+            .generations
+            .iter()
+            .filter(|(_, g)| matches!(g.phase, Phase::Starting { .. }))
+            .map(|(n, _)| *n)
+            .collect();
+        for n in starting {
+            self.fail_starting(now, n, "the service is stopping");
+        }
+        let peers: Vec<PeerId> = self.generations.values().filter_map(|g| g.peer).collect();
+        for peer in peers {
+            self.out.push(Action::Send {
+                peer,
+                message: Message::Stopping,
+            });
+        }
+        for (peer, _) in std::mem::take(&mut self.waiters) {
+            self.refuse(peer, "the service is shutting down".to_owned());
+        }
+    }
+
+    /// A generation was sent SIGTERM or SIGINT by someone else than the front: start its
+    /// replacement; it keeps serving until the replacement is ready, then drains as superseded.
+    fn on_stop_requested(&mut self, now: Instant, peer: PeerId) {
+        if self.winding_down() {
+            // It was told to stop (or will be) by the front itself.
+            return;
+        }
+        let Some(n) = self.by_peer(peer) else {
+            return;
+        };
+        let Some(g) = self.generations.get_mut(&n) else {
+            return;
+        };
+        let pid = pid_note(g.pid);
+        match g.phase {
+            Phase::Active { .. } => {
+                g.stop_requested = true;
+                tracing::info!(
+                    generation = n,
+                    "generation {n}{pid} was asked to stop: starting its replacement; it serves until then"
+                );
+                if let Err(why) = self.spawn(now, &format!("generation {n} was asked to stop")) {
+                    tracing::info!(
+                        generation = n,
+                        "no new replacement for generation {n}: {why}"
+                    );
+                }
+            }
+            Phase::Starting { .. } => self.fail_starting(now, n, "it was asked to stop"),
+            Phase::Draining { .. } | Phase::Killed => {}
         }
     }
 
@@ -653,6 +742,10 @@ impl Machine {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        if self.stop_at.is_some_and(|t| t <= now) {
+            self.stop_at = None;
+            self.stop(now, "ends its stop delay");
+        }
         if self.respawn_at.is_some_and(|t| t <= now) {
             self.respawn_at = None;
             if let Err(why) = self.spawn(now, "respawn") {
@@ -704,15 +797,23 @@ impl Machine {
                 reason: format!("generation {n} failed before it was ready: {why}"),
             },
         );
-        if !self.stopping {
+        if !self.winding_down() {
             self.failed(now, why);
         }
     }
 
     fn log_failed_start(&self, n: Gen, pid: Option<u32>, why: &str) {
         let pid = pid_note(pid);
-        match self.active() {
-            Some(active) if !self.stopping => tracing::warn!(
+        let active = self.active();
+        let asked_to_stop = active
+            .and_then(|a| self.generations.get(&a))
+            .is_some_and(|g| g.stop_requested);
+        match active {
+            Some(active) if !self.winding_down() && asked_to_stop => tracing::warn!(
+                generation = n,
+                "rollback: generation {n}{pid} failed before it was ready ({why}); generation {active} was asked to stop but keeps serving until a replacement is ready (signal it again to stop it anyway)"
+            ),
+            Some(active) if !self.winding_down() => tracing::warn!(
                 generation = n,
                 "rollback: generation {n}{pid} failed before it was ready ({why}); generation {active} keeps serving"
             ),
@@ -725,7 +826,7 @@ impl Machine {
 
     /// The active generation that became ready at `since` is gone without being asked.
     fn crashed(&mut self, now: Instant, since: Instant) {
-        if self.stopping {
+        if self.winding_down() {
             return;
         }
         let served = now.saturating_duration_since(since);
@@ -750,7 +851,7 @@ impl Machine {
             self.last_ready = None;
         }
         self.failures = self.failures.saturating_add(1);
-        if self.stopping || self.active().is_some() || self.starting().is_some() {
+        if self.winding_down() || self.active().is_some() || self.starting().is_some() {
             return;
         }
         let limit = if self.ever_ready {

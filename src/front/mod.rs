@@ -155,10 +155,13 @@ impl<'a> Front<'a> {
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (exits_tx, exits) = mpsc::unbounded_channel();
-        let machine = Machine::new(Timeouts {
-            ready: config.ready_timeout,
-            drain: config.drain_timeout,
-        });
+        let machine = Machine::new(
+            Timeouts {
+                ready: config.ready_timeout,
+                drain: config.drain_timeout,
+            },
+            config.stop_delay,
+        );
         Front {
             config,
             exe,
@@ -326,6 +329,7 @@ impl<'a> Front<'a> {
             }
             Event::Ready { peer } => self.feed(Input::Ready { peer }),
             Event::Upgrade { peer } => self.feed(Input::UpgradeRequested { peer }),
+            Event::StopRequested { peer } => self.feed(Input::StopRequested { peer }),
             Event::Gone { peer, why } => {
                 self.peers.remove(&peer);
                 self.feed(Input::PeerGone { peer, why });

@@ -32,6 +32,10 @@ pub(crate) enum Event {
     Upgrade {
         peer: PeerId,
     },
+    /// A generation was told to stop from outside and asks to be replaced first.
+    StopRequested {
+        peer: PeerId,
+    },
     /// The task ended; `why` is for the log.
     Gone {
         peer: PeerId,
@@ -172,6 +176,7 @@ async fn serve(
     let request_deadline =
         (role == Role::Control).then(|| deadline_after(Instant::now(), handshake));
     let mut asked = false;
+    let mut stop_asked = false;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -195,6 +200,10 @@ async fn serve(
                 Some(Message::Upgrade) if role == Role::Control && !asked => {
                     asked = true;
                     let _ = cx.events.send(Event::Upgrade { peer });
+                }
+                Some(Message::StopRequested) if role == Role::Generation && !stop_asked => {
+                    stop_asked = true;
+                    let _ = cx.events.send(Event::StopRequested { peer });
                 }
                 Some(other) => {
                     return Err(io::Error::new(

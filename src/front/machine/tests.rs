@@ -30,7 +30,7 @@ struct World {
 impl World {
     fn new(defaults: Timeouts) -> Self {
         World {
-            m: Machine::new(defaults),
+            m: Machine::new(defaults, Duration::ZERO),
             now: Instant::now(),
             next_peer: 100,
             next_pid: 1000,
@@ -584,6 +584,103 @@ fn respawn_delays_grow_and_saturate() {
     assert_eq!(respawn_delay(u32::MAX), MAX_RESPAWN_DELAY);
 }
 
+#[test]
+fn a_generation_asked_to_stop_from_outside_serves_until_its_replacement_is_ready() {
+    let mut w = serving();
+    let old = w.peer_of(1);
+    assert_eq!(
+        w.feed(Input::StopRequested { peer: old }),
+        vec![Action::Spawn(2)]
+    );
+    assert!(is_active(w.phase(1)), "still serving");
+    w.spawned(2);
+    w.hello(2, defaults());
+    assert_eq!(
+        w.ready(2),
+        vec![Action::Send {
+            peer: old,
+            message: Message::Superseded
+        }]
+    );
+    assert!(is_draining(w.phase(1)));
+    // Asking twice, or while draining, changes nothing.
+    assert_eq!(w.feed(Input::StopRequested { peer: old }), vec![]);
+}
+
+#[test]
+fn a_failed_replacement_leaves_the_generation_that_asked_to_stop_serving() {
+    let mut w = serving();
+    let old = w.peer_of(1);
+    w.feed(Input::StopRequested { peer: old });
+    w.spawned(2);
+    w.exited(2, "exit status: 3");
+    assert!(is_active(w.phase(1)));
+    assert_eq!(w.m.next_deadline(), None, "no respawn: generation 1 serves");
+}
+
+#[test]
+fn a_stop_request_while_the_service_stops_is_the_front_s_business() {
+    let mut w = serving();
+    let old = w.peer_of(1);
+    w.feed(Input::Terminate { signal: "SIGTERM" });
+    assert_eq!(w.feed(Input::StopRequested { peer: old }), vec![]);
+}
+
+#[test]
+fn the_stop_delay_keeps_serving_then_drains() {
+    let mut w = World::new(defaults());
+    w.m = Machine::new(defaults(), SEC);
+    w.feed(Input::Start);
+    w.bring_up(1);
+    let peer = w.peer_of(1);
+    let client = w.control_client();
+    let out = w.feed(Input::Terminate { signal: "SIGTERM" });
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            peer,
+            message: Message::Stopping
+        }]
+    );
+    assert!(is_active(w.phase(1)), "keeps accepting during the delay");
+    // No upgrade during the delay.
+    let out = w.feed(Input::UpgradeRequested { peer: client });
+    assert!(error_to(&out, client).is_some_and(|r| r.contains("shutting down")));
+    assert_eq!(w.feed(Input::Hangup), vec![]);
+    assert_eq!(w.m.next_deadline(), Some(w.now + SEC));
+    let out = w.tick_after(SEC);
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            peer,
+            message: Message::Shutdown
+        }]
+    );
+    assert!(is_draining(w.phase(1)));
+    assert_eq!(
+        w.exited(1, "exit status: 0"),
+        vec![Action::Close(peer), Action::Exit(0)]
+    );
+}
+
+#[test]
+fn a_second_signal_ends_the_stop_delay_early() {
+    let mut w = World::new(defaults());
+    w.m = Machine::new(defaults(), 60 * SEC);
+    w.feed(Input::Start);
+    w.bring_up(1);
+    let peer = w.peer_of(1);
+    w.feed(Input::Terminate { signal: "SIGTERM" });
+    let out = w.feed(Input::Terminate { signal: "SIGINT" });
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            peer,
+            message: Message::Shutdown
+        }]
+    );
+}
+
 // ---- Random event sequences ----
 
 /// One abstract event; indices pick among whatever exists at that moment.
@@ -606,6 +703,8 @@ enum Op {
     Tick,
     /// The next spawn fails.
     FailNextSpawn,
+    /// A generation was sent SIGTERM from outside.
+    StopRequested(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -622,6 +721,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u64..40_000).prop_map(Op::Advance),
         3 => Just(Op::Tick),
         1 => Just(Op::FailNextSpawn),
+        1 => any::<usize>().prop_map(Op::StopRequested),
     ]
 }
 
@@ -643,12 +743,15 @@ struct Model {
 }
 
 impl Model {
-    fn new() -> Self {
+    fn new(stop_delay: Duration) -> Self {
+        let timeouts = Timeouts {
+            ready: 5 * SEC,
+            drain: 10 * SEC,
+        };
+        let mut w = World::new(timeouts);
+        w.m = Machine::new(timeouts, stop_delay);
         let mut model = Model {
-            w: World::new(Timeouts {
-                ready: 5 * SEC,
-                drain: 10 * SEC,
-            }),
+            w,
             live: BTreeMap::new(),
             killed: BTreeSet::new(),
             open_peers: BTreeMap::new(),
@@ -874,6 +977,11 @@ impl Model {
                 }
             }
             Op::FailNextSpawn => self.fail_next_spawn = true,
+            Op::StopRequested(i) => {
+                if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
+                    self.input(Input::StopRequested { peer });
+                }
+            }
         }
     }
 
@@ -934,8 +1042,11 @@ proptest! {
     /// Any order of events keeps the invariants, and a stop always ends in an exit that
     /// leaves no spawned process behind.
     #[test]
-    fn any_event_order_keeps_the_invariants(ops in proptest::collection::vec(op(), 0..60)) {
-        let mut model = Model::new();
+    fn any_event_order_keeps_the_invariants(
+        ops in proptest::collection::vec(op(), 0..60),
+        stop_delay_ms in prop_oneof![Just(0u64), 0u64..5_000],
+    ) {
+        let mut model = Model::new(Duration::from_millis(stop_delay_ms));
         for op in ops {
             model.step(op);
         }
