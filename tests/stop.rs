@@ -1,0 +1,142 @@
+//! End-to-end: how the service stops. A generation stopped by anyone but the front is replaced
+//! before it stops accepting; a stop delay keeps the service accepting (with its health check
+//! failing) before it drains, with a front and standalone alike.
+//!
+//! Unix only: these send SIGTERM to one chosen process, which a Windows console program has no
+//! equivalent for (Ctrl-C and Ctrl-Break reach a whole console process group).
+
+#![cfg(unix)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::load::{self, Kind};
+use common::{PATIENCE, Service, alive, example, signal_pid, wait_gone};
+use rustix::process::Signal;
+
+#[tokio::test]
+async fn sigterm_to_the_active_generation_replaces_it_before_it_stops_accepting() {
+    let service = Service::start().await;
+    let g1 = service.hello().await;
+    // Requests in flight for 2.5 s on the generation about to be stopped...
+    let slow = load::start(service.addr, &[(Kind::KeepAlive, 2, "/slow?ms=2500")]);
+    // ...and new connections arriving all the time.
+    let fresh = load::start(service.addr, &[(Kind::NewConnection, 4, "/")]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    signal_pid(g1.pid, Signal::TERM);
+    let g2 = service.wait_generation(2).await;
+    assert_ne!(g2.pid, g1.pid);
+    // The old generation finishes its slow requests, then exits.
+    wait_gone(g1.pid).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut fresh = fresh.stop().await;
+    let slow = slow.stop().await;
+    let log = service.log();
+    let ready_ms = log
+        .split("generation 2 ready after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or("?");
+    let longest = fresh.quantile(1.0);
+    println!(
+        "SIGTERM to the active generation: longest wait of a new request {longest:?} (replacement ready after {ready_ms} ms, p99 {:?}); {}",
+        fresh.quantile(0.99),
+        fresh.summary(1)
+    );
+    assert_eq!(fresh.failed, 0, "{}", fresh.summary(1));
+    assert_eq!(slow.failed, 0, "{}", slow.summary(1));
+    assert!(slow.ok >= 2, "the slow requests finished: {}", slow.summary(1));
+    assert!(log.contains("was asked to stop: starting its replacement"), "{log}");
+    // Before, a new connection waited for the old process to exit: the slow request's
+    // remaining time, 2.2 s or more here.
+    assert!(
+        longest < Duration::from_millis(1500),
+        "a new request waited {longest:?}\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_to_the_front_with_a_stop_delay_serves_on_then_drains() {
+    let mut service =
+        Service::start_with(&example("hello"), &[("RISEFRONT_STOP_DELAY", "1500ms")]).await;
+    let g1 = service.hello().await;
+    assert_eq!(service.get("/healthz").await, Ok((200, "ok\n".to_owned())));
+
+    let stopped_at = Instant::now();
+    service.signal_front(Signal::TERM);
+    wait_for_health_503(&service).await;
+    let flipped = stopped_at.elapsed();
+    // New connections are still served during the delay.
+    let mut served = 0;
+    while stopped_at.elapsed() < Duration::from_millis(1000) {
+        assert_eq!(service.hello().await, g1, "served by the same generation");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("stop delay 1.5 s: health flag flipped after {flipped:?}, {served} requests served during the delay");
+    assert!(served > 0);
+    // Then everything drains and the front exits cleanly.
+    let status = service.wait_front_exit();
+    assert!(status.success(), "{status:?}\n{}", service.log());
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(1500),
+        "stopped before the delay ended"
+    );
+    assert!(!alive(g1.pid));
+    assert!(service.get("/").await.is_err(), "still answering");
+}
+
+#[tokio::test]
+async fn a_standalone_process_keeps_the_same_stop_delay() {
+    let mut service = Service::spawn(
+        &example("hello"),
+        &[("RISEFRONT", "off"), ("RISEFRONT_STOP_DELAY", "1500ms")],
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let hello = loop {
+        if let Ok((200, body)) = service.get("/").await {
+            break common::parse_hello(&body).expect("hello body");
+        }
+        assert!(Instant::now() < deadline, "never served:\n{}", service.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(hello.generation, 0, "standalone");
+    assert_eq!(hello.pid, service.front_pid());
+
+    let stopped_at = Instant::now();
+    service.signal_front(Signal::TERM);
+    wait_for_health_503(&service).await;
+    let mut served = 0;
+    while stopped_at.elapsed() < Duration::from_millis(1000) {
+        assert_eq!(service.hello().await, hello);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served > 0);
+    let status = service.wait_front_exit();
+    assert!(status.success(), "{status:?}\n{}", service.log());
+    assert!(stopped_at.elapsed() >= Duration::from_millis(1500));
+}
+
+async fn wait_for_health_503(service: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match service.get("/healthz").await {
+            Ok((503, body)) => {
+                assert_eq!(body, "stopping\n");
+                return;
+            }
+            Ok((200, _)) => {}
+            other => panic!("/healthz answered {other:?}\n{}", service.log()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the health flag never flipped\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
