@@ -48,8 +48,15 @@ async fn sigterm_to_the_active_generation_replaces_it_before_it_stops_accepting(
     );
     assert_eq!(fresh.failed, 0, "{}", fresh.summary(1));
     assert_eq!(slow.failed, 0, "{}", slow.summary(1));
-    assert!(slow.ok >= 2, "the slow requests finished: {}", slow.summary(1));
-    assert!(log.contains("was asked to stop: starting its replacement"), "{log}");
+    assert!(
+        slow.ok >= 2,
+        "the slow requests finished: {}",
+        slow.summary(1)
+    );
+    assert!(
+        log.contains("was asked to stop: starting its replacement"),
+        "{log}"
+    );
     // Before, a new connection waited for the old process to exit: the slow request's
     // remaining time, 2.2 s or more here.
     assert!(
@@ -76,7 +83,9 @@ async fn sigterm_to_the_front_with_a_stop_delay_serves_on_then_drains() {
         served += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("stop delay 1.5 s: health flag flipped after {flipped:?}, {served} requests served during the delay");
+    println!(
+        "stop delay 1.5 s: health flag flipped after {flipped:?}, {served} requests served during the delay"
+    );
     assert!(served > 0);
     // Then everything drains and the front exits cleanly.
     let status = service.wait_front_exit();
@@ -100,7 +109,11 @@ async fn a_standalone_process_keeps_the_same_stop_delay() {
         if let Ok((200, body)) = service.get("/").await {
             break common::parse_hello(&body).expect("hello body");
         }
-        assert!(Instant::now() < deadline, "never served:\n{}", service.log());
+        assert!(
+            Instant::now() < deadline,
+            "never served:\n{}",
+            service.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(hello.generation, 0, "standalone");
