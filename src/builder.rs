@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::net::ToSocketAddrs;
 use tokio::time::Instant;
 
-use crate::config::{Config, deadline_after, derive_name, env_duration, env_off, validate_name};
+use crate::config::{
+    Config, deadline_after, derive_name, env_duration, env_off, program_name, validate_name,
+};
 use crate::handoff::{self, Endpoint};
 use crate::listener::RiseFrontListener;
 use crate::net::resolve;
@@ -27,7 +29,7 @@ use crate::{front, generation, process};
 pub async fn bind<I, A>(addrs: I) -> io::Result<RiseFrontListener>
 where
     I: IntoIterator<Item = A>,
-    A: ToSocketAddrs,
+    A: ToSocketAddrs + std::fmt::Debug,
 {
     Builder::new().bind(addrs).await
 }
@@ -50,7 +52,7 @@ where
 pub async fn upgrade<I, A>(addrs: I) -> io::Result<u64>
 where
     I: IntoIterator<Item = A>,
-    A: ToSocketAddrs,
+    A: ToSocketAddrs + std::fmt::Debug,
 {
     Builder::new().upgrade(addrs).await
 }
@@ -201,7 +203,7 @@ impl Builder {
     pub async fn bind<I, A>(self, addrs: I) -> io::Result<RiseFrontListener>
     where
         I: IntoIterator<Item = A>,
-        A: ToSocketAddrs,
+        A: ToSocketAddrs + std::fmt::Debug,
     {
         let addrs = resolve(addrs).await?;
         let config = self.config(&addrs)?;
@@ -240,7 +242,7 @@ impl Builder {
     pub async fn upgrade<I, A>(self, addrs: I) -> io::Result<u64>
     where
         I: IntoIterator<Item = A>,
-        A: ToSocketAddrs,
+        A: ToSocketAddrs + std::fmt::Debug,
     {
         let addrs = resolve(addrs).await?;
         let config = self.config(&addrs)?;
@@ -251,7 +253,7 @@ impl Builder {
     fn config(&self, addrs: &[Vec<std::net::SocketAddr>]) -> io::Result<Config> {
         let name = match &self.name {
             Some(name) => validate_name(name)?,
-            None => derive_name(addrs),
+            None => derive_name(&program_name(), addrs),
         };
         Ok(Config {
             name,

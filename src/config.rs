@@ -51,10 +51,49 @@ pub(crate) fn validate_name(name: &str) -> io::Result<String> {
     }
 }
 
+/// The default service name: the program's file name and its addresses, so that an unrelated
+/// program on a taken address never joins (it gets "address in use") while a new build of the
+/// same program, from any path, does. `hello` on `127.0.0.1:8080` is `hello-127.0.0.1_8080`.
+pub(crate) fn derive_name(program: &str, addrs: &[Vec<SocketAddr>]) -> String {
+    let program: String = program
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .skip_while(|c| *c == '.')
+        .take(20)
+        .collect();
+    let addrs = derive_addrs_name(addrs);
+    if program.is_empty() {
+        addrs
+    } else {
+        format!("{program}-{addrs}")
+    }
+}
+
+/// This program's name as it was started: `argv[0]`'s file name (a symlink's own name, so
+/// versioned installs behind one link share a service), without `.exe`.
+pub(crate) fn program_name() -> String {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let path = std::path::Path::new(&argv0);
+    let name = if path.file_name().is_some() {
+        path.to_path_buf()
+    } else {
+        std::env::current_exe().unwrap_or_default()
+    };
+    name.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// `127.0.0.1:8080` becomes `127.0.0.1_8080` and `[::1]:80` becomes `v6_0-0-0-0-0-0-0-1_80`;
 /// long lists are shortened with a hash so the socket path stays under the platform's limit
 /// (about 100 bytes on Unix).
-pub(crate) fn derive_name(addrs: &[Vec<SocketAddr>]) -> String {
+pub(crate) fn derive_addrs_name(addrs: &[Vec<SocketAddr>]) -> String {
     let mut parts: Vec<String> = addrs
         .iter()
         .map(|candidates| match candidates[0] {
@@ -137,17 +176,30 @@ mod tests {
 
     #[test]
     fn derived_names_are_sorted_and_file_safe() {
-        assert_eq!(derive_name(&addrs(&["127.0.0.1:8080"])), "127.0.0.1_8080");
         assert_eq!(
-            derive_name(&addrs(&["127.0.0.2:1", "127.0.0.1:2"])),
-            derive_name(&addrs(&["127.0.0.1:2", "127.0.0.2:1"]))
+            derive_name("hello", &addrs(&["127.0.0.1:8080"])),
+            "hello-127.0.0.1_8080"
         );
-        assert_eq!(derive_name(&addrs(&["[::1]:80"])), "v6_0-0-0-0-0-0-0-1_80");
-        let long = derive_name(&addrs(&[
-            "[2001:db8::1]:8080",
-            "[2001:db8::2]:8080",
-            "10.0.0.1:1",
-        ]));
+        assert_eq!(
+            derive_name("app", &addrs(&["127.0.0.2:1", "127.0.0.1:2"])),
+            derive_name("app", &addrs(&["127.0.0.1:2", "127.0.0.2:1"]))
+        );
+        assert_eq!(
+            derive_name("", &addrs(&["[::1]:80"])),
+            "v6_0-0-0-0-0-0-0-1_80"
+        );
+        assert_eq!(
+            derive_name("my app (v2)", &addrs(&["[::1]:80"])),
+            "my_app__v2_-v6_0-0-0-0-0-0-0-1_80"
+        );
+        assert_ne!(
+            derive_name("a", &addrs(&["127.0.0.1:80"])),
+            derive_name("b", &addrs(&["127.0.0.1:80"]))
+        );
+        let long = derive_name(
+            &"x".repeat(300),
+            &addrs(&["[2001:db8::1]:8080", "[2001:db8::2]:8080", "10.0.0.1:1"]),
+        );
         assert!(long.len() <= MAX_NAME, "{long}");
         assert!(validate_name(&long).is_ok());
     }

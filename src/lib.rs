@@ -71,6 +71,7 @@ mod handoff;
 mod layer;
 mod listener;
 mod net;
+mod notice;
 mod process;
 mod protocol;
 mod server;

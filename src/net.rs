@@ -11,16 +11,17 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 pub(crate) async fn resolve<I, A>(addrs: I) -> io::Result<Vec<Vec<SocketAddr>>>
 where
     I: IntoIterator<Item = A>,
-    A: ToSocketAddrs,
+    A: ToSocketAddrs + std::fmt::Debug,
 {
     let mut out = Vec::new();
     for addr in addrs {
-        let candidates: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        let shown = format!("{addr:?}");
+        let candidates: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| bad_address(&shown, &e.to_string()))?
+            .collect();
         if candidates.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "risefront: an address resolved to nothing",
-            ));
+            return Err(bad_address(&shown, "it resolves to nothing"));
         }
         if !out.contains(&candidates) {
             out.push(candidates);
@@ -33,6 +34,15 @@ where
         ));
     }
     Ok(out)
+}
+
+fn bad_address(shown: &str, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "risefront: cannot use address {shown}: {why} (expected HOST:PORT, for example 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080 or localhost:8080)"
+        ),
+    )
 }
 
 /// Binds the first candidate that works, like `tokio::net::TcpListener::bind`.

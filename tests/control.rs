@@ -12,7 +12,7 @@ fn socket_path(service: &Service) -> std::path::PathBuf {
     service
         .runtime_dir()
         .join("risefront")
-        .join(format!("127.0.0.1_{}.sock", service.addr.port()))
+        .join(format!("hello-127.0.0.1_{}.sock", service.addr.port()))
 }
 
 /// A raw connection to the front's control endpoint, as any local process could open.

@@ -254,7 +254,7 @@ async fn stale_socket_of_a_killed_front_does_not_block_the_next_start() {
     let socket = service
         .runtime_dir()
         .join("risefront")
-        .join(format!("127.0.0.1_{}.sock", service.addr.port()));
+        .join(format!("hello-127.0.0.1_{}.sock", service.addr.port()));
     assert!(socket.exists(), "the killed front left its socket file");
 
     let mut again = service.command(&[]);

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::deadline_after;
+use crate::notice::report;
 use crate::protocol::{Message, Role};
 
 /// A generation's number: 1 for the first, then 2, 3, …
@@ -84,8 +85,12 @@ pub(crate) enum Input {
     PeerGone { peer: PeerId, why: String },
     /// A generation was told to stop by someone other than the front: replace it first.
     StopRequested { peer: PeerId },
-    /// A process the front spawned was reaped.
-    Exited { generation: Gen, status: String },
+    /// A process the front spawned was reaped; `success` for exit status 0.
+    Exited {
+        generation: Gen,
+        status: String,
+        success: bool,
+    },
     /// SIGTERM, SIGINT or Ctrl-C.
     Terminate { signal: &'static str },
     /// [`Machine::next_deadline`] has passed.
@@ -105,6 +110,8 @@ pub(crate) enum Action {
     Close(PeerId),
     /// Kill the process of `generation`. For a spawned one, its exit is reported later.
     Kill(Gen),
+    /// Close the front's copies of the listening sockets: the service is stopping.
+    CloseListeners,
     /// Exit the front with this status. Nothing follows.
     Exit(i32),
 }
@@ -118,6 +125,10 @@ pub(crate) enum Phase {
     Active { since: Instant },
     /// Superseded, told to stop, or out of touch: killed at `deadline` if still there.
     Draining { since: Instant, deadline: Instant },
+    /// The active generation's channel ended: most likely it is exiting, and its exit status
+    /// decides what follows (status 0 ends the service, anything else is a crash). If it has
+    /// not exited by `deadline`, it is out of touch: it drains by itself and is replaced.
+    Lost { since: Instant, deadline: Instant },
     /// Killed; a spawned process stays here until its exit is reported.
     Killed,
 }
@@ -203,7 +214,7 @@ impl Machine {
         match input {
             Input::Start => {
                 if let Err(why) = self.spawn(now, "first start") {
-                    tracing::error!("cannot start generation 1: {why}");
+                    report!(error, "cannot start generation 1: {why}");
                 }
             }
             Input::Hangup => {
@@ -224,13 +235,21 @@ impl Machine {
             Input::Ready { peer } => self.on_ready(now, peer),
             Input::PeerGone { peer, why } => self.on_peer_gone(now, peer, &why),
             Input::StopRequested { peer } => self.on_stop_requested(now, peer),
-            Input::Exited { generation, status } => self.on_exited(now, generation, &status),
+            Input::Exited {
+                generation,
+                status,
+                success,
+            } => self.on_exited(now, generation, &status, success),
             Input::Terminate { signal } => self.on_terminate(now, signal),
             Input::Tick => self.on_tick(now),
         }
         if self.winding_down() && self.generations.is_empty() {
             self.exited = true;
-            tracing::info!("front exiting with status {}", self.exit_code);
+            if self.exit_code == 0 {
+                tracing::info!("front exiting with status 0");
+            } else {
+                report!(error, "front exiting with status {}", self.exit_code);
+            }
             self.out.push(Action::Exit(self.exit_code));
         }
         std::mem::take(&mut self.out)
@@ -244,7 +263,9 @@ impl Machine {
         self.generations
             .values()
             .filter_map(|g| match g.phase {
-                Phase::Starting { deadline } | Phase::Draining { deadline, .. } => Some(deadline),
+                Phase::Starting { deadline }
+                | Phase::Draining { deadline, .. }
+                | Phase::Lost { deadline, .. } => Some(deadline),
                 Phase::Active { .. } | Phase::Killed => None,
             })
             .chain(self.respawn_at)
@@ -361,7 +382,7 @@ impl Machine {
         if g.phase == Phase::Killed {
             return;
         }
-        tracing::error!(generation = n, "cannot start generation {n}: {why}");
+        report!(error, "cannot start generation {n}: {why}");
         self.answer_waiters(
             n,
             Message::Error {
@@ -545,34 +566,27 @@ impl Machine {
                 g.lost = Some(why);
             }
             Phase::Starting { .. } => self.fail_starting(now, n, &why),
+            Phase::Active { since } if g.spawned => {
+                g.phase = Phase::Lost {
+                    since,
+                    deadline: deadline_after(now, EXIT_GRACE),
+                };
+                g.lost = Some(why);
+            }
             Phase::Active { since } => {
-                let (pid, spawned) = (g.pid, g.spawned);
-                if spawned {
-                    // Still running, out of touch: it drains by itself (it lost the front);
-                    // keep it, with a kill deadline, until it exits.
-                    g.phase = Phase::Draining {
-                        since: now,
-                        deadline: drain_deadline(now, g.timeouts),
-                    };
-                    g.lost = Some(why.clone());
-                } else {
-                    self.generations.remove(&n);
-                }
-                tracing::error!(
-                    generation = n,
-                    "active generation {n}{} lost: {why}",
-                    pid_note(pid)
-                );
+                let pid = g.pid;
+                self.generations.remove(&n);
+                report!(error, "active generation {n}{} lost: {why}", pid_note(pid));
                 self.crashed(now, since);
             }
             Phase::Draining { .. } if !g.spawned => {
                 self.generations.remove(&n);
             }
-            Phase::Draining { .. } | Phase::Killed => {}
+            Phase::Draining { .. } | Phase::Lost { .. } | Phase::Killed => {}
         }
     }
 
-    fn on_exited(&mut self, now: Instant, n: Gen, status: &str) {
+    fn on_exited(&mut self, now: Instant, n: Gen, status: &str, success: bool) {
         let Some(g) = self.generations.remove(&n) else {
             return;
         };
@@ -581,6 +595,58 @@ impl Machine {
         }
         let pid = pid_note(g.pid);
         match g.phase {
+            // Respawning is for failures: a program that ends by itself, successfully, ends
+            // the service (as systemd's Restart=on-failure would). A test calling `bind`
+            // ends this way instead of being started again forever.
+            Phase::Lost { since, .. }
+                if success
+                    && !self.winding_down()
+                    && self.active().is_none()
+                    && self.starting().is_none() =>
+            {
+                report!(
+                    info,
+                    "generation {n}{pid} exited with status 0 by itself after serving {} ms: the service ends",
+                    now.saturating_duration_since(since).as_millis()
+                );
+                self.stop(now, &format!("stops: generation {n} ended by itself"));
+            }
+            Phase::Lost { since, .. } if self.winding_down() => tracing::info!(
+                generation = n,
+                "generation {n}{pid} stopped after serving {} ms ({status})",
+                now.saturating_duration_since(since).as_millis()
+            ),
+            Phase::Lost { since, .. } => {
+                report!(
+                    error,
+                    "active generation {n}{pid} exited with {status} after serving {} ms",
+                    now.saturating_duration_since(since).as_millis()
+                );
+                self.crashed(now, since);
+            }
+            Phase::Active { since } if success && !self.winding_down() => {
+                report!(
+                    info,
+                    "generation {n}{pid} exited with status 0 by itself after serving {} ms: the service ends",
+                    now.saturating_duration_since(since).as_millis()
+                );
+                self.stop(now, &format!("stops: generation {n} ended by itself"));
+            }
+            Phase::Starting { .. }
+                if success && !self.winding_down() && self.active().is_none() =>
+            {
+                report!(
+                    info,
+                    "generation {n}{pid} exited with status 0 before it served: nothing to serve, the service ends"
+                );
+                self.answer_waiters(
+                    n,
+                    Message::Error {
+                        reason: format!("generation {n} exited with status 0 before it was ready"),
+                    },
+                );
+                self.stop(now, &format!("stops: generation {n} ended by itself"));
+            }
             Phase::Starting { .. } => {
                 let why = format!("it exited with {status}");
                 self.log_failed_start(n, g.pid, &why);
@@ -598,8 +664,8 @@ impl Machine {
                 now.saturating_duration_since(since).as_millis()
             ),
             Phase::Active { since } => {
-                tracing::error!(
-                    generation = n,
+                report!(
+                    error,
                     "active generation {n}{pid} exited with {status} after serving {} ms",
                     now.saturating_duration_since(since).as_millis()
                 );
@@ -684,7 +750,7 @@ impl Machine {
                 }
             }
             Phase::Starting { .. } => self.fail_starting(now, n, "it was asked to stop"),
-            Phase::Draining { .. } | Phase::Killed => {}
+            Phase::Draining { .. } | Phase::Lost { .. } | Phase::Killed => {}
         }
     }
 
@@ -707,6 +773,9 @@ impl Machine {
             "front {why}: stopping {} generation(s)",
             self.generations.len()
         );
+        // Nothing will accept again: once the generations have closed their copies too, a late
+        // client is refused at once instead of waiting in a queue nobody reads.
+        self.out.push(Action::CloseListeners);
         let all: Vec<Gen> = self.generations.keys().copied().collect();
         for n in all {
             let Some(g) = self.generations.get_mut(&n) else {
@@ -714,7 +783,7 @@ impl Machine {
             };
             match g.phase {
                 Phase::Starting { .. } => self.fail_starting(now, n, "the service is stopping"),
-                Phase::Active { .. } | Phase::Draining { .. } => {
+                Phase::Active { .. } | Phase::Draining { .. } | Phase::Lost { .. } => {
                     let deadline = drain_deadline(now, g.timeouts);
                     g.phase = match g.phase {
                         Phase::Draining { since, deadline: d } => Phase::Draining {
@@ -756,7 +825,9 @@ impl Machine {
             .generations
             .iter()
             .filter(|(_, g)| match g.phase {
-                Phase::Starting { deadline } | Phase::Draining { deadline, .. } => deadline <= now,
+                Phase::Starting { deadline }
+                | Phase::Draining { deadline, .. }
+                | Phase::Lost { deadline, .. } => deadline <= now,
                 Phase::Active { .. } | Phase::Killed => false,
             })
             .map(|(n, g)| (*n, g.phase))
@@ -771,6 +842,22 @@ impl Machine {
                     None => format!("not ready within {:?}", g.timeouts.ready),
                 };
                 self.fail_starting(now, n, &why);
+                continue;
+            }
+            if let Phase::Lost { since, .. } = phase {
+                // Still running without its channel: it drains by itself (it lost the front);
+                // keep it, with a kill deadline, until it exits, and replace it now.
+                let why = g.lost.clone().unwrap_or_default();
+                let pid = pid_note(g.pid);
+                let deadline = drain_deadline(now, g.timeouts);
+                if let Some(g) = self.generations.get_mut(&n) {
+                    g.phase = Phase::Draining {
+                        since: now,
+                        deadline,
+                    };
+                }
+                report!(error, "active generation {n}{pid} lost: {why}");
+                self.crashed(now, since);
                 continue;
             }
             tracing::warn!(
@@ -809,16 +896,16 @@ impl Machine {
             .and_then(|a| self.generations.get(&a))
             .is_some_and(|g| g.stop_requested);
         match active {
-            Some(active) if !self.winding_down() && asked_to_stop => tracing::warn!(
-                generation = n,
+            Some(active) if !self.winding_down() && asked_to_stop => report!(
+                warn,
                 "rollback: generation {n}{pid} failed before it was ready ({why}); generation {active} was asked to stop but keeps serving until a replacement is ready (signal it again to stop it anyway)"
             ),
-            Some(active) if !self.winding_down() => tracing::warn!(
-                generation = n,
+            Some(active) if !self.winding_down() => report!(
+                warn,
                 "rollback: generation {n}{pid} failed before it was ready ({why}); generation {active} keeps serving"
             ),
-            _ => tracing::warn!(
-                generation = n,
+            _ => report!(
+                warn,
                 "generation {n}{pid} failed before it was ready ({why})"
             ),
         }
@@ -860,7 +947,8 @@ impl Machine {
             MAX_INITIAL_ATTEMPTS
         };
         if self.failures >= limit {
-            tracing::error!(
+            report!(
+                error,
                 "{} consecutive failures with no generation serving (last: {why}); the front gives up",
                 self.failures
             );
@@ -869,7 +957,8 @@ impl Machine {
             return;
         }
         let delay = respawn_delay(self.failures);
-        tracing::warn!(
+        report!(
+            warn,
             "no generation is serving; starting another in {} ms (failure {} of at most {limit})",
             delay.as_millis(),
             self.failures

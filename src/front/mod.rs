@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -50,12 +50,27 @@ pub(crate) async fn run(
     endpoint: Endpoint,
     lock: FrontLock,
 ) -> io::Result<Infallible> {
-    let (exe, args) = startup_command()?;
-    let mut sockets = Vec::with_capacity(addrs.len());
-    for candidates in &addrs {
-        sockets.push(bind_retrying(candidates).await?.into_std()?);
-    }
-    let control = endpoint.listen(&lock)?;
+    let started = async {
+        let (exe, args) = startup_command()?;
+        let mut sockets = Vec::with_capacity(addrs.len());
+        for candidates in &addrs {
+            let socket = bind_retrying(candidates)
+                .await
+                .map_err(|e| explain_bind_error(e, candidates, &config.name, &endpoint))?;
+            sockets.push(socket.into_std()?);
+        }
+        let control = endpoint.listen(&lock)?;
+        Ok::<_, io::Error>((exe, args, sockets, control))
+    };
+    let (exe, args, sockets, control) = match started.await {
+        Ok(started) => started,
+        Err(e) => {
+            // Nothing of a front that never started is left behind.
+            endpoint.remove();
+            drop(lock);
+            return Err(e);
+        }
+    };
     let addresses: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
     tracing::info!(
         pid = std::process::id(),
@@ -84,6 +99,34 @@ async fn bind_retrying(candidates: &[SocketAddr]) -> io::Result<tokio::net::TcpL
             other => return other,
         }
     }
+}
+
+/// An address in use is most often another risefront service of this user, on the same
+/// address but with another name (another program): say which, and how to join it on purpose.
+fn explain_bind_error(
+    e: io::Error,
+    candidates: &[SocketAddr],
+    ours: &str,
+    endpoint: &Endpoint,
+) -> io::Error {
+    if e.kind() != io::ErrorKind::AddrInUse {
+        return e;
+    }
+    let part = crate::config::derive_addrs_name(&[candidates.to_vec()]);
+    let holder = endpoint
+        .other_services()
+        .into_iter()
+        .find(|name| name != ours && name.contains(&part));
+    let addr = candidates
+        .first()
+        .map_or_else(String::new, ToString::to_string);
+    let message = match holder {
+        Some(other) => format!(
+            "risefront: {addr} is in use by risefront service {other:?} of this user, not by this program's service {ours:?}: to upgrade that service, start a program of the same file name, or give both programs the same Builder::name"
+        ),
+        None => format!("risefront: {addr} is in use by another program: {e}"),
+    };
+    io::Error::new(io::ErrorKind::AddrInUse, message)
 }
 
 /// The program and arguments this process was started with, to run again for each generation.
@@ -125,7 +168,9 @@ struct Front<'a> {
     config: Config,
     exe: PathBuf,
     args: Vec<OsString>,
-    sockets: Arc<Vec<std::net::TcpListener>>,
+    /// The listening sockets, shared with the peer tasks that hand them over; emptied (so
+    /// closed) when the service stops.
+    sockets: Arc<RwLock<Vec<std::net::TcpListener>>>,
     endpoint: &'a Endpoint,
     machine: Machine,
     peers: BTreeMap<PeerId, PeerSlot>,
@@ -138,8 +183,8 @@ struct Front<'a> {
     hello_handles: BTreeMap<PeerId, ProcessHandle>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
-    exits_tx: mpsc::UnboundedSender<(Gen, String)>,
-    exits: mpsc::UnboundedReceiver<(Gen, String)>,
+    exits_tx: mpsc::UnboundedSender<(Gen, String, bool)>,
+    exits: mpsc::UnboundedReceiver<(Gen, String, bool)>,
     /// Silent peers dropped to make room, for the log.
     evicted: u64,
     exit: Option<i32>,
@@ -166,7 +211,7 @@ impl<'a> Front<'a> {
             config,
             exe,
             args,
-            sockets: Arc::new(sockets),
+            sockets: Arc::new(RwLock::new(sockets)),
             endpoint,
             machine,
             peers: BTreeMap::new(),
@@ -225,9 +270,9 @@ impl<'a> Front<'a> {
                     }
                 },
                 Some(event) = self.events.recv() => self.on_event(event),
-                Some((generation, status)) = self.exits.recv() => {
+                Some((generation, status, success)) = self.exits.recv() => {
                     self.children.remove(&generation);
-                    self.feed(Input::Exited { generation, status });
+                    self.feed(Input::Exited { generation, status, success });
                 }
                 _ = hangup.recv() => self.feed(Input::Hangup),
                 signal = terminate.recv() => self.feed(Input::Terminate { signal }),
@@ -280,6 +325,13 @@ impl<'a> Front<'a> {
                 }
                 None
             }
+            Action::CloseListeners => {
+                self.sockets
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+                None
+            }
             Action::Exit(code) => {
                 self.exit = Some(code);
                 None
@@ -317,6 +369,13 @@ impl<'a> Front<'a> {
                 slot.said_hello = true;
                 let preconnected = slot.preconnected;
                 if let Some(handle) = handle {
+                    if let Some(exe) = handle.executable() {
+                        tracing::info!(
+                            pid,
+                            "a generation started by hand: pid {pid} runs {}",
+                            exe.display()
+                        );
+                    }
                     self.hello_handles.insert(peer, handle);
                 }
                 self.feed(Input::Hello {
@@ -441,11 +500,11 @@ impl<'a> Front<'a> {
                     child.wait().await
                 }
             };
-            let status = match status {
-                Ok(s) => s.to_string(),
-                Err(e) => format!("unknown status ({e})"),
+            let (status, success) = match status {
+                Ok(s) => (s.to_string(), s.success()),
+                Err(e) => (format!("unknown status ({e})"), false),
             };
-            let _ = exits.send((n, status));
+            let _ = exits.send((n, status, success));
         });
         self.start_peer(ours, Some(n));
         Ok(pid)

@@ -3,7 +3,7 @@
 //! ends it. A slow or hostile peer only ever stalls its own task.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -53,7 +53,7 @@ pub(crate) enum Command {
 /// Everything a peer task needs besides its connection.
 pub(crate) struct PeerContext {
     pub(crate) events: mpsc::UnboundedSender<Event>,
-    pub(crate) sockets: Arc<Vec<std::net::TcpListener>>,
+    pub(crate) sockets: Arc<RwLock<Vec<std::net::TcpListener>>>,
     pub(crate) handshake: Duration,
 }
 
@@ -181,7 +181,15 @@ async fn serve(
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::SendListeners(generation)) => {
-                    timeout(handshake, channel.send_listeners(generation, &cx.sockets, pid))
+                    // Duplicates, so that no lock is held across the send.
+                    let sockets = cx
+                        .sockets
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .map(std::net::TcpListener::try_clone)
+                        .collect::<io::Result<Vec<_>>>()?;
+                    timeout(handshake, channel.send_listeners(generation, &sockets, pid))
                         .await
                         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
                 }

@@ -155,6 +155,25 @@ impl Endpoint {
             .map_err(|e| context(e, "bind control socket", &self.socket))
     }
 
+    /// The names of the other services whose fronts have (or had) a socket beside ours.
+    pub(crate) fn other_services(&self) -> Vec<String> {
+        let Some(dir) = self.socket.parent() else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                if path == self.socket || path.extension()? != "sock" {
+                    return None;
+                }
+                Some(path.file_stem()?.to_string_lossy().into_owned())
+            })
+            .collect()
+    }
+
     /// Removes the socket and lock files; called by a front on its way out.
     pub(crate) fn remove(&self) {
         let _ = fs::remove_file(&self.socket);
@@ -425,6 +444,8 @@ fn bad_channel(value: &std::ffi::OsStr, why: &str) -> io::Error {
 pub(crate) struct ProcessHandle {
     #[cfg(target_os = "linux")]
     pidfd: OwnedFd,
+    #[cfg(target_os = "linux")]
+    pid: u32,
     /// Where there is no pidfd (macOS, the BSDs), the verified pid is all there is: a kill
     /// could then reach a process that reused the pid after this one exited, which needs the
     /// pid space to wrap around within the few seconds a generation starts.
@@ -441,7 +462,7 @@ impl ProcessHandle {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("bad pid {pid}")))?;
         #[cfg(target_os = "linux")]
         return rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
-            .map(|pidfd| ProcessHandle { pidfd })
+            .map(|pidfd| ProcessHandle { pidfd, pid })
             .map_err(|e| {
                 io::Error::new(
                     io::Error::from(e).kind(),
@@ -450,6 +471,14 @@ impl ProcessHandle {
             });
         #[cfg(not(target_os = "linux"))]
         return Ok(ProcessHandle { pid: raw });
+    }
+
+    /// The program the process runs, where the system tells (Linux), for the log.
+    pub(crate) fn executable(&self) -> Option<PathBuf> {
+        #[cfg(target_os = "linux")]
+        return fs::read_link(format!("/proc/{}/exe", self.pid)).ok();
+        #[cfg(not(target_os = "linux"))]
+        return None;
     }
 
     /// Kills the process (SIGKILL). One that already exited is not an error.

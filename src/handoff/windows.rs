@@ -193,6 +193,12 @@ impl Endpoint {
         })
     }
 
+    /// Pipes cannot be listed by prefix without scanning every pipe of the machine: the
+    /// address-in-use error stays generic on Windows.
+    pub(crate) fn other_services(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Nothing to clean up: the pipe goes away with the front's handles.
     pub(crate) fn remove(&self) {}
 
@@ -669,6 +675,11 @@ impl ProcessHandle {
         // SAFETY: `raw` is a process handle we just opened and own; OwnedHandle closes it once.
         let process = unsafe { OwnedHandle::from_raw_handle(raw) };
         Ok(ProcessHandle { process })
+    }
+
+    /// The program the process runs; not read on Windows (the log names the pid only).
+    pub(crate) fn executable(&self) -> Option<std::path::PathBuf> {
+        None
     }
 
     /// Terminates the process (exit code 1).

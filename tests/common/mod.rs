@@ -146,12 +146,21 @@ impl Service {
 
     /// Starts the front on `count` free addresses, without waiting for it to answer.
     pub fn spawn_on(exe: &Path, env: &[(&str, &str)], count: usize) -> Service {
+        let addrs: Vec<SocketAddr> = (0..count).map(|_| free_addr()).collect();
+        Self::spawn_on_addrs(exe, env, addrs)
+    }
+
+    /// Starts the front on `addr` (which may be taken), without waiting for it to answer.
+    pub fn spawn_at(exe: &Path, env: &[(&str, &str)], addr: SocketAddr) -> Service {
+        Self::spawn_on_addrs(exe, env, vec![addr])
+    }
+
+    fn spawn_on_addrs(exe: &Path, env: &[(&str, &str)], addrs: Vec<SocketAddr>) -> Service {
         let dir = TempDir::new();
         let run = dir.0.join("run");
         fs::create_dir_all(&run).expect("runtime dir");
         #[cfg(unix)]
         set_mode(&run, 0o700);
-        let addrs: Vec<SocketAddr> = (0..count).map(|_| free_addr()).collect();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -199,6 +208,18 @@ impl Service {
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, self.front.id() as i32);
         let child = command.spawn().expect("start again");
+        let pid = child.id();
+        self.others.push(child);
+        pid
+    }
+
+    /// Starts another program (not the service's) with the service's addresses, environment
+    /// and log, as a process started by hand; returns its pid.
+    pub fn start_program(&mut self, exe: &Path, extra_env: &[(&str, &str)]) -> u32 {
+        let mut command = command_for(exe, &self.addrs, &self.dir.0, &self.env, extra_env);
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, self.front.id() as i32);
+        let child = command.spawn().expect("start a program");
         let pid = child.id();
         self.others.push(child);
         pid

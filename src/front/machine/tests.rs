@@ -108,6 +108,7 @@ impl World {
         self.feed(Input::Exited {
             generation,
             status: status.to_owned(),
+            success: status.ends_with(": 0"),
         })
     }
 
@@ -368,10 +369,13 @@ fn a_stop_drains_the_active_generation_and_kills_it_at_its_deadline() {
     let out = w.feed(Input::Terminate { signal: "SIGTERM" });
     assert_eq!(
         out,
-        vec![Action::Send {
-            peer,
-            message: Message::Shutdown
-        }]
+        vec![
+            Action::CloseListeners,
+            Action::Send {
+                peer,
+                message: Message::Shutdown
+            }
+        ]
     );
     assert_eq!(w.m.next_deadline(), Some(w.now + 35 * SEC));
     // A new generation cannot join a stopping service.
@@ -517,7 +521,9 @@ fn an_active_generation_out_of_touch_is_kept_until_it_exits_and_replaced() {
         peer,
         why: "reset".to_owned(),
     });
-    assert_eq!(out, vec![]);
+    assert_eq!(out, vec![], "waits a moment for its exit status");
+    assert!(matches!(w.phase(1), Some(Phase::Lost { .. })));
+    assert_eq!(w.tick_after(EXIT_GRACE), vec![]);
     assert!(
         is_draining(w.phase(1)),
         "still running: kept with a deadline"
@@ -525,6 +531,30 @@ fn an_active_generation_out_of_touch_is_kept_until_it_exits_and_replaced() {
     assert_eq!(w.tick_after(200 * MS), vec![Action::Spawn(2)]);
     w.bring_up(2);
     assert_eq!(w.exited(1, "exit status: 0"), vec![]);
+}
+
+#[test]
+fn an_active_generation_whose_channel_ends_as_it_exits_is_judged_by_its_status() {
+    // Crash: the channel ends first, then the exit status arrives.
+    let mut w = serving();
+    let peer = w.peer_of(1);
+    w.feed(Input::PeerGone {
+        peer,
+        why: "end of stream".to_owned(),
+    });
+    assert_eq!(w.exited(1, "signal: 11 (SIGSEGV)"), vec![]);
+    assert_eq!(w.m.next_deadline(), Some(w.now + MIN_RESPAWN_DELAY));
+    // Status 0: the program ended by itself, and so does the service.
+    let mut w = serving();
+    let peer = w.peer_of(1);
+    w.feed(Input::PeerGone {
+        peer,
+        why: "end of stream".to_owned(),
+    });
+    assert_eq!(
+        w.exited(1, "exit status: 0"),
+        vec![Action::CloseListeners, Action::Exit(0)]
+    );
 }
 
 #[test]
@@ -651,10 +681,13 @@ fn the_stop_delay_keeps_serving_then_drains() {
     let out = w.tick_after(SEC);
     assert_eq!(
         out,
-        vec![Action::Send {
-            peer,
-            message: Message::Shutdown
-        }]
+        vec![
+            Action::CloseListeners,
+            Action::Send {
+                peer,
+                message: Message::Shutdown
+            }
+        ]
     );
     assert!(is_draining(w.phase(1)));
     assert_eq!(
@@ -674,11 +707,44 @@ fn a_second_signal_ends_the_stop_delay_early() {
     let out = w.feed(Input::Terminate { signal: "SIGINT" });
     assert_eq!(
         out,
-        vec![Action::Send {
-            peer,
-            message: Message::Shutdown
-        }]
+        vec![
+            Action::CloseListeners,
+            Action::Send {
+                peer,
+                message: Message::Shutdown
+            }
+        ]
     );
+}
+
+#[test]
+fn an_active_generation_exiting_0_by_itself_ends_the_service() {
+    let mut w = serving();
+    let peer = w.peer_of(1);
+    assert_eq!(
+        w.exited(1, "exit status: 0"),
+        vec![Action::Close(peer), Action::CloseListeners, Action::Exit(0)]
+    );
+}
+
+#[test]
+fn exiting_0_before_serving_ends_the_service_when_nothing_serves() {
+    let mut w = World::new(defaults());
+    w.feed(Input::Start);
+    w.spawned(1);
+    assert_eq!(
+        w.exited(1, "exit status: 0"),
+        vec![Action::CloseListeners, Action::Exit(0)]
+    );
+}
+
+#[test]
+fn an_upgrade_exiting_0_before_ready_is_a_rollback() {
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.spawned(2);
+    assert_eq!(w.exited(2, "exit status: 0"), vec![]);
+    assert!(is_active(w.phase(1)));
 }
 
 // ---- Random event sequences ----
@@ -705,6 +771,8 @@ enum Op {
     FailNextSpawn,
     /// A generation was sent SIGTERM from outside.
     StopRequested(usize),
+    /// A live spawned process exits with status 0 on its own.
+    CleanExit(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -722,6 +790,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Tick),
         1 => Just(Op::FailNextSpawn),
         1 => any::<usize>().prop_map(Op::StopRequested),
+        1 => any::<usize>().prop_map(Op::CleanExit),
     ]
 }
 
@@ -740,6 +809,7 @@ struct Model {
     last_respawn: Option<Instant>,
     /// Respawns since a generation last became ready.
     respawns_without_ready: u32,
+    listeners_closed: bool,
 }
 
 impl Model {
@@ -759,6 +829,7 @@ impl Model {
             exited: None,
             last_respawn: None,
             respawns_without_ready: 0,
+            listeners_closed: false,
         };
         model.input(Input::Start);
         model
@@ -827,6 +898,10 @@ impl Model {
                             queue.push(Input::Spawned { generation: n, pid });
                         }
                     }
+                    Action::CloseListeners => self.listeners_closed = true,
+                    Action::SendListeners { .. } if self.listeners_closed => {
+                        panic!("listening sockets handed over after they were closed");
+                    }
                     Action::SendListeners { peer, .. } | Action::Send { peer, .. } => {
                         assert!(
                             self.open_peers.contains_key(&peer),
@@ -866,7 +941,10 @@ impl Model {
         assert!(starting <= 1, "{starting} starting generations: {phases:?}");
         let next = self.w.m.next_deadline();
         for (n, phase) in &phases {
-            if let Phase::Starting { deadline } | Phase::Draining { deadline, .. } = phase {
+            if let Phase::Starting { deadline }
+            | Phase::Draining { deadline, .. }
+            | Phase::Lost { deadline, .. } = phase
+            {
                 assert!(
                     next.is_some_and(|next| next <= *deadline),
                     "generation {n} waits with no deadline: {phase:?}, next {next:?}"
@@ -977,6 +1055,11 @@ impl Model {
                 }
             }
             Op::FailNextSpawn => self.fail_next_spawn = true,
+            Op::CleanExit(i) => {
+                if let Some(n) = Self::pick(self.live.keys().copied(), i) {
+                    self.reap(n, "exit status: 0");
+                }
+            }
             Op::StopRequested(i) => {
                 if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
                     self.input(Input::StopRequested { peer });
@@ -999,6 +1082,7 @@ impl Model {
                 self.input(Input::Exited {
                     generation: n,
                     status: status.to_owned(),
+                    success: status.ends_with(": 0"),
                 });
             }
         }

@@ -1,0 +1,149 @@
+//! End-to-end: what a new user runs into in the first hour. A test that calls `bind` finishes;
+//! a program with no log subscriber still says why it stopped; another program on a taken
+//! address is refused and changes nothing; bad addresses are named; a failed start leaves no
+//! file behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{PATIENCE, Service, TempDir, example, run_bounded};
+
+/// The `bind_in_a_test` test binary cargo built beside this one (the newest, if several).
+fn fixture() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("deps directory");
+    std::fs::read_dir(deps)
+        .expect("read deps")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("bind_in_a_test-")
+                && (p.extension().is_none() || p.extension().is_some_and(|e| e == "exe"))
+        })
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .expect("the bind_in_a_test binary (cargo test --all-targets builds it)")
+}
+
+/// The fixture run as `cargo test` would run it, in a private runtime directory.
+fn run_fixture(mode: &str, dir: &Path) -> std::process::Output {
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).expect("runtime dir");
+    #[cfg(unix)]
+    common::set_mode(&run, 0o700);
+    let mut command = Command::new(fixture());
+    command
+        .arg("--test-threads=1")
+        .env("RISEFRONT_FIXTURE", mode)
+        .env("XDG_RUNTIME_DIR", &run)
+        .env_remove("RUST_LOG")
+        .env_remove("RISEFRONT");
+    run_bounded(command, PATIENCE)
+}
+
+#[test]
+fn a_test_that_calls_bind_finishes() {
+    let dir = TempDir::new();
+    let started = std::time::Instant::now();
+    let output = run_fixture("serve", &dir.0);
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("a test calling bind finished in {took:?}");
+    assert!(
+        output.status.success(),
+        "{:?}\n{stdout}\n{stderr}",
+        output.status
+    );
+    let passes = stdout.matches("test result: ok. 1 passed").count();
+    assert_eq!(
+        passes, 1,
+        "the test ran {passes} times:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("exited with status 0 by itself"),
+        "the service ending is said on stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_program_without_a_log_subscriber_that_never_serves_says_why() {
+    let dir = TempDir::new();
+    let output = run_fixture("never-serves", &dir.0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("risefront: "), "{stderr}");
+    assert!(stderr.contains("the front gives up"), "{stderr}");
+    // "exit status: 3" on Unix, "exit code: 3" on Windows.
+    assert!(stderr.contains(": 3"), "{stderr}");
+}
+
+#[tokio::test]
+async fn another_program_on_a_taken_address_is_refused_and_changes_nothing() {
+    let mut service = Service::start().await;
+    let g1 = service.hello().await;
+    let pid = service.start_program(&example("minimal"), &[]);
+    let status = service.wait_other(pid);
+    assert!(!status.success(), "the other program started");
+    let log = service.log();
+    #[cfg(unix)]
+    assert!(
+        log.contains("is in use by risefront service")
+            && log.contains(&format!("hello-127.0.0.1_{}", service.addr.port())),
+        "{log}"
+    );
+    #[cfg(windows)]
+    assert!(log.contains("is in use"), "{log}");
+    assert_eq!(service.hello().await, g1, "the service was not touched");
+
+    // A build of the same program from another path is an upgrade, as before.
+    let elsewhere = TempDir::new();
+    let copy = elsewhere.0.join(
+        example("hello")
+            .file_name()
+            .expect("the example's file name"),
+    );
+    std::fs::copy(example("hello"), &copy).expect("copy hello");
+    service.start_program(&copy, &[]);
+    service.wait_generation(2).await;
+    #[cfg(target_os = "linux")]
+    assert!(
+        service.log().contains(&copy.display().to_string()),
+        "the front says which executable the new generation runs:\n{}",
+        service.log()
+    );
+}
+
+#[test]
+fn bad_addresses_are_named_with_the_expected_form() {
+    for bad in ["localhost8080", "0.0.0.0", ":8080", ""] {
+        let mut command = Command::new(example("hello"));
+        command.arg(bad).env_remove("RISEFRONT");
+        let output = run_bounded(command, PATIENCE);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{bad:?} was accepted");
+        assert!(
+            stderr.contains(&format!("cannot use address {bad:?}")) && stderr.contains("HOST:PORT"),
+            "{bad:?}: {stderr}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_start_that_fails_leaves_no_file_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("take a port");
+    let addr = taken.local_addr().expect("address");
+    let mut service = Service::spawn_at(&example("hello"), &[], addr);
+    let status = service.wait_front_exit();
+    assert!(!status.success());
+    let log = service.log();
+    assert!(log.contains("is in use by another program"), "{log}");
+    let leftovers: Vec<_> = std::fs::read_dir(service.runtime_dir().join("risefront"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    drop(taken);
+}
