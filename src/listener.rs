@@ -105,6 +105,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl RiseFrontListener {
     pub(crate) fn new(listeners: Vec<TcpListener>, generation: u64, config: &Config) -> Self {
+        Self::with_readiness(listeners, generation, config.manual_ready)
+    }
+
+    fn with_readiness(listeners: Vec<TcpListener>, generation: u64, manual_ready: bool) -> Self {
         let local = listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
@@ -124,8 +128,8 @@ impl RiseFrontListener {
             local,
             generation,
             next: 0,
-            auto_ready: !config.manual_ready,
-            waiting_ready: config.manual_ready,
+            auto_ready: !manual_ready,
+            waiting_ready: manual_ready,
             backoff: None,
             delay: MIN_BACKOFF,
         }
@@ -151,6 +155,53 @@ impl RiseFrontListener {
     /// The addresses this listener accepts on.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local
+    }
+
+    /// Splits this listener into one per address, in the order given to `bind` (repeated
+    /// addresses count once), so that each address can be served by its own app: a public
+    /// router on one port and an admin or metrics router on another, say.
+    ///
+    /// Each part drains with the generation like the whole would: all stop accepting at the
+    /// takeover, and [`superseded`](crate::superseded) serves as the graceful-shutdown signal
+    /// of each server. With automatic readiness, the first part polled for a connection makes
+    /// the generation ready.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::future::IntoFuture;
+    ///
+    /// use axum::{Router, routing::get};
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let [public, admin]: [risefront::RiseFrontListener; 2] =
+    ///     risefront::bind(["0.0.0.0:8080", "127.0.0.1:9090"])
+    ///         .await?
+    ///         .split()
+    ///         .try_into()
+    ///         .expect("two addresses");
+    /// let app = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .layer(risefront::DrainLayer::new());
+    /// let metrics = Router::new().route("/metrics", get(|| async { "up 1\n" }));
+    /// tokio::try_join!(
+    ///     axum::serve(public, app)
+    ///         .with_graceful_shutdown(risefront::superseded())
+    ///         .into_future(),
+    ///     axum::serve(admin, metrics)
+    ///         .with_graceful_shutdown(risefront::superseded())
+    ///         .into_future(),
+    /// )?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn split(self) -> Vec<RiseFrontListener> {
+        let manual_ready = self.waiting_ready;
+        let listeners = std::mem::take(&mut self.slot.lock().listeners);
+        listeners
+            .into_iter()
+            .map(|listener| Self::with_readiness(vec![listener], self.generation, manual_ready))
+            .collect()
     }
 
     /// Tells the front this generation is ready to take over. Only needed with

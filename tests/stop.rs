@@ -153,3 +153,41 @@ async fn wait_for_health_503(service: &Service) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn once_stopping_late_clients_are_refused_not_left_waiting() {
+    let mut service = Service::start().await;
+    // A slow request keeps the generation draining for a while after the stop.
+    let slow = tokio::spawn({
+        let addr = service.addr;
+        async move { common::get(addr, "/slow?ms=3000").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.signal_front(Signal::TERM);
+    service.wait_log("stopping 1 generation").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused_after = loop {
+        let attempt = Instant::now();
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(service.addr),
+        )
+        .await
+        {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                break attempt.elapsed();
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "a late client was not refused: {other:?}\n{}",
+                service.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("a late client was refused in {refused_after:?} while the last request drained");
+    let answer = slow.await.expect("slow request task");
+    assert!(matches!(answer, Ok((200, _))), "{answer:?}");
+    let status = service.wait_front_exit();
+    assert!(status.success(), "{status:?}");
+}
