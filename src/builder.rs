@@ -18,6 +18,17 @@ use crate::{front, generation, process};
 /// Binds `addrs` with the default [`Builder`]: the first process becomes the front and never
 /// returns from here; every later one returns a listener holding the front's sockets.
 ///
+/// Code before `bind` runs in every process, the front included. In tests, set
+/// `RISEFRONT=off` (or use [`Builder::standalone`]) to get a plain listener in the test
+/// process; otherwise the test binary becomes a front and runs itself again as generation 1
+/// (which ends the service when it exits with status 0, so the test still finishes). A
+/// generation that exits with status 0 by itself, not superseded and not asked to stop, ends
+/// the service: respawning is for failures.
+///
+/// The default service name is the program's file name and the sorted addresses: a new build
+/// of the same program joins from any path, and another program on a taken address gets an
+/// error naming the service that holds it.
+///
 /// # Example
 ///
 /// ```no_run
