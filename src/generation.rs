@@ -17,15 +17,20 @@ use crate::protocol::{Message, Role};
 pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFrontListener> {
     let mut channel = Channel::new(stream, true);
     let handshake = async {
-        channel
+        let sent = channel
             .send(&Message::Hello {
                 pid: std::process::id(),
                 role: Role::Generation,
                 ready_timeout: config.ready_timeout,
                 drain_timeout: config.drain_timeout,
             })
-            .await?;
-        channel.recv().await
+            .await;
+        match (sent, channel.recv().await) {
+            // A front turning us away may have said why before our Hello reached it.
+            (Err(_), Ok(Some(refusal @ Message::Error { .. }))) => Ok(Some(refusal)),
+            (Err(e), _) => Err(e),
+            (Ok(()), reply) => reply,
+        }
     };
     let reply = timeout(config.handshake_timeout, handshake)
         .await

@@ -250,9 +250,12 @@ pub(crate) async fn turn_away(stream: Stream, reason: String, handshake: Duratio
         return;
     }
     let mut channel = Channel::new(stream, false);
-    let _ = timeout(
-        handshake.min(Duration::from_secs(1)),
-        channel.send(&Message::Error { reason }),
-    )
+    let _ = timeout(handshake.min(Duration::from_secs(1)), async {
+        channel.send(&Message::Error { reason }).await?;
+        // Read what the peer sends until it hangs up: closing with its Hello unread could
+        // reset the connection before it reads why it was turned away.
+        while channel.recv().await?.is_some() {}
+        Ok::<_, io::Error>(())
+    })
     .await;
 }
