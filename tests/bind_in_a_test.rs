@@ -12,7 +12,13 @@ async fn serves_inside_a_test() {
     let Ok(mode) = std::env::var("RISEFRONT_FIXTURE") else {
         return;
     };
-    let listener = risefront::bind(["127.0.0.1:0"]).await.expect("bind");
+    // A name per mode: the tests that run this binary run at once, and on Windows the control
+    // pipe is per user, not per runtime directory.
+    let listener = risefront::Builder::new()
+        .name(format!("fixture-{mode}"))
+        .bind(["127.0.0.1:0"])
+        .await
+        .expect("bind");
     if mode == "never-serves" {
         // A build that dies before it serves: the front must give up, and say so.
         std::process::exit(3);
