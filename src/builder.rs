@@ -99,6 +99,7 @@ pub struct Builder {
     handshake_timeout: Duration,
     idle_grace: Duration,
     stop_delay: Duration,
+    control_dir: Option<std::path::PathBuf>,
     standalone: bool,
     manual_ready: bool,
 }
@@ -120,6 +121,7 @@ impl Builder {
             handshake_timeout: Duration::from_secs(5),
             idle_grace: Duration::from_millis(500),
             stop_delay: Duration::ZERO,
+            control_dir: None,
             standalone: false,
             manual_ready: false,
         }
@@ -189,6 +191,20 @@ impl Builder {
         self
     }
 
+    /// The private directory for the control endpoint: the socket on Unix, the file that
+    /// names the pipe on Windows. `RISEFRONT_DIR` overrides it.
+    ///
+    /// By default it is `$RUNTIME_DIRECTORY/risefront` under systemd's `RuntimeDirectory=`,
+    /// else `$XDG_RUNTIME_DIR/risefront`, else `risefront-<uid>` in the temporary directory
+    /// (on Windows: `%LOCALAPPDATA%\risefront`). Whatever the choice, it must belong to the
+    /// user and be closed to others (mode 0700), or `bind` refuses it: a directory someone else
+    /// controls could hand this service their sockets. The `/tmp` fallback can be taken first
+    /// by another local user; set this, `RISEFRONT_DIR` or `RuntimeDirectory=` for services.
+    pub fn control_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.control_dir = Some(dir.into());
+        self
+    }
+
     /// Binds the addresses plainly in this process: no front, no handoff. For tests and
     /// debugging; `RISEFRONT=off` in the environment does the same.
     pub fn standalone(mut self) -> Self {
@@ -226,7 +242,7 @@ impl Builder {
         if let Some(stream) = handoff::inherited_channel()? {
             return generation::join(stream, &config).await;
         }
-        let endpoint = Endpoint::for_service(&config.name)?;
+        let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
         let deadline = deadline_after(Instant::now(), config.handshake_timeout);
         loop {
             if let Some(stream) = endpoint.connect().await? {
@@ -257,7 +273,7 @@ impl Builder {
     {
         let addrs = resolve(addrs).await?;
         let config = self.config(&addrs)?;
-        let endpoint = Endpoint::for_service(&config.name)?;
+        let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
         crate::upgrade::request(&endpoint, &config).await
     }
 
@@ -274,6 +290,10 @@ impl Builder {
                 .unwrap_or(self.handshake_timeout),
             idle_grace: env_duration("RISEFRONT_IDLE_GRACE")?.unwrap_or(self.idle_grace),
             stop_delay: env_duration("RISEFRONT_STOP_DELAY")?.unwrap_or(self.stop_delay),
+            control_dir: std::env::var_os("RISEFRONT_DIR")
+                .filter(|d| !d.is_empty())
+                .map(std::path::PathBuf::from)
+                .or_else(|| self.control_dir.clone()),
             standalone: self.standalone || env_off()?,
             manual_ready: self.manual_ready,
         })

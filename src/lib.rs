@@ -50,11 +50,11 @@
 //! # Platform support
 //!
 //! Linux and macOS (sockets passed with `SCM_RIGHTS`). The control socket lives in a private
-//! directory (`$XDG_RUNTIME_DIR/risefront` or `/tmp/risefront-<uid>`, mode 0700) and only
-//! processes of the same user are answered.
+//! directory (mode 0700; see [`Builder::control_dir`] for which) and only processes of the
+//! same user are answered.
 //!
-//! Windows: the control channel is a named pipe per service and user
-//! (`\\.\pipe\risefront-<user SID>-<service>`) that only the current user may open, remote
+//! Windows: the control channel is a named pipe per service and user, with a random name
+//! announced in `%LOCALAPPDATA%\risefront`, that only the current user may open, remote
 //! clients are rejected, and each peer's process id and user are checked. Sockets are passed
 //! with `WSADuplicateSocketW` for the verified process. Ctrl-C, Ctrl-Break and closing the
 //! console stop the service; there is no SIGHUP, so upgrades are started by running the binary

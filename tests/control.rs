@@ -131,3 +131,35 @@ async fn a_peer_claiming_another_process_id_is_refused() {
     );
     assert_eq!(service.hello().await.generation, 2);
 }
+
+/// Another user could create a pipe under a predictable name before the front does. The name
+/// is random, announced in a file of the user's own: a pipe squatting the name earlier
+/// releases used (`\\.\pipe\risefront-<SID>-<service>`) changes nothing.
+#[cfg(windows)]
+#[tokio::test]
+async fn a_pipe_squatting_the_predictable_name_changes_nothing() {
+    use tokio::net::windows::named_pipe::ServerOptions;
+
+    // Learn this user's pipe prefix from a service of our own.
+    let probe = Service::start().await;
+    let endpoint = probe.control_endpoint().await;
+    let prefix = endpoint
+        .split("-hello-")
+        .next()
+        .expect("a risefront pipe name")
+        .to_owned();
+    drop(probe);
+
+    let addr = common::free_addr();
+    let squatted = format!("{prefix}-hello-127.0.0.1_{}", addr.port());
+    let _squat = ServerOptions::new()
+        .first_pipe_instance(true)
+        .create(&squatted)
+        .expect("create the squatting pipe");
+    let mut service = common::Service::spawn_at(&common::example("hello"), &[], addr);
+    let g1 = service.wait_generation(1).await;
+    assert_ne!(service.control_endpoint().await, squatted);
+    let output = service.upgrade_command().await;
+    assert!(output.status.success(), "{output:?}");
+    assert_ne!(service.hello().await, g1);
+}

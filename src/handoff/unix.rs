@@ -28,16 +28,43 @@ pub(crate) type Stream = UnixStream;
 
 /// The directory holding control sockets, created private (0700) and checked before use.
 ///
-/// `$XDG_RUNTIME_DIR/risefront` when set (it is per-user and cleaned at logout), otherwise
-/// `/tmp/risefront-<uid>`. A directory that another user owns or that others can enter is
-/// refused: whoever controls it could plant a socket and hand us their own listeners.
-fn runtime_dir() -> io::Result<PathBuf> {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(base) if !base.is_empty() => PathBuf::from(base).join("risefront"),
-        _ => PathBuf::from(format!(
-            "/tmp/risefront-{}",
-            rustix::process::getuid().as_raw()
-        )),
+/// The first that is set: `explicit` (`Builder::control_dir` or `RISEFRONT_DIR`), used as it
+/// is; `$RUNTIME_DIRECTORY/risefront` (systemd's `RuntimeDirectory=`, private to the service);
+/// `$XDG_RUNTIME_DIR/risefront` (per user, cleaned at logout); `risefront-<uid>` in the
+/// temporary directory (`/tmp` unless `TMPDIR` says otherwise). A directory that another user
+/// owns or that others can enter is refused, never used and never worked around: whoever
+/// controls it could plant a socket and hand us their own listeners. The refusal says how to
+/// pick a private one instead.
+fn runtime_dir(explicit: Option<&Path>) -> io::Result<PathBuf> {
+    let uid = rustix::process::getuid().as_raw();
+    let nonempty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
+    let (dir, from) = if let Some(dir) = explicit {
+        (
+            dir.to_owned(),
+            "set by RISEFRONT_DIR or Builder::control_dir",
+        )
+    } else if let Some(systemd) = nonempty("RUNTIME_DIRECTORY") {
+        // Several `RuntimeDirectory=` entries arrive colon-separated: the first is ours.
+        let first = systemd
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        (
+            PathBuf::from(first).join("risefront"),
+            "under RUNTIME_DIRECTORY",
+        )
+    } else if let Some(base) = nonempty("XDG_RUNTIME_DIR") {
+        (
+            PathBuf::from(base).join("risefront"),
+            "under XDG_RUNTIME_DIR",
+        )
+    } else {
+        (
+            std::env::temp_dir().join(format!("risefront-{uid}")),
+            "the fallback in the temporary directory, as none of RISEFRONT_DIR, RUNTIME_DIRECTORY and XDG_RUNTIME_DIR is set",
+        )
     };
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
@@ -46,30 +73,37 @@ fn runtime_dir() -> io::Result<PathBuf> {
     }
     let meta =
         fs::symlink_metadata(&dir).map_err(|e| context(e, "inspect control directory", &dir))?;
-    let uid = rustix::process::getuid().as_raw();
     if !meta.is_dir() {
-        return Err(refuse(&dir, "it is not a directory"));
+        return Err(refuse(&dir, from, "it is not a directory"));
     }
     if meta.uid() != uid {
         return Err(refuse(
             &dir,
-            &format!("it is owned by uid {}, not {uid}", meta.uid()),
+            from,
+            &format!(
+                "it is owned by uid {}, not {uid} (another user created it first)",
+                meta.uid()
+            ),
         ));
     }
     if meta.mode() & 0o077 != 0 {
         return Err(refuse(
             &dir,
-            &format!("its mode is {:o}; it must be 0700", meta.mode() & 0o7777),
+            from,
+            &format!(
+                "its mode is {:o}: others can enter it; it must be 0700",
+                meta.mode() & 0o7777
+            ),
         ));
     }
     Ok(dir)
 }
 
-fn refuse(dir: &Path, why: &str) -> io::Error {
+fn refuse(dir: &Path, from: &str, why: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::PermissionDenied,
         format!(
-            "risefront: refusing to use control directory {}: {why}",
+            "risefront: refusing to use control directory {} ({from}): {why}. Use a private directory instead: RISEFRONT_DIR=/path (yours, mode 0700), or RuntimeDirectory=<name> in the systemd unit, or XDG_RUNTIME_DIR",
             dir.display()
         ),
     )
@@ -93,9 +127,9 @@ impl std::fmt::Display for Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoint of service `name`, in the private control directory.
-    pub(crate) fn for_service(name: &str) -> io::Result<Self> {
-        let dir = runtime_dir()?;
+    /// The endpoint of service `name`, in the private control directory (`dir` if given).
+    pub(crate) fn for_service(name: &str, dir: Option<&Path>) -> io::Result<Self> {
+        let dir = runtime_dir(dir)?;
         Ok(Endpoint {
             socket: dir.join(format!("{name}.sock")),
             lock: dir.join(format!("{name}.lock")),

@@ -10,9 +10,10 @@ use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::net::TcpListener;
 use std::os::windows::io::{AsRawHandle, AsRawSocket, FromRawHandle, FromRawSocket, OwnedHandle};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::ptr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +23,8 @@ use tokio::net::windows::named_pipe::{
 };
 use tokio::time::Instant;
 use windows_sys::Win32::Foundation::{
-    ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_NO_DATA, ERROR_PIPE_BUSY, HANDLE, LocalFree,
+    ERROR_FILE_NOT_FOUND, ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_SHARING_VIOLATION, HANDLE,
+    LocalFree,
 };
 use windows_sys::Win32::Networking::WinSock::{
     FROM_PROTOCOL_INFO, INVALID_SOCKET, SOCKET, WSA_FLAG_NO_HANDLE_INHERIT, WSA_FLAG_OVERLAPPED,
@@ -102,80 +104,156 @@ fn context(e: io::Error, op: &str, pipe: &str) -> io::Error {
     io::Error::new(e.kind(), format!("risefront: {op} {pipe}: {e}"))
 }
 
-/// The control endpoint of a service: `\\.\pipe\risefront-<user SID>-<service>`.
+/// The control endpoint of a service: a named pipe whose name nobody else can predict,
+/// `\\.\pipe\risefront-<user SID>-<service>-<128 random bits>`, announced in a file of the
+/// user's own (`%LOCALAPPDATA%\risefront\<service>.pipe`, or in `RISEFRONT_DIR`).
 ///
-/// The SID in the name keeps two users' services apart; it is not what protects the pipe (any
-/// user may create any name), the owner-only descriptor and the peer checks are.
+/// Any user may create a pipe of any name, so a predictable name could be taken first by
+/// another user to keep the service from starting; a random one cannot. The owner-only
+/// descriptor and the peer checks still decide who may talk to the front. Which process is the
+/// front is decided by an exclusive lock on `<service>.lock` beside the name file, which
+/// Windows releases when the process ends, however it ends.
 #[derive(Clone)]
 pub(crate) struct Endpoint {
-    pipe: String,
+    /// `\\.\pipe\risefront-<SID>-<service>`: what every pipe name of the service starts with.
+    prefix: String,
+    /// The file that names the front's pipe.
+    name_file: PathBuf,
+    lock_file: PathBuf,
+    /// The front's pipe, once this process is the front.
+    pipe: Arc<OnceLock<String>>,
     /// The owner-only descriptor, as SDDL, converted afresh for each pipe instance.
     sddl: Vec<u16>,
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.pipe.fmt(f)
+        match self.pipe.get() {
+            Some(pipe) => pipe.fmt(f),
+            None => self.name_file.display().fmt(f),
+        }
     }
 }
 
 impl Endpoint {
-    /// The endpoint of service `name` for the current user.
-    pub(crate) fn for_service(name: &str) -> io::Result<Self> {
+    /// The endpoint of service `name` for the current user; its name file lives in `dir` if
+    /// given, else in `%LOCALAPPDATA%\risefront`.
+    pub(crate) fn for_service(name: &str, dir: Option<&Path>) -> io::Result<Self> {
         let sid = current_user_sid().map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("risefront: read the current user's SID: {e}"),
             )
         })?;
+        let dir = match dir {
+            Some(dir) => dir.to_owned(),
+            None => std::env::var_os("LOCALAPPDATA")
+                .filter(|d| !d.is_empty())
+                .map_or_else(std::env::temp_dir, PathBuf::from)
+                .join("risefront"),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("risefront: create control directory {}: {e}", dir.display()),
+            )
+        })?;
         // Protected DACL with one entry: full access for this user, nobody else (no Everyone,
         // no Anonymous, no inherited entries).
         let sddl = format!("D:P(A;;GA;;;{sid})");
         Ok(Endpoint {
-            pipe: format!(r"\\.\pipe\risefront-{sid}-{name}"),
+            prefix: format!(r"\\.\pipe\risefront-{sid}-{name}"),
+            name_file: dir.join(format!("{name}.pipe")),
+            lock_file: dir.join(format!("{name}.lock")),
+            pipe: Arc::new(OnceLock::new()),
             sddl: sddl.encode_utf16().chain([0]).collect(),
         })
     }
 
-    /// Connects to a running front. `Ok(None)` means there is none: the pipe vanishes with the
-    /// last handle to it, so there is no stale endpoint to tell apart.
+    /// Connects to a running front. `Ok(None)` means there is none: no name file, or a name
+    /// whose pipe is gone with the front that made it.
     pub(crate) async fn connect(&self) -> io::Result<Option<Stream>> {
+        let pipe = match std::fs::read_to_string(&self.name_file) {
+            Ok(pipe) => pipe.trim().to_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("risefront: read {}: {e}", self.name_file.display()),
+                ));
+            }
+        };
+        if !pipe.starts_with(&self.prefix) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "risefront: {} names {pipe:?}, not a pipe of this service",
+                    self.name_file.display()
+                ),
+            ));
+        }
         let deadline = Instant::now() + PIPE_BUSY_WAIT;
         loop {
-            match ClientOptions::new().open(&self.pipe) {
+            match ClientOptions::new().open(&pipe) {
                 Ok(client) => {
                     let stream = Stream::Client(client);
-                    check_peer(&stream)
-                        .map_err(|e| context(e, "verify the front at", &self.pipe))?;
+                    check_peer(&stream).map_err(|e| context(e, "verify the front at", &pipe))?;
                     return Ok(Some(stream));
                 }
                 Err(e) if is_os_error(&e, ERROR_FILE_NOT_FOUND) => return Ok(None),
                 Err(e) if is_os_error(&e, ERROR_PIPE_BUSY) && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(e) => return Err(context(e, "connect to front at", &self.pipe)),
+                Err(e) => return Err(context(e, "connect to front at", &pipe)),
             }
         }
     }
 
-    /// Tries to become the front by creating the pipe's first instance. `Ok(None)` means the
-    /// pipe exists: a front is running or starting.
-    ///
-    /// `FILE_FLAG_FIRST_PIPE_INSTANCE` makes the creation itself the lock: of two processes
-    /// starting at once exactly one succeeds, and the pipe (so the lock) disappears with the
-    /// front's process, however it ends.
+    /// Tries to become the front: takes the service's lock without waiting, then creates a
+    /// pipe with a fresh random name and announces it. `Ok(None)` means another process holds
+    /// the lock (a front is running or starting).
     pub(crate) fn try_lock(&self) -> io::Result<Option<FrontLock>> {
-        match self.create_instance(true) {
-            Ok(first) => Ok(Some(FrontLock {
-                first: Mutex::new(Some(first)),
-            })),
-            Err(e) if is_os_error(&e, ERROR_ACCESS_DENIED) => Ok(None),
-            Err(e) => Err(context(e, "create control pipe", &self.pipe)),
-        }
+        use std::os::windows::fs::OpenOptionsExt;
+        let file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .share_mode(0)
+            .open(&self.lock_file)
+        {
+            Ok(file) => file,
+            Err(e) if is_os_error(&e, ERROR_SHARING_VIOLATION) => return Ok(None),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("risefront: lock {}: {e}", self.lock_file.display()),
+                ));
+            }
+        };
+        let pipe = format!("{}-{}", self.prefix, random_suffix());
+        let first = self
+            .create_pipe(&pipe, true, None)
+            .map_err(|e| context(e, "create control pipe", &pipe))?;
+        // Written aside and renamed, so a reader sees the old name or the new, never half.
+        let fresh = self.name_file.with_extension("pipe.new");
+        std::fs::write(&fresh, &pipe)
+            .and_then(|()| std::fs::rename(&fresh, &self.name_file))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("risefront: write {}: {e}", self.name_file.display()),
+                )
+            })?;
+        let _ = self.pipe.set(pipe);
+        Ok(Some(FrontLock {
+            _file: file,
+            first: Mutex::new(Some(first)),
+        }))
     }
 
     /// Starts serving the pipe whose first instance `lock` holds.
     pub(crate) fn listen(&self, lock: &FrontLock) -> io::Result<ControlListener> {
+        let pipe = self.pipe.get().cloned().unwrap_or_default();
         let first = lock
             .first
             .lock()
@@ -184,11 +262,12 @@ impl Endpoint {
             .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("risefront: control pipe {} is already listening", self.pipe),
+                    format!("risefront: control pipe {pipe} is already listening"),
                 )
             })?;
         Ok(ControlListener {
             endpoint: self.clone(),
+            pipe,
             next: Some(first),
         })
     }
@@ -199,11 +278,14 @@ impl Endpoint {
         Vec::new()
     }
 
-    /// Nothing to clean up: the pipe goes away with the front's handles.
-    pub(crate) fn remove(&self) {}
-
-    fn create_instance(&self, first: bool) -> io::Result<NamedPipeServer> {
-        self.create_pipe(&self.pipe, first, None)
+    /// Removes the name file, if it still names our pipe; called by a front on its way out.
+    /// The pipe itself goes away with the front's handles.
+    pub(crate) fn remove(&self) {
+        if let Some(ours) = self.pipe.get()
+            && std::fs::read_to_string(&self.name_file).is_ok_and(|named| named.trim() == ours)
+        {
+            let _ = std::fs::remove_file(&self.name_file);
+        }
     }
 
     /// Creates an instance of pipe `name` with the owner-only descriptor.
@@ -277,6 +359,7 @@ impl Drop for SecurityDescriptor {
 /// pipe (and with it the front's claim to the name) never disappears while the front lives.
 pub(crate) struct ControlListener {
     endpoint: Endpoint,
+    pipe: String,
     next: Option<NamedPipeServer>,
 }
 
@@ -289,9 +372,11 @@ impl ControlListener {
         loop {
             let server = match &mut self.next {
                 Some(server) => server,
-                empty => empty.insert(self.endpoint.create_instance(false).map_err(|e| {
-                    context(e, "create control pipe instance", &self.endpoint.pipe)
-                })?),
+                empty => empty.insert(
+                    self.endpoint
+                        .create_pipe(&self.pipe, false, None)
+                        .map_err(|e| context(e, "create control pipe instance", &self.pipe))?,
+                ),
             };
             match server.connect().await {
                 Ok(()) => {}
@@ -303,18 +388,18 @@ impl ControlListener {
                 }
                 Err(e) => {
                     let _ = server.disconnect();
-                    return Err(context(e, "accept on control pipe", &self.endpoint.pipe));
+                    return Err(context(e, "accept on control pipe", &self.pipe));
                 }
             }
             // The next instance is created before the connected one is handed out, so new
             // clients find the pipe free and a second process cannot claim the name.
-            let fresh = self.endpoint.create_instance(false);
+            let fresh = self.endpoint.create_pipe(&self.pipe, false, None);
             let connected = match fresh {
                 Ok(fresh) => self.next.replace(fresh),
                 Err(e) => {
                     tracing::warn!(
                         "risefront: create control pipe instance {}: {e}; retrying on the next accept",
-                        self.endpoint.pipe
+                        self.pipe
                     );
                     self.next.take()
                 }
@@ -326,8 +411,10 @@ impl ControlListener {
     }
 }
 
-/// Held by the front from `try_lock` until `listen`: the pipe's first instance.
+/// Held by the front for its whole life: the exclusively opened lock file, and from
+/// `try_lock` until `listen` the pipe's first instance.
 pub(crate) struct FrontLock {
+    _file: std::fs::File,
     first: Mutex<Option<NamedPipeServer>>,
 }
 
@@ -576,7 +663,7 @@ pub(crate) struct Inherited;
 
 /// Creates the private pipe: the front's end, and the name the child is given.
 pub(crate) fn child_channel(endpoint: &Endpoint) -> io::Result<(Stream, ChildChannel)> {
-    let pipe = format!("{}-{}", endpoint.pipe, random_suffix());
+    let pipe = format!("{}-{}", endpoint.prefix, random_suffix());
     let server = endpoint
         .create_pipe(&pipe, true, Some(1))
         .map_err(|e| context(e, "create private control pipe", &pipe))?;
