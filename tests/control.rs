@@ -156,7 +156,7 @@ async fn a_pipe_squatting_the_predictable_name_changes_nothing() {
         .first_pipe_instance(true)
         .create(&squatted)
         .expect("create the squatting pipe");
-    let mut service = common::Service::spawn_at(&common::example("hello"), &[], addr);
+    let service = common::Service::spawn_at(&common::example("hello"), &[], addr);
     let g1 = service.wait_generation(1).await;
     assert_ne!(service.control_endpoint().await, squatted);
     let output = service.upgrade_command().await;
