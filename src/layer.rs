@@ -1,11 +1,12 @@
-//! [`DrainLayer`]: `Connection: close` on HTTP/1 responses once the generation is draining.
+//! [`DrainLayer`]: `Connection: close` on HTTP/1 responses once the generation is draining,
+//! except on protocol upgrades (WebSocket), whose `Connection: upgrade` must stand.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::header::{CONNECTION, HeaderValue};
-use http::{Request, Response, Version};
+use http::header::{CONNECTION, HeaderValue, UPGRADE};
+use http::{Request, Response, StatusCode, Version};
 use pin_project::pin_project;
 use tower::{Layer, Service};
 
@@ -17,7 +18,10 @@ use crate::process::is_draining;
 ///
 /// Use it with `axum::serve(..).with_graceful_shutdown(risefront::superseded())`; together they
 /// let no request fail across a takeover (see the crate docs for the measurements). HTTP/2
-/// responses are left alone: HTTP/2 has GOAWAY for this, sent by hyper's graceful shutdown.
+/// responses are left alone: HTTP/2 has GOAWAY for this, sent by hyper's graceful shutdown. So
+/// are requests asking for a protocol upgrade and `101 Switching Protocols` responses: a
+/// WebSocket handshake during the idle grace still succeeds (the handler then closes the
+/// socket itself, see [`draining`](crate::draining)).
 ///
 /// # Example
 ///
@@ -72,9 +76,23 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let http1 = request.version() < Version::HTTP_2;
-        DrainFuture::new(self.inner.call(request), http1)
+        let closable = closable(&request);
+        DrainFuture::new(self.inner.call(request), closable)
     }
+}
+
+/// Whether `Connection: close` may be added to the response to `request`: HTTP/1 only (the
+/// header does not exist in HTTP/2), and never when the request asks for a protocol upgrade.
+pub(crate) fn closable<B>(request: &Request<B>) -> bool {
+    let asks_upgrade = request.headers().contains_key(UPGRADE)
+        || request
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    request.version() < Version::HTTP_2 && !asks_upgrade
 }
 
 /// The response future of [`DrainService`].
@@ -83,13 +101,13 @@ where
 pub struct DrainFuture<F> {
     #[pin]
     inner: F,
-    http1: bool,
+    closable: bool,
 }
 
 impl<F> DrainFuture<F> {
-    /// `http1`: whether the request was HTTP/1.x, the only version `Connection: close` exists in.
-    pub(crate) fn new(inner: F, http1: bool) -> Self {
-        DrainFuture { inner, http1 }
+    /// `closable`: whether the response may get `Connection: close` (see [`closable`]).
+    pub(crate) fn new(inner: F, closable: bool) -> Self {
+        DrainFuture { inner, closable }
     }
 }
 
@@ -104,7 +122,7 @@ where
         let mut response = ready!(this.inner.poll(cx))?;
         // Decided when the response is written, not when the request arrived: a request that
         // started before the takeover and ends after it must still close its connection.
-        if *this.http1 && is_draining() {
+        if *this.closable && response.status() != StatusCode::SWITCHING_PROTOCOLS && is_draining() {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -32,6 +32,12 @@
 //! and both fail requests that are already on the wire. With the grace and [`DrainLayer`]'s
 //! `Connection: close`, keep-alive clients leave after their current request instead.
 //!
+//! # Long-lived connections
+//!
+//! A WebSocket or an event stream never goes idle: its handler should tell the client to
+//! reconnect when [`draining`] resolves (at the takeover), for example with a WebSocket close
+//! code 1012; [`drained`] waits for upgraded connections before `main` returns.
+//!
 //! # hyper and tower
 //!
 //! [`GracefulServer`] serves HTTP/1 and HTTP/2 on a [`RiseFrontListener`] with any tower
@@ -81,7 +87,7 @@ mod upgrade;
 pub use builder::{Builder, bind, upgrade};
 pub use layer::{DrainFuture, DrainLayer, DrainService};
 pub use listener::{Addr, Connection, RiseFrontListener};
-pub use process::{is_draining, is_stopping, ready, superseded};
+pub use process::{drained, draining, is_draining, is_stopping, ready, superseded};
 pub use server::{GracefulServer, ServeSummary};
 
 /// The control-protocol decoder, for the fuzz targets in `fuzz/` only (`cargo fuzz` builds

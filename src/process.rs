@@ -65,6 +65,62 @@ pub fn superseded() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
+/// Resolves the moment this generation stops accepting: a newer generation took over, or the
+/// service is stopping. For handlers of long-lived connections (WebSocket, server-sent events,
+/// long streams) to tell their clients to reconnect now, while the new generation serves.
+///
+/// Unlike [`superseded`], which is the server's graceful-shutdown signal and fires only after
+/// the idle grace, this fires at once and has no effect on how the process exits; it is cheap
+/// to call once per connection.
+///
+/// # Example
+///
+/// ```no_run
+/// use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+///
+/// async fn echo(mut socket: WebSocket) {
+///     let takeover = risefront::draining();
+///     tokio::pin!(takeover);
+///     loop {
+///         tokio::select! {
+///             message = socket.recv() => match message {
+///                 Some(Ok(Message::Text(text))) => {
+///                     if socket.send(Message::Text(text)).await.is_err() {
+///                         return;
+///                     }
+///                 }
+///                 Some(Ok(_)) => {}
+///                 _ => return,
+///             },
+///             () = &mut takeover => {
+///                 // 1012 Service Restart: reconnect, the new generation is serving.
+///                 let close = CloseFrame { code: close_code::RESTART, reason: "upgrade".into() };
+///                 let _ = socket.send(Message::Close(Some(close))).await;
+///                 return;
+///             }
+///         }
+///     }
+/// }
+/// ```
+pub fn draining() -> impl Future<Output = ()> + Send + 'static {
+    let process = process();
+    async move {
+        process.draining_since().await;
+    }
+}
+
+/// Resolves once this generation is draining and has no connection left, upgraded ones
+/// (WebSocket) included: what a `main` that served with `axum::serve` waits for before it
+/// returns, so that connections handed over to handlers are not cut when the process ends.
+/// Whatever is still open at the drain deadline is closed then, and the log says so.
+pub fn drained() -> impl Future<Output = ()> + Send + 'static {
+    let process = process();
+    async move {
+        process.draining_since().await;
+        process.idle().await;
+    }
+}
+
 /// Whether this generation has stopped accepting because it was superseded or told to stop.
 pub fn is_draining() -> bool {
     // Read on every response by the drain layer: an atomic, not the watch channel's lock.

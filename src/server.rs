@@ -315,10 +315,10 @@ where
     type Future = DrainFuture<S::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let http1 = request.version() < Version::HTTP_2;
-        if !http1 {
+        if request.version() >= Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
         }
-        DrainFuture::new(self.inner.call(request), http1)
+        let closable = crate::layer::closable(&request);
+        DrainFuture::new(self.inner.call(request), closable)
     }
 }
