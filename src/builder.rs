@@ -8,7 +8,8 @@ use tokio::net::ToSocketAddrs;
 use tokio::time::Instant;
 
 use crate::config::{
-    Config, deadline_after, derive_name, env_duration, env_off, program_name, validate_name,
+    Config, deadline_after, derive_name, env_duration, env_off, env_upgrade, program_name,
+    validate_name,
 };
 use crate::handoff::{self, Endpoint};
 use crate::listener::RiseFrontListener;
@@ -17,6 +18,11 @@ use crate::{front, generation, process};
 
 /// Binds `addrs` with the default [`Builder`]: the first process becomes the front and never
 /// returns from here; every later one returns a listener holding the front's sockets.
+///
+/// With `RISEFRONT_UPGRADE=1` in its environment, the program instead asks the running front
+/// for an upgrade, waits for the outcome, prints it and exits (0 once the new generation
+/// serves, 1 if it failed): any program built on risefront is its own `ExecReload=` command,
+/// `ExecReload=/usr/bin/env RISEFRONT_UPGRADE=1 /usr/bin/app ARGS`.
 ///
 /// Code before `bind` runs in every process, the front included. In tests, set
 /// `RISEFRONT=off` (or use [`Builder::standalone`]) to get a plain listener in the test
@@ -234,6 +240,21 @@ impl Builder {
     {
         let addrs = resolve(addrs).await?;
         let config = self.config(&addrs)?;
+        if env_upgrade()? {
+            // `ExecReload=` for any program: ask the running front, report, exit.
+            let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
+            let code = match crate::upgrade::request(&endpoint, &config).await {
+                Ok(generation) => {
+                    println!("risefront: upgraded: generation {generation} is serving");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
         if config.standalone {
             return RiseFrontListener::standalone(&addrs, &config).await;
         }

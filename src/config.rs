@@ -124,6 +124,23 @@ pub(crate) fn derive_addrs_name(addrs: &[Vec<SocketAddr>]) -> String {
     format!("{prefix}-{hash:016x}")
 }
 
+/// `RISEFRONT_UPGRADE=1`: this run asks the running front for an upgrade instead of serving.
+pub(crate) fn env_upgrade() -> io::Result<bool> {
+    match std::env::var("RISEFRONT_UPGRADE") {
+        Ok(v) => match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" | "" => Ok(false),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "risefront: RISEFRONT_UPGRADE={v:?} is not understood; use RISEFRONT_UPGRADE=1 to ask the running front for an upgrade"
+                ),
+            )),
+        },
+        Err(_) => Ok(false),
+    }
+}
+
 pub(crate) fn env_off() -> io::Result<bool> {
     match std::env::var("RISEFRONT") {
         Ok(v) => match v.to_ascii_lowercase().as_str() {

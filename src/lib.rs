@@ -82,6 +82,7 @@ mod process;
 mod protocol;
 mod server;
 mod signal;
+mod systemd;
 mod upgrade;
 
 pub use builder::{Builder, bind, upgrade};

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::config::deadline_after;
 use crate::notice::report;
 use crate::protocol::{Message, Role};
+use crate::systemd::Supervisor;
 
 /// A generation's number: 1 for the first, then 2, 3, …
 pub(crate) type Gen = u64;
@@ -112,6 +113,8 @@ pub(crate) enum Action {
     Kill(Gen),
     /// Close the front's copies of the listening sockets: the service is stopping.
     CloseListeners,
+    /// Tell the service manager (systemd), if there is one.
+    Notify(Supervisor),
     /// Exit the front with this status. Nothing follows.
     Exit(i32),
 }
@@ -178,6 +181,10 @@ pub(crate) struct Machine {
     ever_ready: bool,
     respawn_at: Option<Instant>,
     stopping: bool,
+    /// `STOPPING=1` went out (at the start of the stop delay, or of the stop).
+    stop_notified: bool,
+    /// The upgrade whose outcome ends a `RELOADING=1` sent to the service manager.
+    reload: Option<Gen>,
     exit_code: i32,
     exited: bool,
     out: Vec<Action>,
@@ -200,6 +207,8 @@ impl Machine {
             ever_ready: false,
             respawn_at: None,
             stopping: false,
+            stop_notified: false,
+            reload: None,
             exit_code: 0,
             exited: false,
             out: Vec::new(),
@@ -217,11 +226,10 @@ impl Machine {
                     report!(error, "cannot start generation 1: {why}");
                 }
             }
-            Input::Hangup => {
-                if let Err(why) = self.spawn(now, "SIGHUP") {
-                    tracing::warn!("SIGHUP ignored: {why}");
-                }
-            }
+            Input::Hangup => match self.spawn(now, "SIGHUP") {
+                Ok(n) => self.begin_reload(n, "SIGHUP"),
+                Err(why) => tracing::warn!("SIGHUP ignored: {why}"),
+            },
             Input::UpgradeRequested { peer } => self.on_upgrade(now, peer),
             Input::Spawned { generation, pid } => self.on_spawned(generation, pid),
             Input::SpawnFailed { generation, why } => self.on_spawn_failed(now, generation, &why),
@@ -355,7 +363,10 @@ impl Machine {
             return;
         }
         match self.spawn(now, &format!("upgrade requested by pid {}", client.pid)) {
-            Ok(n) => self.waiters.push((peer, n)),
+            Ok(n) => {
+                self.waiters.push((peer, n));
+                self.begin_reload(n, "requested");
+            }
             Err(reason) => {
                 tracing::warn!(pid = client.pid, "upgrade refused: {reason}");
                 self.refuse(peer, reason);
@@ -383,6 +394,7 @@ impl Machine {
             return;
         }
         report!(error, "cannot start generation {n}: {why}");
+        self.end_failed_reload(n, &format!("could not be started: {why}"));
         self.answer_waiters(
             n,
             Message::Error {
@@ -479,6 +491,7 @@ impl Machine {
                     pid,
                     "generation {n} (pid {pid}) starting (started by hand)"
                 );
+                self.begin_reload(n, "started by hand");
                 n
             }
         };
@@ -544,6 +557,52 @@ impl Machine {
             }
         );
         self.answer_waiters(n, Message::Upgraded { generation: n });
+        let pid = self.generations.get(&n).and_then(|g| g.pid);
+        let outcome = if self.reload == Some(n) {
+            self.reload = None;
+            format!(
+                "; last upgrade: generation {n} ready in {} ms",
+                took.as_millis()
+            )
+        } else {
+            String::new()
+        };
+        let status = format!(
+            "generation {n}{} serving; {} draining{outcome}",
+            pid_note(pid),
+            superseded.len()
+        );
+        self.out.push(Action::Notify(Supervisor::Ready { status }));
+    }
+
+    /// An upgrade begins: systemd hears `RELOADING=1` now and `READY=1` once it has an outcome.
+    fn begin_reload(&mut self, n: Gen, how: &str) {
+        self.reload = Some(n);
+        self.out.push(Action::Notify(Supervisor::Reloading {
+            status: format!("upgrading: generation {n} starting ({how})"),
+        }));
+    }
+
+    /// The upgrade to `n` failed: the service serves on, as systemd hears with `READY=1`.
+    fn end_failed_reload(&mut self, n: Gen, why: &str) {
+        if self.reload != Some(n) {
+            return;
+        }
+        self.reload = None;
+        if self.winding_down() {
+            // STOPPING=1 went out, or is about to: no READY=1 after it.
+            return;
+        }
+        let serving = self
+            .active()
+            .map(|a| {
+                let pid = self.generations.get(&a).and_then(|g| g.pid);
+                format!("generation {a}{} serving", pid_note(pid))
+            })
+            .unwrap_or_else(|| "no generation serving".to_owned());
+        self.out.push(Action::Notify(Supervisor::Ready {
+            status: format!("{serving}; last upgrade failed: generation {n} {why}"),
+        }));
     }
 
     fn on_peer_gone(&mut self, now: Instant, peer: PeerId, why: &str) {
@@ -700,6 +759,7 @@ impl Machine {
             "front got {signal}: still accepting for the stop delay ({:?}), then stopping",
             self.stop_delay
         );
+        self.notify_stopping(&format!("got {signal}; stop delay {:?}", self.stop_delay));
         let starting: Vec<Gen> = self
             .generations
             .iter()
@@ -742,7 +802,11 @@ impl Machine {
                     generation = n,
                     "generation {n}{pid} was asked to stop: starting its replacement; it serves until then"
                 );
-                if let Err(why) = self.spawn(now, &format!("generation {n} was asked to stop")) {
+                let spawned = self.spawn(now, &format!("generation {n} was asked to stop"));
+                if let Ok(new) = spawned {
+                    self.begin_reload(new, "the active generation was asked to stop");
+                }
+                if let Err(why) = spawned {
                     tracing::info!(
                         generation = n,
                         "no new replacement for generation {n}: {why}"
@@ -773,6 +837,7 @@ impl Machine {
             "front {why}: stopping {} generation(s)",
             self.generations.len()
         );
+        self.notify_stopping(why);
         // Nothing will accept again: once the generations have closed their copies too, a late
         // client is refused at once instead of waiting in a queue nobody reads.
         self.out.push(Action::CloseListeners);
@@ -873,6 +938,14 @@ impl Machine {
         }
     }
 
+    fn notify_stopping(&mut self, why: &str) {
+        if !std::mem::replace(&mut self.stop_notified, true) {
+            self.out.push(Action::Notify(Supervisor::Stopping {
+                status: format!("stopping ({why})"),
+            }));
+        }
+    }
+
     /// A starting generation failed (deadline, lost connection, stop): kill it, roll back.
     fn fail_starting(&mut self, now: Instant, n: Gen, why: &str) {
         let pid = self.generations.get(&n).and_then(|g| g.pid);
@@ -889,7 +962,8 @@ impl Machine {
         }
     }
 
-    fn log_failed_start(&self, n: Gen, pid: Option<u32>, why: &str) {
+    fn log_failed_start(&mut self, n: Gen, pid: Option<u32>, why: &str) {
+        self.end_failed_reload(n, &format!("failed before it was ready ({why})"));
         let pid = pid_note(pid);
         let active = self.active();
         let asked_to_stop = active

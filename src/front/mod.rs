@@ -325,6 +325,10 @@ impl<'a> Front<'a> {
                 }
                 None
             }
+            Action::Notify(event) => {
+                crate::systemd::notify(&event);
+                None
+            }
             Action::CloseListeners => {
                 self.sockets
                     .write()
@@ -479,7 +483,11 @@ impl<'a> Front<'a> {
     fn try_spawn(&mut self, n: Gen) -> io::Result<u32> {
         let (ours, theirs) = handoff::child_channel(self.endpoint)?;
         let mut command = tokio::process::Command::new(&self.exe);
-        command.args(&self.args).stdin(Stdio::null());
+        // Only the front talks to systemd (`NotifyAccess=main`).
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .env_remove(crate::systemd::NOTIFY_SOCKET);
         let spawned = {
             // Held until the spawn returned; then the front keeps only its own end.
             let _inherited = theirs.attach(&mut command)?;

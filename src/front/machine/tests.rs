@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
+use crate::systemd::Supervisor;
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -25,6 +26,8 @@ struct World {
     next_pid: u32,
     /// The pid and the pre-connected peer of each generation the machine had spawned.
     spawned: BTreeMap<Gen, (u32, PeerId)>,
+    /// What the service manager was told, kept apart from the other actions.
+    notified: Vec<Supervisor>,
 }
 
 impl World {
@@ -35,11 +38,21 @@ impl World {
             next_peer: 100,
             next_pid: 1000,
             spawned: BTreeMap::new(),
+            notified: Vec::new(),
         }
     }
 
+    /// Feeds `input`; returns the actions other than notifications, which go to `notified`.
     fn feed(&mut self, input: Input) -> Vec<Action> {
-        self.m.handle(self.now, input)
+        let mut out = self.m.handle(self.now, input);
+        out.retain(|action| match action {
+            Action::Notify(event) => {
+                self.notified.push(event.clone());
+                false
+            }
+            _ => true,
+        });
+        out
     }
 
     fn advance(&mut self, by: Duration) {
@@ -747,6 +760,60 @@ fn an_upgrade_exiting_0_before_ready_is_a_rollback() {
     assert!(is_active(w.phase(1)));
 }
 
+#[test]
+fn systemd_hears_ready_then_a_reloading_ready_pair_per_upgrade_then_stopping() {
+    let mut w = serving();
+    assert!(
+        matches!(&w.notified[..], [Supervisor::Ready { status }] if status.starts_with("generation 1 (pid")),
+        "{:?}",
+        w.notified
+    );
+    w.notified.clear();
+    w.feed(Input::Hangup);
+    w.bring_up(2);
+    assert!(
+        matches!(
+            &w.notified[..],
+            [Supervisor::Reloading { .. }, Supervisor::Ready { status }]
+                if status.contains("generation 2") && status.contains("ready in")
+        ),
+        "{:?}",
+        w.notified
+    );
+    w.notified.clear();
+    w.feed(Input::Hangup);
+    w.spawned(3);
+    w.exited(3, "exit status: 3");
+    assert!(
+        matches!(
+            &w.notified[..],
+            [Supervisor::Reloading { .. }, Supervisor::Ready { status }]
+                if status.starts_with("generation 2") && status.contains("last upgrade failed: generation 3")
+        ),
+        "{:?}",
+        w.notified
+    );
+    w.notified.clear();
+    // A build started by hand is an upgrade too.
+    let (peer, _) = w.hand_started(4242, defaults());
+    w.feed(Input::Ready { peer });
+    assert!(
+        matches!(
+            &w.notified[..],
+            [Supervisor::Reloading { .. }, Supervisor::Ready { .. }]
+        ),
+        "{:?}",
+        w.notified
+    );
+    w.notified.clear();
+    w.feed(Input::Terminate { signal: "SIGTERM" });
+    assert!(
+        matches!(&w.notified[..], [Supervisor::Stopping { .. }]),
+        "{:?}",
+        w.notified
+    );
+}
+
 // ---- Random event sequences ----
 
 /// One abstract event; indices pick among whatever exists at that moment.
@@ -810,6 +877,9 @@ struct Model {
     /// Respawns since a generation last became ready.
     respawns_without_ready: u32,
     listeners_closed: bool,
+    /// RELOADING=1 sent, READY=1 not yet.
+    reloading: bool,
+    stop_notified: bool,
 }
 
 impl Model {
@@ -830,6 +900,8 @@ impl Model {
             last_respawn: None,
             respawns_without_ready: 0,
             listeners_closed: false,
+            reloading: false,
+            stop_notified: false,
         };
         model.input(Input::Start);
         model
@@ -899,6 +971,19 @@ impl Model {
                         }
                     }
                     Action::CloseListeners => self.listeners_closed = true,
+                    Action::Notify(Supervisor::Reloading { .. }) => {
+                        assert!(!self.reloading, "RELOADING=1 twice without READY=1");
+                        self.reloading = true;
+                    }
+                    Action::Notify(Supervisor::Ready { .. }) => {
+                        assert!(!self.stop_notified, "READY=1 after STOPPING=1");
+                        self.reloading = false;
+                    }
+                    Action::Notify(Supervisor::Stopping { .. }) => {
+                        assert!(!self.stop_notified, "STOPPING=1 twice");
+                        self.stop_notified = true;
+                        self.reloading = false;
+                    }
                     Action::SendListeners { .. } if self.listeners_closed => {
                         panic!("listening sockets handed over after they were closed");
                     }
