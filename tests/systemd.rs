@@ -155,3 +155,93 @@ async fn risefront_upgrade_makes_any_program_an_exec_reload_command() {
         "{output:?}"
     );
 }
+
+/// `systemd-socket-activate`, from the systemd package: it binds the address, then execs the
+/// program with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` as systemd does, passing on
+/// only the variables named with `-E`.
+fn socket_activate() -> Option<String> {
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join("systemd-socket-activate"))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() && std::env::var_os("CI").is_some() {
+        panic!("systemd-socket-activate is missing: .ci/run installs the systemd package");
+    }
+    found.map(|p| p.to_string_lossy().into_owned())
+}
+
+#[tokio::test]
+async fn a_socket_activated_front_serves_and_upgrades_three_ways_under_load() {
+    use common::Way;
+    use common::load::{self, Kind};
+
+    let Some(activate) = socket_activate() else {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    };
+    let addr = common::free_addr();
+    // Variables named without a value are passed on from the harness's environment.
+    let wrapper = vec![
+        activate,
+        format!("--listen={addr}"),
+        "--fdname=http".to_owned(),
+        "--setenv=XDG_RUNTIME_DIR".to_owned(),
+        "--setenv=RUST_LOG".to_owned(),
+    ];
+    // The harness runs `hello ADDR` behind the wrapper; the wrapper binds ADDR first.
+    let mut service = Service::spawn_via(&wrapper, &example("hello"), &[], addr);
+    service.wait_generation(1).await;
+    service.wait_log("using the socket systemd passed").await;
+    // The generations never see the activation variables.
+    let g1 = service.hello().await;
+    let environ = std::fs::read(format!("/proc/{}/environ", g1.pid)).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&environ).contains("LISTEN_FDS="));
+
+    let load = load::start(
+        addr,
+        &[(Kind::NewConnection, 8, "/"), (Kind::KeepAlive, 8, "/")],
+    );
+    for (i, n) in (2..=4).enumerate() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        service.upgrade(Way::nth(i), n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = load.stop().await;
+    println!("socket-activated: {}", report.summary(3));
+    assert_eq!(report.failed, 0, "{}", report.summary(3));
+    let status = service.terminate();
+    assert!(status.success(), "{status:?}\n{}", service.log());
+}
+
+#[tokio::test]
+async fn activation_variables_for_another_process_are_ignored() {
+    // LISTEN_PID of another process: the front binds as usual.
+    let service = Service::start_with(
+        &example("hello"),
+        &[("LISTEN_PID", "1"), ("LISTEN_FDS", "1")],
+    )
+    .await;
+    assert_eq!(service.hello().await.generation, 1);
+    assert!(!service.log().contains("systemd passed"));
+}
+
+#[tokio::test]
+async fn a_passed_descriptor_that_is_not_a_listening_socket_is_named() {
+    // A shell that claims to pass a socket but hands /dev/null as descriptor 3.
+    let wrapper = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$@\" 3</dev/null".to_owned(),
+        "sh".to_owned(),
+    ];
+    let mut service = Service::spawn_via(&wrapper, &example("hello"), &[], common::free_addr());
+    let status = service.wait_front_exit();
+    assert!(!status.success());
+    let log = service.log();
+    assert!(
+        log.contains("systemd passed descriptor 3") && log.contains("not a listening TCP socket"),
+        "{log}"
+    );
+}

@@ -52,12 +52,34 @@ pub(crate) async fn run(
 ) -> io::Result<Infallible> {
     let started = async {
         let (exe, args) = startup_command()?;
+        // Sockets systemd passed (socket activation) are used for the addresses they match.
+        let mut activated = handoff::activated_listeners()?;
         let mut sockets = Vec::with_capacity(addrs.len());
         for candidates in &addrs {
+            let passed = activated.iter().position(|(listener, _)| {
+                listener
+                    .local_addr()
+                    .is_ok_and(|addr| candidates.contains(&addr))
+            });
+            if let Some(i) = passed {
+                let (listener, name) = activated.remove(i);
+                tracing::info!(
+                    "using the socket systemd passed for {:?} ({name:?})",
+                    listener.local_addr().ok()
+                );
+                sockets.push(listener);
+                continue;
+            }
             let socket = bind_retrying(candidates)
                 .await
                 .map_err(|e| explain_bind_error(e, candidates, &config.name, &endpoint))?;
             sockets.push(socket.into_std()?);
+        }
+        for (listener, name) in activated {
+            tracing::warn!(
+                "systemd passed a socket for {:?} ({name:?}), which matches none of the addresses given to bind; it is not used",
+                listener.local_addr().ok()
+            );
         }
         let control = endpoint.listen(&lock)?;
         Ok::<_, io::Error>((exe, args, sockets, control))
@@ -487,7 +509,11 @@ impl<'a> Front<'a> {
         command
             .args(&self.args)
             .stdin(Stdio::null())
-            .env_remove(crate::systemd::NOTIFY_SOCKET);
+            .env_remove(crate::systemd::NOTIFY_SOCKET)
+            // The activated sockets were the front's; a generation gets them from the front.
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES");
         let spawned = {
             // Held until the spawn returned; then the front keeps only its own end.
             let _inherited = theirs.attach(&mut command)?;

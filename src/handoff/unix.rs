@@ -2,8 +2,9 @@
 //! credentials checked on every connection, and listening sockets passed with `SCM_RIGHTS`.
 //!
 //! Nearly everything here is safe Rust: `rustix` wraps `sendmsg`/`recvmsg` and the descriptors
-//! come back as `OwnedFd`. The one `unsafe` block adopts the control channel a front-spawned
-//! generation inherits by descriptor number, which no safe API can express.
+//! come back as `OwnedFd`. The two `unsafe` blocks adopt descriptors known only by number: the
+//! control channel a front-spawned generation inherits, and the sockets systemd passes a
+//! socket-activated front; no safe API can express either.
 
 use std::fs;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -470,6 +471,63 @@ fn bad_channel(value: &std::ffi::OsStr, why: &str) -> io::Error {
         io::ErrorKind::InvalidInput,
         format!("risefront: {CHANNEL_VAR}={value:?} cannot be used: {why}"),
     )
+}
+
+/// The listening sockets systemd passed this process (socket activation, sd_listen_fds(3)),
+/// with their `LISTEN_FDNAMES` names: none unless `LISTEN_PID` names this process.
+#[cfg(target_os = "linux")]
+pub(crate) fn activated_listeners() -> io::Result<Vec<(std::net::TcpListener, String)>> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Ok(Vec::new());
+    }
+    let passed = sd_notify::listen_fds_with_names().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("risefront: the sockets systemd passed (LISTEN_FDS): {e}"),
+        )
+    })?;
+    let mut listeners = Vec::new();
+    for (fd, name) in passed {
+        let not_a_listener = |why: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "risefront: systemd passed descriptor {fd} ({name:?}), which is not a listening TCP socket: {why}"
+                ),
+            )
+        };
+        // SAFETY: sd_listen_fds(3): LISTEN_PID names this process (checked by `listen_fds`),
+        // which was started owning descriptors 3 to 3 + LISTEN_FDS for it to use; `TAKEN`
+        // makes sure they are adopted at most once, and nothing else in the crate takes them.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let is_socket = rustix::fs::fstat(&owned).map(|stat| {
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket
+        });
+        if is_socket != Ok(true) {
+            // Not a socket (or not open): not ours to close.
+            std::mem::forget(owned);
+            return Err(not_a_listener("not a socket"));
+        }
+        if rustix::net::sockopt::socket_type(&owned) != Ok(rustix::net::SocketType::STREAM)
+            || rustix::net::sockopt::socket_acceptconn(&owned) != Ok(true)
+        {
+            return Err(not_a_listener("not a listening stream socket"));
+        }
+        let listener = std::net::TcpListener::from(owned);
+        if listener.local_addr().is_err() {
+            return Err(not_a_listener("not an IP socket"));
+        }
+        listener.set_nonblocking(true)?;
+        listeners.push((listener, name));
+    }
+    Ok(listeners)
+}
+
+/// Socket activation is systemd's, so Linux's.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn activated_listeners() -> io::Result<Vec<(std::net::TcpListener, String)>> {
+    Ok(Vec::new())
 }
 
 /// A generation process the front did not spawn (one started by hand), held from the moment

@@ -648,6 +648,11 @@ pub(crate) fn listener_from_protocol_info(blob: &[u8]) -> io::Result<TcpListener
     Ok(unsafe { TcpListener::from_raw_socket(socket as _) })
 }
 
+/// Socket activation is systemd's: nothing is ever passed on Windows.
+pub(crate) fn activated_listeners() -> io::Result<Vec<(TcpListener, String)>> {
+    Ok(Vec::new())
+}
+
 /// The variable that tells a front-spawned generation the name of its private control pipe.
 pub(crate) const CHANNEL_VAR: &str = "RISEFRONT_CHANNEL";
 

@@ -156,6 +156,26 @@ impl Service {
     }
 
     fn spawn_on_addrs(exe: &Path, env: &[(&str, &str)], addrs: Vec<SocketAddr>) -> Service {
+        Self::spawn_wrapped(&[], exe, env, addrs)
+    }
+
+    /// Starts the front as `wrapper... exe ADDR` (a program that sets up the environment and
+    /// execs `exe`, like `systemd-socket-activate`).
+    pub fn spawn_via(
+        wrapper: &[String],
+        exe: &Path,
+        env: &[(&str, &str)],
+        addr: SocketAddr,
+    ) -> Service {
+        Self::spawn_wrapped(wrapper, exe, env, vec![addr])
+    }
+
+    fn spawn_wrapped(
+        wrapper: &[String],
+        exe: &Path,
+        env: &[(&str, &str)],
+        addrs: Vec<SocketAddr>,
+    ) -> Service {
         let dir = TempDir::new();
         let run = dir.0.join("run");
         fs::create_dir_all(&run).expect("runtime dir");
@@ -166,6 +186,27 @@ impl Service {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let mut command = command_for(exe, &addrs, &dir.0, &env, &[]);
+        if let Some((program, args)) = wrapper.split_first() {
+            let mut wrapped = Command::new(program);
+            wrapped.args(args).arg(command.get_program());
+            wrapped.args(command.get_args());
+            for (key, value) in command.get_envs() {
+                match value {
+                    Some(value) => wrapped.env(key, value),
+                    None => wrapped.env_remove(key),
+                };
+            }
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.0.join("service.log"))
+                .expect("log file");
+            wrapped
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log);
+            command = wrapped;
+        }
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let front = command.spawn().expect("start the front");
