@@ -42,6 +42,41 @@ pub(crate) fn notify(event: &Supervisor) {
     let _ = event;
 }
 
+/// Hands the listening sockets to systemd's fd store (`FDSTORE=1`), when the unit has one
+/// (`FileDescriptorStoreMax=`, which systemd announces as `$FDSTORE`). A front restarted
+/// after a crash gets them back through socket activation, so the listen queue never closes:
+/// connections made while no front runs wait in the kernel's backlog instead of being refused.
+pub(crate) fn store_listeners(listeners: &[std::net::TcpListener]) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsFd;
+        let store = std::env::var("FDSTORE")
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if std::env::var_os(NOTIFY_SOCKET).is_none() || store == 0 {
+            return;
+        }
+        for listener in listeners {
+            let Ok(addr) = listener.local_addr() else {
+                continue;
+            };
+            // Names may not contain ':' (the separator of LISTEN_FDNAMES).
+            let name = format!("risefront-{addr}").replace(':', "_");
+            let states = [
+                sd_notify::NotifyState::FdStore,
+                sd_notify::NotifyState::FdName(&name),
+            ];
+            match sd_notify::notify_with_fds(&states, &[listener.as_fd()]) {
+                Ok(()) => tracing::info!("stored the socket for {addr} with systemd ({name})"),
+                Err(e) => tracing::warn!("cannot store the socket for {addr} with systemd: {e}"),
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = listeners;
+}
+
 #[cfg(target_os = "linux")]
 fn send(event: &Supervisor) -> std::io::Result<()> {
     use sd_notify::NotifyState;

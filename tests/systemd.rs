@@ -45,6 +45,37 @@ impl Notifications {
         }
     }
 
+    /// The next datagram and the descriptors that came with it (`SCM_RIGHTS`).
+    fn next_with_fds(&self) -> (String, Vec<std::os::fd::OwnedFd>) {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        use std::io::IoSliceMut;
+        use std::mem::MaybeUninit;
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = [0u8; 4096];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+        loop {
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            match rustix::net::recvmsg(
+                &self.socket,
+                &mut [IoSliceMut::new(&mut buf)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Ok(message) => {
+                    let mut fds = Vec::new();
+                    for part in control.drain() {
+                        if let RecvAncillaryMessage::ScmRights(received) = part {
+                            fds.extend(received);
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&buf[..message.bytes]).into_owned();
+                    return (text, fds);
+                }
+                Err(_) => assert!(Instant::now() < deadline, "no notification came"),
+            }
+        }
+    }
+
     /// The next datagram, which must contain every one of `lines`' prefixes.
     fn expect(&self, lines: &[&str]) -> String {
         let datagram = self.next();
@@ -244,4 +275,73 @@ async fn a_passed_descriptor_that_is_not_a_listening_socket_is_named() {
         log.contains("systemd passed descriptor 3") && log.contains("not a listening TCP socket"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_fd_store_a_front_killed_under_load_refuses_no_connection() {
+    use common::load::{self, Kind};
+    use std::os::fd::AsRawFd;
+
+    let notify = Notifications::new();
+    // systemd announces FileDescriptorStoreMax= as $FDSTORE.
+    let service = Service::start_with(
+        &example("hello"),
+        &[("NOTIFY_SOCKET", &notify.path), ("FDSTORE", "4")],
+    )
+    .await;
+    let addr = service.addr;
+    let (stored, fds) = notify.next_with_fds();
+    assert!(
+        stored.contains("FDSTORE=1")
+            && stored.contains(&format!("FDNAME=risefront-127.0.0.1_{}", addr.port())),
+        "{stored}"
+    );
+    let [stored_fd]: [std::os::fd::OwnedFd; 1] = fds.try_into().expect("one stored socket");
+    let g1 = service.hello().await;
+
+    let load = load::start(
+        addr,
+        &[(Kind::NewConnection, 8, "/"), (Kind::KeepAlive, 8, "/")],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The front dies; its generation drains and closes its copy of the socket. Only the
+    // store (this test, standing in for systemd) keeps the listen queue open.
+    service.signal_front(Signal::KILL);
+    common::wait_gone(g1.pid).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Restarted as systemd does it: the stored socket as descriptor 3, LISTEN_PID its pid.
+    rustix::io::fcntl_setfd(&stored_fd, rustix::io::FdFlags::empty()).expect("inheritable");
+    // bash, not sh: dash redirects single-digit descriptors only.
+    let wrapper = vec![
+        "bash".to_owned(),
+        "-c".to_owned(),
+        format!(
+            "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=stored; exec \"$@\" 3<&{}",
+            stored_fd.as_raw_fd()
+        ),
+        "bash".to_owned(),
+    ];
+    let restarted_at = Instant::now();
+    let restarted = Service::spawn_via(&wrapper, &example("hello"), &[], addr);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok((200, body)) = restarted.get("/").await
+            && common::parse_hello(&body).is_some_and(|h| h.pid != g1.pid)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", restarted.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gap = restarted_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.stop().await;
+    println!(
+        "front killed under load, restarted with the stored socket (serving again {gap:?} after the restart): {}",
+        report.summary(0)
+    );
+    assert!(restarted.log().contains("using the socket systemd passed"));
+    assert_eq!(report.refused, 0, "{}", report.summary(0));
+    drop(service);
 }

@@ -75,6 +75,7 @@ pub(crate) async fn run(
                 .map_err(|e| explain_bind_error(e, candidates, &config.name, &endpoint))?;
             sockets.push(socket.into_std()?);
         }
+        crate::systemd::store_listeners(&sockets);
         for (listener, name) in activated {
             tracing::warn!(
                 "systemd passed a socket for {:?} ({name:?}), which matches none of the addresses given to bind; it is not used",
