@@ -14,6 +14,7 @@ use crate::config::{
 use crate::handoff::{self, Endpoint};
 use crate::listener::RiseFrontListener;
 use crate::net::resolve;
+use crate::upgrade::UpgradeError;
 use crate::{front, generation, process};
 
 /// Binds `addrs` with the default [`Builder`]: the first process becomes the front and never
@@ -53,9 +54,11 @@ where
 
 /// Asks the running front for `addrs` to start a new generation, and waits until it serves.
 ///
-/// Returns the new generation's number. Fails with a clear error when no front runs for these
-/// addresses, when an upgrade is already in progress, or when the new generation fails before
-/// it is ready (the old one then keeps serving).
+/// Returns the new generation's number. Fails with an [`UpgradeError`] that says which case it
+/// is: no front runs for these addresses ([`NoFront`](UpgradeError::NoFront)), an upgrade is
+/// already in progress ([`Busy`](UpgradeError::Busy): retry later), or the new generation
+/// failed before it was ready ([`Failed`](UpgradeError::Failed): the old one keeps serving).
+/// It converts into `io::Error`, so `?` works in `io::Result` functions.
 ///
 /// # Example
 ///
@@ -66,7 +69,7 @@ where
 /// # Ok(())
 /// # }
 /// ```
-pub async fn upgrade<I, A>(addrs: I) -> io::Result<u64>
+pub async fn upgrade<I, A>(addrs: I) -> Result<u64, UpgradeError>
 where
     I: IntoIterator<Item = A>,
     A: ToSocketAddrs + std::fmt::Debug,
@@ -81,6 +84,11 @@ where
 /// `RISEFRONT_HANDSHAKE_TIMEOUT`, `RISEFRONT_IDLE_GRACE` and `RISEFRONT_STOP_DELAY` take values
 /// such as `500ms`, `30s`, `2m` or a plain number of seconds, and `RISEFRONT=off` means
 /// [`standalone`](Self::standalone).
+///
+/// An environment variable beats the value set in code. Each process reads its own
+/// environment: a generation the front starts inherits the front's, while a build started by
+/// hand has the environment of the shell that started it. The deadlines a generation is held
+/// to are its own (it tells the front in its Hello), so a new build can raise them.
 ///
 /// # Example
 ///
@@ -119,6 +127,7 @@ impl Default for Builder {
 impl Builder {
     /// A builder with the defaults: name derived from the addresses, 60 s ready timeout,
     /// 30 s drain timeout, 5 s handshake timeout, 500 ms idle grace.
+    #[must_use]
     pub fn new() -> Self {
         Builder {
             name: None,
@@ -137,6 +146,7 @@ impl Builder {
     /// from the sorted addresses, so two services on one machine never collide.
     ///
     /// Letters, digits, `.`, `_` and `-` only (the name becomes a file name).
+    #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -144,18 +154,21 @@ impl Builder {
 
     /// How long a new generation may take from start to ready before the front kills it and
     /// keeps the old one serving.
+    #[must_use]
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
         self
     }
 
     /// How long a superseded generation may take to finish its requests before it exits anyway.
+    #[must_use]
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
     }
 
     /// How long a control peer has to introduce itself before it is dropped.
+    #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
@@ -166,6 +179,7 @@ impl Builder {
     ///
     /// hyper closes idle keep-alive connections the instant graceful shutdown starts, racing
     /// clients that are sending on them right now; the grace lets those requests land first.
+    #[must_use]
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;
         self
@@ -192,6 +206,7 @@ impl Builder {
     /// # Ok(())
     /// # }
     /// ```
+    #[must_use]
     pub fn stop_delay(mut self, delay: Duration) -> Self {
         self.stop_delay = delay;
         self
@@ -206,6 +221,7 @@ impl Builder {
     /// user and be closed to others (mode 0700), or `bind` refuses it: a directory someone else
     /// controls could hand this service their sockets. The `/tmp` fallback can be taken first
     /// by another local user; set this, `RISEFRONT_DIR` or `RuntimeDirectory=` for services.
+    #[must_use]
     pub fn control_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.control_dir = Some(dir.into());
         self
@@ -213,6 +229,7 @@ impl Builder {
 
     /// Binds the addresses plainly in this process: no front, no handoff. For tests and
     /// debugging; `RISEFRONT=off` in the environment does the same.
+    #[must_use]
     pub fn standalone(mut self) -> Self {
         self.standalone = true;
         self
@@ -222,6 +239,7 @@ impl Builder {
     /// instead of when the server first polls the listener; until then the listener accepts
     /// nothing and the previous generation keeps serving. For apps whose server loop starts
     /// before they are warm (caches, connection pools).
+    #[must_use]
     pub fn manual_ready(mut self) -> Self {
         self.manual_ready = true;
         self
@@ -287,7 +305,7 @@ impl Builder {
     }
 
     /// Asks the running front for `addrs` to start a new generation; see [`upgrade`](crate::upgrade).
-    pub async fn upgrade<I, A>(self, addrs: I) -> io::Result<u64>
+    pub async fn upgrade<I, A>(self, addrs: I) -> Result<u64, UpgradeError>
     where
         I: IntoIterator<Item = A>,
         A: ToSocketAddrs + std::fmt::Debug,

@@ -44,6 +44,7 @@ pub struct DrainLayer {
 
 impl DrainLayer {
     /// Creates the layer.
+    #[must_use]
     pub fn new() -> Self {
         DrainLayer { _private: () }
     }

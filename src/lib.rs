@@ -53,6 +53,21 @@
 //! # }
 //! ```
 //!
+//! # When the process ends
+//!
+//! risefront ends some processes itself, with `std::process::exit`, so destructors of what
+//! is still alive (a `tracing-appender` guard, say) do not run then:
+//!
+//! - the front, when the service stops (it never returns from [`bind`]);
+//! - a superseded or stopped generation that did not pass [`superseded`] to its server, once
+//!   its last connection closed;
+//! - any generation at its drain deadline (plus one second for one that did), and on a second
+//!   stop signal while draining;
+//! - a program run with `RISEFRONT_UPGRADE=1`, after reporting the upgrade's outcome.
+//!
+//! To flush before that, await [`drained`] (or your server's end) and flush in `main`, which
+//! then returns normally; keep the drain deadline above the time that takes.
+//!
 //! # Platform support
 //!
 //! Linux and macOS (sockets passed with `SCM_RIGHTS`). The control socket lives in a private
@@ -90,6 +105,7 @@ pub use layer::{DrainFuture, DrainLayer, DrainService};
 pub use listener::{Addr, Connection, RiseFrontListener};
 pub use process::{drained, draining, is_draining, is_stopping, ready, superseded};
 pub use server::{GracefulServer, ServeSummary};
+pub use upgrade::UpgradeError;
 
 /// The control-protocol decoder, for the fuzz targets in `fuzz/` only (`cargo fuzz` builds
 /// with `--cfg fuzzing`); not part of the API.

@@ -488,7 +488,10 @@ impl AsyncWrite for Connection {
 
 /// A client's address, as given to axum's `ConnectInfo`.
 ///
-/// Displays and debugs like the [`SocketAddr`] it wraps, and dereferences to it.
+/// Displays and debugs like the [`SocketAddr`] it wraps, and dereferences to it. It is a
+/// newtype rather than `SocketAddr` itself because axum's `ConnectInfo` needs the listener's
+/// address type to implement axum's `Connected` for the connection type, and neither trait
+/// nor `SocketAddr` is this crate's to join.
 ///
 /// ```no_run
 /// use axum::extract::ConnectInfo;

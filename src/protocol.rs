@@ -24,6 +24,7 @@
 //! | 8    | `Error`      | `u16` len, UTF-8 bytes                                             |
 //! | 9    | `StopRequested` |                                                                 |
 //! | 10   | `Stopping`   |                                                                    |
+//! | 11   | `Busy`       | `u16` len, UTF-8 bytes                                             |
 //!
 //! Why it is shaped this way:
 //!
@@ -88,6 +89,7 @@ const KIND_SHUTDOWN: u8 = 7;
 const KIND_ERROR: u8 = 8;
 const KIND_STOP_REQUESTED: u8 = 9;
 const KIND_STOPPING: u8 = 10;
+const KIND_BUSY: u8 = 11;
 
 /// Who is on the other end of a control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +153,9 @@ pub(crate) enum Message {
     /// Front -> generation: the service is stopping after its stop delay; keep accepting
     /// meanwhile, and report stopping to health checks. `Shutdown` follows.
     Stopping,
+    /// Front -> control client: the upgrade cannot start now (one is already starting, or
+    /// the service is stopping); asking again later may work. Human-readable.
+    Busy { reason: String },
 }
 
 impl Message {
@@ -165,6 +170,7 @@ impl Message {
             Message::Shutdown => KIND_SHUTDOWN,
             Message::StopRequested => KIND_STOP_REQUESTED,
             Message::Stopping => KIND_STOPPING,
+            Message::Busy { .. } => KIND_BUSY,
             Message::Error { .. } => KIND_ERROR,
         }
     }
@@ -265,7 +271,7 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
             }
         }
         Message::Upgraded { generation } => out.extend_from_slice(&generation.to_be_bytes()),
-        Message::Error { reason } => {
+        Message::Error { reason } | Message::Busy { reason } => {
             let reason = truncate_reason(reason);
             put_u16_len(out, reason.len())?;
             out.extend_from_slice(reason.as_bytes());
@@ -299,7 +305,7 @@ fn body_len(msg: &Message) -> Result<usize, ProtocolError> {
             })
         }
         Message::Upgraded { .. } => 8,
-        Message::Error { reason } => 2 + truncate_reason(reason).len(),
+        Message::Error { reason } | Message::Busy { reason } => 2 + truncate_reason(reason).len(),
         Message::Ready
         | Message::Superseded
         | Message::Upgrade
@@ -403,15 +409,12 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
         KIND_SHUTDOWN => Message::Shutdown,
         KIND_STOP_REQUESTED => Message::StopRequested,
         KIND_STOPPING => Message::Stopping,
-        KIND_ERROR => {
-            let len = usize::from(u16::from_be_bytes(r.take("truncated string")?));
-            let bytes = r.bytes(len, "truncated string")?;
-            let reason =
-                str::from_utf8(bytes).map_err(|_| ProtocolError::Malformed("invalid utf-8"))?;
-            Message::Error {
-                reason: reason.to_owned(),
-            }
-        }
+        KIND_BUSY => Message::Busy {
+            reason: read_string(&mut r)?,
+        },
+        KIND_ERROR => Message::Error {
+            reason: read_string(&mut r)?,
+        },
         kind => return Err(ProtocolError::UnknownMessage { kind }),
     };
     // Leftovers mean the peer's idea of this message differs from ours; better
@@ -420,6 +423,14 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
         return Err(ProtocolError::Malformed("trailing bytes"));
     }
     Ok(msg)
+}
+
+/// A `u16`-length-prefixed UTF-8 string.
+fn read_string(r: &mut Reader<'_>) -> Result<String, ProtocolError> {
+    let len = usize::from(u16::from_be_bytes(r.take("truncated string")?));
+    let bytes = r.bytes(len, "truncated string")?;
+    let text = str::from_utf8(bytes).map_err(|_| ProtocolError::Malformed("invalid utf-8"))?;
+    Ok(text.to_owned())
 }
 
 /// Cursor over a frame body whose reads fail, rather than panic, past the end.
@@ -562,6 +573,9 @@ mod tests {
             Message::Shutdown,
             Message::StopRequested,
             Message::Stopping,
+            Message::Busy {
+                reason: "generation 3 is starting".to_owned(),
+            },
             Message::Error {
                 reason: String::new(),
             },
@@ -767,7 +781,7 @@ mod tests {
 
     #[test]
     fn unknown_kind() {
-        for kind in [0, 11, 255] {
+        for kind in [0, 12, 255] {
             assert_eq!(
                 decode(&raw(VERSION, kind, &[])),
                 Err(ProtocolError::UnknownMessage { kind })
@@ -1051,6 +1065,7 @@ mod tests {
             Just(Message::Shutdown),
             Just(Message::StopRequested),
             Just(Message::Stopping),
+            any::<String>().prop_map(|reason| Message::Busy { reason }),
             any::<String>().prop_map(|reason| Message::Error { reason }),
         ]
     }

@@ -114,6 +114,7 @@ impl GracefulServer {
     /// A server with hyper-util's defaults (HTTP/1 with keep-alive, HTTP/2 with prior
     /// knowledge) and the generation's idle grace and drain timeout from the
     /// [`Builder`](crate::Builder).
+    #[must_use]
     pub fn new() -> Self {
         GracefulServer {
             builder: auto::Builder::new(TokioExecutor::new()),
@@ -134,12 +135,18 @@ impl GracefulServer {
     }
 
     /// How long an idle HTTP/1 keep-alive connection stays open after draining starts.
+    #[must_use]
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = Some(grace);
         self
     }
 
     /// How long draining may take before the remaining connections are closed.
+    ///
+    /// Capped by the process's own drain deadline ([`Builder::drain_timeout`](crate::Builder::drain_timeout),
+    /// `RISEFRONT_DRAIN_TIMEOUT`): at that deadline risefront ends the process whatever this
+    /// server is doing, so a longer value here has no effect.
+    #[must_use]
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = Some(timeout);
         self

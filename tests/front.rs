@@ -333,3 +333,53 @@ mod unix {
         assert!(!log.contains("pid 0)"), "{log}");
     }
 }
+
+/// `risefront::upgrade` as a deploy tool calls it: each outcome is its own error variant.
+#[tokio::test]
+async fn upgrade_errors_say_which_case_it_is() {
+    use risefront::UpgradeError;
+
+    let failing = Failing::start(&[("RISEFRONT_READY_TIMEOUT", "5s")]).await;
+    let service = &failing.service;
+    let client = || {
+        let builder =
+            risefront::Builder::new().name(format!("hello-127.0.0.1_{}", service.addr.port()));
+        #[cfg(unix)]
+        let builder = builder.control_dir(service.runtime_dir().join("risefront"));
+        builder
+    };
+
+    // Nothing to upgrade.
+    let nothing = risefront::Builder::new().name("no-such-service");
+    #[cfg(unix)]
+    let nothing = nothing.control_dir(service.runtime_dir().join("risefront"));
+    let none = nothing.upgrade([service.addr]).await;
+    assert!(
+        matches!(none, Err(UpgradeError::NoFront { .. })),
+        "{none:?}"
+    );
+
+    assert_eq!(client().upgrade([service.addr]).await.expect("upgrade"), 2);
+
+    // A build that fails: roll back.
+    failing.fail_with("exit");
+    let failed = client().upgrade([service.addr]).await;
+    assert!(
+        matches!(&failed, Err(UpgradeError::Failed { reason }) if reason.contains("generation 3")),
+        "{failed:?}"
+    );
+
+    // One starting already: retry later.
+    failing.fail_with("hang");
+    let hanging = tokio::spawn(client().upgrade([service.addr]));
+    service.wait_log("generation 4 (pid ").await;
+    let busy = client().upgrade([service.addr]).await;
+    assert!(matches!(busy, Err(UpgradeError::Busy { .. })), "{busy:?}");
+    let as_io = std::io::Error::from(busy.unwrap_err());
+    assert_eq!(as_io.kind(), std::io::ErrorKind::ResourceBusy);
+    let timed_out = hanging.await.expect("task");
+    assert!(
+        matches!(timed_out, Err(UpgradeError::Failed { .. })),
+        "{timed_out:?}"
+    );
+}

@@ -369,7 +369,12 @@ impl Machine {
             }
             Err(reason) => {
                 tracing::warn!(pid = client.pid, "upgrade refused: {reason}");
-                self.refuse(peer, reason);
+                // Not a failure of any build: the client may ask again later.
+                self.out.push(Action::Send {
+                    peer,
+                    message: Message::Busy { reason },
+                });
+                self.close_peer(peer);
             }
         }
     }

@@ -161,11 +161,12 @@ fn is_draining(phase: Option<Phase>) -> bool {
     matches!(phase, Some(Phase::Draining { .. }))
 }
 
+/// The reason of an `Error` (or, to a control client refused for now, `Busy`) sent to `to`.
 fn error_to(out: &[Action], to: PeerId) -> Option<String> {
     out.iter().find_map(|a| match a {
         Action::Send {
             peer,
-            message: Message::Error { reason },
+            message: Message::Error { reason } | Message::Busy { reason },
         } if *peer == to => Some(reason.clone()),
         _ => None,
     })
