@@ -82,6 +82,7 @@
 //! again or with [`upgrade`].
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod channel;

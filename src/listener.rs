@@ -24,7 +24,8 @@ use crate::process::{self, Gate};
 
 /// Accepts connections on the sockets handed over by the front.
 ///
-/// Implements [`axum::serve::Listener`], so it goes straight into `axum::serve`, and
+/// Implements `axum::serve::Listener` (with the default `axum` feature), so it goes straight
+/// into `axum::serve`, and
 /// [`futures_core::Stream`] for hand-written hyper loops. Connections are accepted fairly from
 /// every address. Transient accept errors (out of descriptors, aborted handshakes) are logged
 /// and retried with backoff; they never end the listener.
@@ -322,6 +323,8 @@ impl futures_core::Stream for RiseFrontListener {
     }
 }
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum::serve::Listener for RiseFrontListener {
     type Io = Connection;
     type Addr = Addr;
@@ -535,6 +538,8 @@ impl From<SocketAddr> for Addr {
     }
 }
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, RiseFrontListener>>
     for Addr
 {

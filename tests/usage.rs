@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{PATIENCE, Service, TempDir, example, run_bounded};
 
 /// The `bind_in_a_test` test binary cargo built beside this one (the newest, if several).
-fn fixture() -> PathBuf {
+#[cfg(feature = "axum")]
+fn fixture() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let deps = exe.parent().expect("deps directory");
     std::fs::read_dir(deps)
@@ -28,7 +28,8 @@ fn fixture() -> PathBuf {
 }
 
 /// The fixture run as `cargo test` would run it, in a private runtime directory.
-fn run_fixture(mode: &str, dir: &Path) -> std::process::Output {
+#[cfg(feature = "axum")]
+fn run_fixture(mode: &str, dir: &std::path::Path) -> std::process::Output {
     let run = dir.join("run");
     std::fs::create_dir_all(&run).expect("runtime dir");
     #[cfg(unix)]
@@ -43,6 +44,8 @@ fn run_fixture(mode: &str, dir: &Path) -> std::process::Output {
     run_bounded(command, PATIENCE)
 }
 
+// The fixture serves with axum.
+#[cfg(feature = "axum")]
 #[test]
 fn a_test_that_calls_bind_finishes() {
     let dir = TempDir::new();
@@ -68,6 +71,7 @@ fn a_test_that_calls_bind_finishes() {
     );
 }
 
+#[cfg(feature = "axum")]
 #[test]
 fn a_program_without_a_log_subscriber_that_never_serves_says_why() {
     let dir = TempDir::new();
