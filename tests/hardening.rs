@@ -33,6 +33,26 @@ fn hello(pid: u32, role: u8) -> Vec<u8> {
     frame(1, &payload)
 }
 
+/// Writes `bytes` with `fds` attached to them (`SCM_RIGHTS`).
+fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[std::net::TcpListener]) {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::io::IoSlice;
+    use std::mem::MaybeUninit;
+    use std::os::fd::AsFd;
+    let borrowed: Vec<_> = fds.iter().map(|l| l.as_fd()).collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+    let sent = rustix::net::sendmsg(
+        stream,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .expect("sendmsg with descriptors");
+    assert_eq!(sent, bytes.len());
+}
+
 /// Waits until the front hangs up on `stream`; returns how long that took.
 async fn time_until_dropped(stream: &mut UnixStream) -> Duration {
     let started = Instant::now();
@@ -60,15 +80,20 @@ async fn slow_silent_and_flooding_peers_are_dropped_at_the_handshake_deadline() 
     // Slowloris: a valid Hello, one byte every 300 ms (3 s in all).
     let mut slow = UnixStream::connect(&socket).await.unwrap();
     let bytes = hello(std::process::id(), 2);
+    // Returns how long until the front hung up on it, if it did.
     let dripping = tokio::spawn(async move {
+        let started = Instant::now();
         for byte in bytes {
             if slow.write_all(&[byte]).await.is_err() {
-                break;
+                return Some(started.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let mut rest = [0u8; 64];
-        let _ = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut rest)).await;
+        match tokio::time::timeout(Duration::from_secs(10), slow.read(&mut rest)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => Some(started.elapsed()),
+            _ => None,
+        }
     });
 
     // A control client that says hello and then nothing.
@@ -119,7 +144,12 @@ async fn slow_silent_and_flooding_peers_are_dropped_at_the_handshake_deadline() 
         started.elapsed()
     );
     drop(flood);
-    dripping.await.unwrap();
+    // The Hello takes 7 s to drip in; the handshake deadline is 1 s.
+    let dropped = dripping.await.unwrap();
+    assert!(
+        dropped.is_some_and(|after| after < Duration::from_secs(4)),
+        "the dripping peer was not dropped at the handshake deadline: {dropped:?}"
+    );
 
     let (_, rss_after) = service.front_resources();
     assert!(
@@ -391,6 +421,9 @@ async fn no_message_lets_a_peer_redirect_traffic() {
     let path = b"/tmp/evil.sock";
     listeners.extend((path.len() as u16).to_be_bytes());
     listeners.extend_from_slice(path);
+    let evil_listeners: Vec<std::net::TcpListener> = (0..8)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
     let upgraded = 7u64.to_be_bytes().to_vec();
     let mut error = (4u16).to_be_bytes().to_vec();
     error.extend_from_slice(b"evil");
@@ -406,7 +439,9 @@ async fn no_message_lets_a_peer_redirect_traffic() {
         let mut peer = UnixStream::connect(&socket).await.unwrap();
         let mut bytes = hello(std::process::id(), 2);
         bytes.extend(frame(kind, &payload));
-        peer.write_all(&bytes).await.unwrap();
+        // With descriptors attached (SCM_RIGHTS), as a generation receives its listeners: a
+        // listening socket of our own, which the front must neither keep nor use.
+        send_with_fds(&peer, &bytes, &evil_listeners);
         let took = time_until_dropped(&mut peer).await;
         assert!(took < Duration::from_secs(5), "kind {kind}: kept {took:?}");
     }

@@ -209,7 +209,7 @@ impl Service {
         }
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let front = command.spawn().expect("start the front");
+        let front = spawn_retrying(&mut command).expect("start the front");
         Service {
             addr: addrs[0],
             addrs,
@@ -403,6 +403,22 @@ impl Service {
         let _ = self.front.try_wait();
         Pid::from_raw(self.front.id() as i32)
             .is_some_and(|pgid| rustix::process::test_kill_process_group(pgid).is_ok())
+    }
+}
+
+/// Starts `command`. Under Wine, process creation now and then fails with
+/// `ERROR_INTERNAL_ERROR` (1359) while many processes come and go; that is Wine's, not the
+/// crate's, so it is retried a few times there.
+fn spawn_retrying(command: &mut Command) -> std::io::Result<Child> {
+    let mut attempts = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if cfg!(windows) && e.raw_os_error() == Some(1359) && attempts < 5 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
     }
 }
 
