@@ -78,7 +78,9 @@ async fn drain_deadline_cuts_what_outlives_it() {
     let addr = service.addr;
     let short = tokio::spawn(async move { common::get(addr, "/slow?ms=400").await });
     let long = tokio::spawn(async move { common::get(addr, "/slow?ms=8000").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both requests reached generation 1.
+    service.wait_log("slow request: answering in 400 ms").await;
+    service.wait_log("slow request: answering in 8000 ms").await;
 
     let started = Instant::now();
     let output = service.upgrade_command().await;

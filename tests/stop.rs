@@ -23,7 +23,7 @@ async fn sigterm_to_the_active_generation_replaces_it_before_it_stops_accepting(
     let slow = load::start(service.addr, &[(Kind::KeepAlive, 2, "/slow?ms=2500")]);
     // ...and new connections arriving all the time.
     let fresh = load::start(service.addr, &[(Kind::NewConnection, 4, "/")]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.wait_log("slow request: answering in 2500 ms").await;
 
     signal_pid(g1.pid, Signal::TERM);
     let g2 = service.wait_generation(2).await;
@@ -162,7 +162,7 @@ async fn once_stopping_late_clients_are_refused_not_left_waiting() {
         let addr = service.addr;
         async move { common::get(addr, "/slow?ms=3000").await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.wait_log("slow request: answering in 3000 ms").await;
     service.signal_front(Signal::TERM);
     service.wait_log("stopping 1 generation").await;
     let deadline = Instant::now() + Duration::from_secs(5);

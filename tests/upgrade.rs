@@ -73,8 +73,8 @@ async fn slow_request_started_before_an_upgrade_completes_after_it() {
     let service = Service::start().await;
     let addr = service.addr;
     let slow = tokio::spawn(async move { common::get(addr, "/slow?ms=2000").await });
-    // Let the request reach generation 1 before the upgrade starts.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The request reached generation 1 before the upgrade starts.
+    service.wait_log("slow request: answering in 2000 ms").await;
     let output = service.upgrade_command().await;
     assert!(output.status.success(), "--upgrade failed: {output:?}");
     assert_eq!(service.hello().await.generation, 2);

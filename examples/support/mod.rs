@@ -48,8 +48,15 @@ pub fn greeting(listener: &risefront::RiseFrontListener) -> String {
     )
 }
 
-/// The delay asked for by `GET /slow?ms=<n>` (default 1 s, at most 60 s).
+/// The delay asked for by `GET /slow?ms=<n>` (default 1 s, at most 60 s). Logs that the
+/// request arrived, so a test can wait for that instead of sleeping.
 pub fn slow_delay(query: Option<&str>) -> Duration {
+    let delay = parse_slow_delay(query);
+    tracing::info!("slow request: answering in {} ms", delay.as_millis());
+    delay
+}
+
+fn parse_slow_delay(query: Option<&str>) -> Duration {
     let ms = query
         .unwrap_or_default()
         .split('&')
