@@ -124,6 +124,24 @@ async fn bind_retrying(candidates: &[SocketAddr]) -> io::Result<tokio::net::TcpL
     }
 }
 
+/// Starts `command`. Wine (the Windows test bed) now and then fails a process creation with
+/// `ERROR_INTERNAL_ERROR` (1359) while many processes come and go; a failed start would be a
+/// rollback, so that one error is retried briefly. Elsewhere this is a plain spawn.
+fn spawn_retrying(command: &mut tokio::process::Command) -> io::Result<tokio::process::Child> {
+    const INTERNAL_ERROR: i32 = 1359;
+    let mut attempts = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if cfg!(windows) && e.raw_os_error() == Some(INTERNAL_ERROR) && attempts < 3 => {
+                attempts += 1;
+                tracing::debug!("process creation failed ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// An address in use is most often another risefront service of this user, on the same
 /// address but with another name (another program): say which, and how to join it on purpose.
 fn explain_bind_error(
@@ -518,7 +536,7 @@ impl<'a> Front<'a> {
         let spawned = {
             // Held until the spawn returned; then the front keeps only its own end.
             let _inherited = theirs.attach(&mut command)?;
-            command.spawn()
+            spawn_retrying(&mut command)
         };
         let mut child = spawned?;
         let pid = child.id().unwrap_or_default();

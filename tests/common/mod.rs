@@ -248,7 +248,7 @@ impl Service {
         let mut command = self.command(extra_env);
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, self.front.id() as i32);
-        let child = command.spawn().expect("start again");
+        let child = spawn_retrying(&mut command).expect("start again");
         let pid = child.id();
         self.others.push(child);
         pid
@@ -260,7 +260,7 @@ impl Service {
         let mut command = command_for(exe, &self.addrs, &self.dir.0, &self.env, extra_env);
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, self.front.id() as i32);
-        let child = command.spawn().expect("start a program");
+        let child = spawn_retrying(&mut command).expect("start a program");
         let pid = child.id();
         self.others.push(child);
         pid
@@ -311,7 +311,17 @@ impl Service {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = command.spawn().expect("spawn --upgrade");
+        // Wine's occasional ERROR_INTERNAL_ERROR on process creation, as in `spawn_retrying`.
+        let mut attempts = 0;
+        let child = loop {
+            match command.spawn() {
+                Err(e) if cfg!(windows) && e.raw_os_error() == Some(1359) && attempts < 5 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => break other.expect("spawn --upgrade"),
+            }
+        };
         tokio::time::timeout(PATIENCE, child.wait_with_output())
             .await
             .expect("--upgrade did not finish in time")
