@@ -126,34 +126,40 @@ pub(crate) fn derive_addrs_name(addrs: &[Vec<SocketAddr>]) -> String {
 
 /// `RISEFRONT_UPGRADE=1`: this run asks the running front for an upgrade instead of serving.
 pub(crate) fn env_upgrade() -> io::Result<bool> {
-    match std::env::var("RISEFRONT_UPGRADE") {
-        Ok(v) => match v.to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" | "" => Ok(false),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "risefront: RISEFRONT_UPGRADE={v:?} is not understood; use RISEFRONT_UPGRADE=1 to ask the running front for an upgrade"
-                ),
-            )),
-        },
-        Err(_) => Ok(false),
-    }
+    env_switch(
+        "RISEFRONT_UPGRADE",
+        &["1", "true", "yes", "on"],
+        &["0", "false", "no", "off", ""],
+        "use RISEFRONT_UPGRADE=1 to ask the running front for an upgrade",
+    )
 }
 
+/// `RISEFRONT=off`: bind plainly, with no front.
 pub(crate) fn env_off() -> io::Result<bool> {
-    match std::env::var("RISEFRONT") {
-        Ok(v) => match v.to_ascii_lowercase().as_str() {
-            "off" | "0" | "false" | "no" | "standalone" => Ok(true),
-            "on" | "1" | "true" | "yes" | "" => Ok(false),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "risefront: RISEFRONT={v:?} is not understood; use RISEFRONT=off to bind plainly"
-                ),
-            )),
-        },
-        Err(_) => Ok(false),
+    env_switch(
+        "RISEFRONT",
+        &["off", "0", "false", "no", "standalone"],
+        &["on", "1", "true", "yes", ""],
+        "use RISEFRONT=off to bind plainly",
+    )
+}
+
+/// A yes/no variable: `yes` values (case-insensitive) mean true, `no` values and absence
+/// false, anything else is an error that ends with `hint`.
+fn env_switch(var: &str, yes: &[&str], no: &[&str], hint: &str) -> io::Result<bool> {
+    let Ok(value) = std::env::var(var) else {
+        return Ok(false);
+    };
+    let lower = value.to_ascii_lowercase();
+    if yes.contains(&lower.as_str()) {
+        Ok(true)
+    } else if no.contains(&lower.as_str()) {
+        Ok(false)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("risefront: {var}={value:?} is not understood; {hint}"),
+        ))
     }
 }
 

@@ -123,6 +123,31 @@ async fn wait_all_on(clients: &[Shared], n: u64) {
     }
 }
 
+/// Stops the clients and waits for them (a client still running at the deadline is
+/// aborted), then checks that none had a problem and each saw every generation.
+async fn stop_clients(
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    clients: &[Shared],
+) {
+    let _ = stop.send(true);
+    for task in tasks {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(PATIENCE, task).await.is_err() {
+            abort.abort();
+        }
+    }
+    assert_eq!(problems(clients), Vec::<String>::new());
+    for (id, client) in clients.iter().enumerate() {
+        let client = client.lock().unwrap();
+        assert_eq!(
+            client.generations,
+            (1..=UPGRADES + 1).collect(),
+            "client {id}: {client:?}"
+        );
+    }
+}
+
 fn problems(clients: &[Shared]) -> Vec<String> {
     clients
         .iter()
@@ -165,18 +190,9 @@ async fn websockets_are_handed_to_each_new_generation_with_1012() {
         );
         exits.push(exited);
     }
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        let _ = tokio::time::timeout(PATIENCE, task).await;
-    }
-    assert_eq!(problems(&clients), Vec::<String>::new());
+    stop_clients(stop_tx, tasks, &clients).await;
     for (id, client) in clients.iter().enumerate() {
         let client = client.lock().unwrap();
-        assert_eq!(
-            client.generations,
-            (1..=UPGRADES + 1).collect(),
-            "client {id}: {client:?}"
-        );
         assert_eq!(client.restarts, UPGRADES, "client {id}: {client:?}");
         assert!(client.acked > 0);
     }
@@ -253,18 +269,9 @@ async fn event_streams_end_cleanly_and_resume_on_each_new_generation() {
         service.upgrade(Way::nth(n as usize), n).await;
         wait_all_on(&clients, n).await;
     }
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        let _ = tokio::time::timeout(PATIENCE, task).await;
-    }
-    assert_eq!(problems(&clients), Vec::<String>::new());
+    stop_clients(stop_tx, tasks, &clients).await;
     for (id, client) in clients.iter().enumerate() {
         let client = client.lock().unwrap();
-        assert_eq!(
-            client.generations,
-            (1..=UPGRADES + 1).collect(),
-            "client {id}: {client:?}"
-        );
         assert!(client.restarts >= UPGRADES, "client {id}: {client:?}");
     }
 }

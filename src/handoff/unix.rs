@@ -447,10 +447,7 @@ pub(crate) fn inherited_channel() -> io::Result<Option<Stream>> {
     // nothing else in the process knows the number, and `TAKEN` makes sure it is adopted at
     // most once. It is checked to be a socket of our own user before any use.
     let end = unsafe { OwnedFd::from_raw_fd(fd) };
-    let is_socket = rustix::fs::fstat(&end).map(|stat| {
-        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket
-    });
-    if is_socket != Ok(true) {
+    if !is_open_socket(&end) {
         // Closed or reused by the program before it called bind: not ours to close.
         std::mem::forget(end);
         return Err(bad_channel(
@@ -464,6 +461,14 @@ pub(crate) fn inherited_channel() -> io::Result<Option<Stream>> {
     let stream = UnixStream::from_std(stream)?;
     check_peer(&stream)?;
     Ok(Some(stream))
+}
+
+/// Whether a descriptor adopted by number is an open socket (and so, presumably, the one it
+/// was announced as); when it is not, the caller must forget it rather than close it.
+fn is_open_socket(fd: &OwnedFd) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|stat| {
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket
+    })
 }
 
 fn bad_channel(value: &std::ffi::OsStr, why: &str) -> io::Error {
@@ -501,10 +506,7 @@ pub(crate) fn activated_listeners() -> io::Result<Vec<(std::net::TcpListener, St
         // which was started owning descriptors 3 to 3 + LISTEN_FDS for it to use; `TAKEN`
         // makes sure they are adopted at most once, and nothing else in the crate takes them.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let is_socket = rustix::fs::fstat(&owned).map(|stat| {
-            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket
-        });
-        if is_socket != Ok(true) {
+        if !is_open_socket(&owned) {
             // Not a socket (or not open): not ours to close.
             std::mem::forget(owned);
             return Err(not_a_listener("not a socket"));
