@@ -81,7 +81,8 @@ where
 ///
 /// Timeouts can be overridden at run time without rebuilding, which is what an operator
 /// reaches for during an incident: `RISEFRONT_READY_TIMEOUT`, `RISEFRONT_DRAIN_TIMEOUT`,
-/// `RISEFRONT_HANDSHAKE_TIMEOUT`, `RISEFRONT_IDLE_GRACE` and `RISEFRONT_STOP_DELAY` take values
+/// `RISEFRONT_HANDSHAKE_TIMEOUT`, `RISEFRONT_IDLE_GRACE`, `RISEFRONT_STOP_DELAY` and
+/// `RISEFRONT_PROBATION` take values
 /// such as `500ms`, `30s`, `2m` or a plain number of seconds, and `RISEFRONT=off` means
 /// [`standalone`](Self::standalone).
 ///
@@ -113,6 +114,7 @@ pub struct Builder {
     handshake_timeout: Duration,
     idle_grace: Duration,
     stop_delay: Duration,
+    probation: Duration,
     control_dir: Option<std::path::PathBuf>,
     standalone: bool,
     manual_ready: bool,
@@ -126,7 +128,8 @@ impl Default for Builder {
 
 impl Builder {
     /// A builder with the defaults: name derived from the addresses, 60 s ready timeout,
-    /// 30 s drain timeout, 5 s handshake timeout, 500 ms idle grace.
+    /// 30 s drain timeout, 5 s handshake timeout, 500 ms idle grace, no stop delay, 10 s
+    /// probation.
     #[must_use]
     pub fn new() -> Self {
         Builder {
@@ -136,6 +139,7 @@ impl Builder {
             handshake_timeout: Duration::from_secs(5),
             idle_grace: Duration::from_millis(500),
             stop_delay: Duration::ZERO,
+            probation: Duration::from_secs(10),
             control_dir: None,
             standalone: false,
             manual_ready: false,
@@ -209,6 +213,38 @@ impl Builder {
     #[must_use]
     pub fn stop_delay(mut self, delay: Duration) -> Self {
         self.stop_delay = delay;
+        self
+    }
+
+    /// How long a superseded generation stays on probation after a takeover. Default 10 s;
+    /// zero turns probation off. `RISEFRONT_PROBATION` overrides it.
+    ///
+    /// During the window the superseded generation stops accepting and tells its clients to
+    /// leave, exactly as when draining, but it keeps its copies of the listening sockets and
+    /// does not exit. If the generation that took over dies inside the window (a panic on the
+    /// first real request, an out-of-memory kill), the front reinstates this one: it accepts
+    /// again within milliseconds, [`is_draining`](crate::is_draining) turns false, and the
+    /// failed build is not started again until the next upgrade. After the window it finishes
+    /// draining and exits as usual; its [`superseded`](crate::superseded) and
+    /// [`drained`](crate::drained) resolve only then. The cost is one idle process for the
+    /// window. The value that counts is the superseded generation's own.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let listener = risefront::Builder::new()
+    ///     .probation(Duration::from_secs(30)) // the new build loads its config lazily
+    ///     .bind(["0.0.0.0:8080"])
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn probation(mut self, window: Duration) -> Self {
+        self.probation = window;
         self
     }
 
@@ -329,6 +365,7 @@ impl Builder {
                 .unwrap_or(self.handshake_timeout),
             idle_grace: env_duration("RISEFRONT_IDLE_GRACE")?.unwrap_or(self.idle_grace),
             stop_delay: env_duration("RISEFRONT_STOP_DELAY")?.unwrap_or(self.stop_delay),
+            probation: env_duration("RISEFRONT_PROBATION")?.unwrap_or(self.probation),
             control_dir: std::env::var_os("RISEFRONT_DIR")
                 .filter(|d| !d.is_empty())
                 .map(std::path::PathBuf::from)

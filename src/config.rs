@@ -16,6 +16,8 @@ pub(crate) struct Config {
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_grace: Duration,
     pub(crate) stop_delay: Duration,
+    /// How long a superseded generation can be reinstated if its successor dies.
+    pub(crate) probation: Duration,
     /// Where the control endpoint lives (Unix) or is announced (Windows), if chosen.
     pub(crate) control_dir: Option<std::path::PathBuf>,
     pub(crate) standalone: bool,

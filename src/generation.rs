@@ -23,6 +23,7 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
                 role: Role::Generation,
                 ready_timeout: config.ready_timeout,
                 drain_timeout: config.drain_timeout,
+                probation: config.probation,
             })
             .await;
         match (sent, channel.recv().await) {
@@ -131,6 +132,8 @@ async fn talk_to_front(mut channel: Channel, process: &'static Process, generati
             }
             message = channel.recv() => match message {
                 Ok(Some(Message::Superseded)) => process.start_draining("was superseded by a newer generation"),
+                Ok(Some(Message::Probation)) => process.start_probation(),
+                Ok(Some(Message::Reinstated)) => process.reinstate(),
                 Ok(Some(Message::Shutdown)) => {
                     process.set_stopping();
                     process.start_draining("was asked to stop by the front");

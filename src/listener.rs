@@ -73,6 +73,8 @@ struct Slot {
 struct SlotInner {
     listeners: Vec<TcpListener>,
     closed: bool,
+    /// On probation: accept nothing, but keep the sockets for a possible reinstatement.
+    paused: bool,
     waker: Option<Waker>,
 }
 
@@ -99,6 +101,16 @@ impl Gate for Slot {
             waker.wake();
         }
     }
+
+    /// Connections queued meanwhile go to the generation that took over; if this one is
+    /// reinstated, the next poll takes whatever waits in the queue.
+    fn pause(&self, paused: bool) {
+        let mut inner = self.lock();
+        inner.paused = paused;
+        if let Some(waker) = inner.waker.take() {
+            waker.wake();
+        }
+    }
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
@@ -118,6 +130,7 @@ impl RiseFrontListener {
             inner: Mutex::new(SlotInner {
                 listeners,
                 closed: false,
+                paused: false,
                 waker: None,
             }),
         });
@@ -238,6 +251,10 @@ impl RiseFrontListener {
                 let mut inner = self.slot.lock();
                 if inner.closed {
                     return Poll::Ready(None);
+                }
+                if inner.paused {
+                    inner.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
                 }
                 if !inner
                     .waker

@@ -17,12 +17,26 @@ use tokio::time::Instant;
 use crate::config::{Config, deadline_after};
 
 /// What the drain state needs of a listener: closing its sockets the instant the generation
-/// stops accepting, and waking it when readiness changes.
+/// stops accepting, pausing and resuming it around a probation, and waking it when readiness
+/// changes.
 pub(crate) trait Gate: Send + Sync {
     /// Wakes the task waiting for a connection, if any.
     fn wake(&self);
     /// Closes this process's copies of the listening sockets.
     fn close(&self);
+    /// Stops (`true`) or resumes (`false`) accepting, keeping the sockets open.
+    fn pause(&self, paused: bool);
+}
+
+/// Where a generation is between serving and exiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Serving,
+    /// Superseded but on probation: not accepting, holding its sockets, and brought back if
+    /// the generation that took over dies.
+    Probation,
+    /// Draining for good, since then.
+    Draining(Instant),
 }
 
 /// Resolves when this generation should stop serving: a newer generation has taken over, the
@@ -34,6 +48,10 @@ pub(crate) trait Gate: Send + Sync {
 /// keeps requests from failing: hyper cancels connections it has accepted but not yet read
 /// from, and closes idle keep-alive connections that clients may be sending on right now, the
 /// instant graceful shutdown starts.
+///
+/// With a probation window (see [`Builder::probation`](crate::Builder::probation)) it resolves
+/// only once the window has passed without the new generation dying: until then this
+/// generation may be reinstated, and its server must still be running.
 ///
 /// Passing it to a server's graceful shutdown also tells risefront that the app ends the
 /// process itself; without it, a superseded generation exits on its own once its last
@@ -71,7 +89,9 @@ pub fn superseded() -> impl Future<Output = ()> + Send + 'static {
 ///
 /// Unlike [`superseded`], which is the server's graceful-shutdown signal and fires only after
 /// the idle grace, this fires at once and has no effect on how the process exits; it is cheap
-/// to call once per connection.
+/// to call once per connection. It also fires when the generation goes on probation: its
+/// clients should move to the new generation, and if this one is reinstated, a later call
+/// waits for the next takeover.
 ///
 /// # Example
 ///
@@ -105,7 +125,11 @@ pub fn superseded() -> impl Future<Output = ()> + Send + 'static {
 pub fn draining() -> impl Future<Output = ()> + Send + 'static {
     let process = process();
     async move {
-        process.draining_since().await;
+        let mut rx = process.stage.subscribe();
+        if rx.wait_for(|stage| *stage != Stage::Serving).await.is_err() {
+            // The sender lives in a static and is never dropped.
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -122,6 +146,8 @@ pub fn drained() -> impl Future<Output = ()> + Send + 'static {
 }
 
 /// Whether this generation has stopped accepting because it was superseded or told to stop.
+/// It turns false again if the generation is reinstated after a failed takeover (see
+/// [`Builder::probation`](crate::Builder::probation)).
 pub fn is_draining() -> bool {
     // Read on every response by the drain layer: an atomic, not the watch channel's lock.
     process().draining_now.load(Ordering::Relaxed)
@@ -172,7 +198,7 @@ pub(crate) struct Process {
     signals: AtomicBool,
     ready: AtomicBool,
     ready_changed: Notify,
-    draining: watch::Sender<Option<Instant>>,
+    stage: watch::Sender<Stage>,
     draining_now: AtomicBool,
     stopping_now: AtomicBool,
     /// Joined to a front: a stop signal from outside asks the front for a replacement.
@@ -195,7 +221,7 @@ impl Process {
             signals: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             ready_changed: Notify::new(),
-            draining: watch::Sender::new(None),
+            stage: watch::Sender::new(Stage::Serving),
             draining_now: AtomicBool::new(false),
             stopping_now: AtomicBool::new(false),
             has_front: AtomicBool::new(false),
@@ -251,10 +277,13 @@ impl Process {
     pub(crate) fn register(&self, gate: Weak<dyn Gate>) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|s| s.strong_count() > 0);
-        if self.draining.borrow().is_some()
-            && let Some(gate) = gate.upgrade()
-        {
-            gate.close();
+        let stage = *self.stage.borrow();
+        if let Some(new) = gate.upgrade() {
+            match stage {
+                Stage::Serving => {}
+                Stage::Probation => new.pause(true),
+                Stage::Draining(_) => new.close(),
+            }
         }
         slots.push(gate);
     }
@@ -295,25 +324,87 @@ impl Process {
         wait_until(&self.ready_changed, || self.is_ready()).await;
     }
 
+    /// When this generation started draining for good (not counting a probation).
     async fn draining_since(&self) -> Instant {
-        let mut rx = self.draining.subscribe();
-        let since = rx.wait_for(Option::is_some).await.map(|since| *since);
-        match since {
-            Ok(since) => since.unwrap_or_else(Instant::now),
+        let mut rx = self.stage.subscribe();
+        let stage = rx
+            .wait_for(|stage| matches!(stage, Stage::Draining(_)))
+            .await
+            .map(|stage| *stage);
+        match stage {
+            Ok(Stage::Draining(since)) => since,
+            Ok(_) => Instant::now(),
             // The sender lives in a static and is never dropped.
             Err(_) => std::future::pending().await,
         }
     }
 
+    /// A newer generation took over, but may die soon: stop accepting and tell clients to
+    /// leave (as when draining), keep the sockets, and wait for `reinstate` or
+    /// `start_draining`.
+    pub(crate) fn start_probation(&self) {
+        let paused = self.stage.send_if_modified(|stage| match stage {
+            Stage::Serving => {
+                *stage = Stage::Probation;
+                true
+            }
+            _ => false,
+        });
+        if !paused {
+            return;
+        }
+        self.draining_now.store(true, Ordering::Relaxed);
+        self.pause_slots(true);
+        let generation = self.generation.load(Ordering::Relaxed);
+        tracing::info!(
+            generation,
+            connections = self.live.load(Ordering::Relaxed),
+            "generation {generation} was superseded and is on probation: stopped accepting, ready to take over again if the new generation dies"
+        );
+    }
+
+    /// The generation that took over died during our probation: accept again.
+    pub(crate) fn reinstate(&self) {
+        let resumed = self.stage.send_if_modified(|stage| match stage {
+            Stage::Probation => {
+                *stage = Stage::Serving;
+                true
+            }
+            _ => false,
+        });
+        if !resumed {
+            return;
+        }
+        self.draining_now.store(false, Ordering::Relaxed);
+        self.pause_slots(false);
+        let generation = self.generation.load(Ordering::Relaxed);
+        tracing::warn!(
+            generation,
+            "generation {generation} was reinstated: the generation that took over died; accepting again"
+        );
+    }
+
+    fn pause_slots(&self, paused: bool) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in slots.iter().filter_map(Weak::upgrade) {
+            slot.pause(paused);
+        }
+    }
+
+    /// Whether the generation is on probation (superseded, maybe brought back).
+    pub(crate) fn on_probation(&self) -> bool {
+        *self.stage.borrow() == Stage::Probation
+    }
+
     /// Stops accepting and starts draining; later calls do nothing.
     pub(crate) fn start_draining(&'static self, why: &str) {
         let now = Instant::now();
-        let started = self.draining.send_if_modified(|state| {
-            if state.is_some() {
-                return false;
+        let started = self.stage.send_if_modified(|stage| match stage {
+            Stage::Draining(_) => false,
+            Stage::Serving | Stage::Probation => {
+                *stage = Stage::Draining(now);
+                true
             }
-            *state = Some(now);
-            true
         });
         if !started {
             return;
@@ -386,9 +477,16 @@ impl Process {
             loop {
                 let signal = signals.recv().await;
                 let generation = self.generation.load(Ordering::Relaxed);
-                if self.draining.borrow().is_some() {
+                if matches!(*self.stage.borrow(), Stage::Draining(_)) {
                     tracing::warn!("second {signal} while draining: exiting now");
                     std::process::exit(130);
+                }
+                if self.on_probation() {
+                    // Superseded already: nothing to replace, and no reason to wait out the
+                    // window. The front hears it, so it no longer counts on us.
+                    self.stop_request.notify_one();
+                    self.start_draining(&format!("got {signal} during its probation"));
+                    continue;
                 }
                 if std::mem::replace(&mut asked, true) {
                     self.set_stopping();

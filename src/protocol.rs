@@ -14,7 +14,8 @@
 //! | kind | message      | payload                                                            |
 //! |------|--------------|--------------------------------------------------------------------|
 //! | 1    | `Hello`      | pid `u32`, role `u8` (1 generation, 2 control), ready and drain    |
-//! |      |              | timeouts in ms `u64` each (the sender's own, saturated)            |
+//! |      |              | timeouts and probation window in ms `u64` each (the sender's own,  |
+//! |      |              | saturated)                                                         |
 //! | 2    | `Listeners`  | generation `u64`, count `u16` (≤ 1024), count × (`u16` len, bytes) |
 //! | 3    | `Ready`      |                                                                    |
 //! | 4    | `Superseded` |                                                                    |
@@ -25,6 +26,8 @@
 //! | 9    | `StopRequested` |                                                                 |
 //! | 10   | `Stopping`   |                                                                    |
 //! | 11   | `Busy`       | `u16` len, UTF-8 bytes                                             |
+//! | 12   | `Probation`  |                                                                    |
+//! | 13   | `Reinstated` |                                                                    |
 //!
 //! Why it is shaped this way:
 //!
@@ -50,8 +53,9 @@ use std::{error, fmt, io, str};
 /// Protocol revision. Bump it on any change to the layout above.
 /// Version 2 added the sender's ready and drain timeouts to `Hello`, so that the front
 /// enforces a new build's own deadlines rather than its own, and the `StopRequested` and
-/// `Stopping` messages.
-pub(crate) const VERSION: u8 = 2;
+/// `Stopping` messages. Version 3 added the sender's probation window to `Hello`, and the
+/// `Probation` and `Reinstated` messages.
+pub(crate) const VERSION: u8 = 3;
 
 /// Largest frame body accepted (after the 4-byte length prefix).
 pub(crate) const MAX_FRAME: usize = 64 * 1024;
@@ -90,6 +94,8 @@ const KIND_ERROR: u8 = 8;
 const KIND_STOP_REQUESTED: u8 = 9;
 const KIND_STOPPING: u8 = 10;
 const KIND_BUSY: u8 = 11;
+const KIND_PROBATION: u8 = 12;
+const KIND_REINSTATED: u8 = 13;
 
 /// Who is on the other end of a control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +132,7 @@ pub(crate) enum Message {
         role: Role,
         ready_timeout: Duration,
         drain_timeout: Duration,
+        probation: Duration,
     },
     /// Front -> generation: your generation number and one opaque blob per
     /// listening socket (empty on Unix, where the descriptors ride on this
@@ -156,6 +163,12 @@ pub(crate) enum Message {
     /// Front -> control client: the upgrade cannot start now (one is already starting, or
     /// the service is stopping); asking again later may work. Human-readable.
     Busy { reason: String },
+    /// Front -> generation: a newer generation took over; stop accepting and tell clients to
+    /// leave, but keep the listening sockets and do not finish draining: `Reinstated` or
+    /// `Superseded` follows once the newcomer has died or survived its probation window.
+    Probation,
+    /// Front -> generation on probation: the generation that took over died; accept again.
+    Reinstated,
 }
 
 impl Message {
@@ -171,6 +184,8 @@ impl Message {
             Message::StopRequested => KIND_STOP_REQUESTED,
             Message::Stopping => KIND_STOPPING,
             Message::Busy { .. } => KIND_BUSY,
+            Message::Probation => KIND_PROBATION,
+            Message::Reinstated => KIND_REINSTATED,
             Message::Error { .. } => KIND_ERROR,
         }
     }
@@ -253,11 +268,13 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
             role,
             ready_timeout,
             drain_timeout,
+            probation,
         } => {
             out.extend_from_slice(&pid.to_be_bytes());
             out.push(role.to_wire());
             out.extend_from_slice(&millis(*ready_timeout).to_be_bytes());
             out.extend_from_slice(&millis(*drain_timeout).to_be_bytes());
+            out.extend_from_slice(&millis(*probation).to_be_bytes());
         }
         Message::Listeners {
             generation,
@@ -281,7 +298,9 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
         | Message::Upgrade
         | Message::Shutdown
         | Message::StopRequested
-        | Message::Stopping => {}
+        | Message::Stopping
+        | Message::Probation
+        | Message::Reinstated => {}
     }
     Ok(())
 }
@@ -295,7 +314,7 @@ fn millis(d: Duration) -> u64 {
 /// Length of the frame body `msg` encodes to, if it is one we may send.
 fn body_len(msg: &Message) -> Result<usize, ProtocolError> {
     let payload = match msg {
-        Message::Hello { .. } => 4 + 1 + 8 + 8,
+        Message::Hello { .. } => 4 + 1 + 8 + 8 + 8,
         Message::Listeners { sockets, .. } => {
             if sockets.len() > MAX_SOCKETS {
                 return Err(ProtocolError::Malformed("too many sockets"));
@@ -311,7 +330,9 @@ fn body_len(msg: &Message) -> Result<usize, ProtocolError> {
         | Message::Upgrade
         | Message::Shutdown
         | Message::StopRequested
-        | Message::Stopping => 0,
+        | Message::Stopping
+        | Message::Probation
+        | Message::Reinstated => 0,
     };
     let len = payload.saturating_add(BODY_HEADER);
     if len > MAX_FRAME {
@@ -377,11 +398,13 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
             let role = Role::from_wire(u8::from_be_bytes(r.take("truncated hello")?))?;
             let ready_timeout = u64::from_be_bytes(r.take("truncated hello")?);
             let drain_timeout = u64::from_be_bytes(r.take("truncated hello")?);
+            let probation = u64::from_be_bytes(r.take("truncated hello")?);
             Message::Hello {
                 pid,
                 role,
                 ready_timeout: Duration::from_millis(ready_timeout),
                 drain_timeout: Duration::from_millis(drain_timeout),
+                probation: Duration::from_millis(probation),
             }
         }
         KIND_LISTENERS => {
@@ -409,6 +432,8 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
         KIND_SHUTDOWN => Message::Shutdown,
         KIND_STOP_REQUESTED => Message::StopRequested,
         KIND_STOPPING => Message::Stopping,
+        KIND_PROBATION => Message::Probation,
+        KIND_REINSTATED => Message::Reinstated,
         KIND_BUSY => Message::Busy {
             reason: read_string(&mut r)?,
         },
@@ -547,12 +572,14 @@ mod tests {
                 role: Role::Generation,
                 ready_timeout: Duration::from_secs(60),
                 drain_timeout: Duration::from_millis(1500),
+                probation: Duration::from_secs(10),
             },
             Message::Hello {
                 pid: u32::MAX,
                 role: Role::Control,
                 ready_timeout: Duration::ZERO,
                 drain_timeout: Duration::from_millis(u64::MAX),
+                probation: Duration::ZERO,
             },
             Message::Listeners {
                 generation: 0,
@@ -573,6 +600,8 @@ mod tests {
             Message::Shutdown,
             Message::StopRequested,
             Message::Stopping,
+            Message::Probation,
+            Message::Reinstated,
             Message::Busy {
                 reason: "generation 3 is starting".to_owned(),
             },
@@ -608,10 +637,11 @@ mod tests {
                     role: Role::Generation,
                     ready_timeout: Duration::from_millis(0x0506),
                     drain_timeout: Duration::from_millis(7),
+                    probation: Duration::from_millis(0x0809),
                 },
                 &[
-                    0, 0, 0, 23, 2, 1, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0,
-                    7,
+                    0, 0, 0, 31, 3, 1, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0,
+                    7, 0, 0, 0, 0, 0, 0, 8, 9,
                 ],
             ),
             (
@@ -620,10 +650,11 @@ mod tests {
                     role: Role::Control,
                     ready_timeout: Duration::MAX,
                     drain_timeout: Duration::ZERO,
+                    probation: Duration::ZERO,
                 },
                 &[
-                    0, 0, 0, 23, 2, 1, 0, 0, 0, 9, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                    0xff, 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0, 0, 31, 3, 1, 0, 0, 0, 9, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                    0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ],
             ),
             (
@@ -632,22 +663,22 @@ mod tests {
                     sockets: vec![vec![0xaa], vec![]],
                 },
                 &[
-                    0, 0, 0, 17, 2, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
+                    0, 0, 0, 17, 3, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
                 ],
             ),
             (
                 Message::Upgraded {
                     generation: 0x0102_0304_0506_0708,
                 },
-                &[0, 0, 0, 10, 2, 6, 1, 2, 3, 4, 5, 6, 7, 8],
+                &[0, 0, 0, 10, 3, 6, 1, 2, 3, 4, 5, 6, 7, 8],
             ),
             (
                 Message::Error {
                     reason: "hé".to_owned(),
                 },
-                &[0, 0, 0, 7, 2, 8, 0, 3, b'h', 0xc3, 0xa9],
+                &[0, 0, 0, 7, 3, 8, 0, 3, b'h', 0xc3, 0xa9],
             ),
-            (Message::Ready, &[0, 0, 0, 2, 2, 3]),
+            (Message::Ready, &[0, 0, 0, 2, 3, 3]),
         ];
         for (msg, bytes) in cases {
             assert_eq!(frame(&msg), bytes, "{msg:?}");
@@ -658,6 +689,8 @@ mod tests {
             (Message::Shutdown, 7),
             (Message::StopRequested, 9),
             (Message::Stopping, 10),
+            (Message::Probation, 12),
+            (Message::Reinstated, 13),
         ];
         for (msg, kind) in bare {
             assert_eq!(frame(&msg), [0, 0, 0, 2, VERSION, kind]);
@@ -781,7 +814,7 @@ mod tests {
 
     #[test]
     fn unknown_kind() {
-        for kind in [0, 12, 255] {
+        for kind in [0, 14, 255] {
             assert_eq!(
                 decode(&raw(VERSION, kind, &[])),
                 Err(ProtocolError::UnknownMessage { kind })
@@ -827,7 +860,8 @@ mod tests {
             (
                 KIND_HELLO,
                 &[
-                    0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9,
+                    0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0,
+                    0, 0, 1, 9,
                 ],
             ),
             (KIND_UPGRADED, &[0, 0, 0, 0, 0, 0, 0, 1, 0]),
@@ -1013,7 +1047,7 @@ mod tests {
         );
         assert_eq!(
             ProtocolError::UnsupportedVersion { got: 7 }.to_string(),
-            "peer speaks risefront protocol version 7, this build speaks 2"
+            "peer speaks risefront protocol version 7, this build speaks 3"
         );
         assert_eq!(
             ProtocolError::UnknownMessage { kind: 42 }.to_string(),
@@ -1031,7 +1065,7 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(
             err.to_string(),
-            "peer speaks risefront protocol version 1, this build speaks 2"
+            "peer speaks risefront protocol version 1, this build speaks 3"
         );
         let inner = err
             .get_ref()
@@ -1042,13 +1076,14 @@ mod tests {
     fn arb_message() -> impl Strategy<Value = Message> {
         let role = prop_oneof![Just(Role::Generation), Just(Role::Control)];
         prop_oneof![
-            (any::<u32>(), role, any::<u64>(), any::<u64>()).prop_map(
-                |(pid, role, ready, drain)| {
+            (any::<u32>(), role, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(pid, role, ready, drain, probation)| {
                     Message::Hello {
                         pid,
                         role,
                         ready_timeout: Duration::from_millis(ready),
                         drain_timeout: Duration::from_millis(drain),
+                        probation: Duration::from_millis(probation),
                     }
                 }
             ),
@@ -1065,6 +1100,8 @@ mod tests {
             Just(Message::Shutdown),
             Just(Message::StopRequested),
             Just(Message::Stopping),
+            Just(Message::Probation),
+            Just(Message::Reinstated),
             any::<String>().prop_map(|reason| Message::Busy { reason }),
             any::<String>().prop_map(|reason| Message::Error { reason }),
         ]

@@ -15,6 +15,8 @@ pub(crate) enum Supervisor {
     Reloading { status: String },
     /// The service is stopping.
     Stopping { status: String },
+    /// Only the status line changes: `STATUS=`.
+    Status { status: String },
 }
 
 /// The variable that names systemd's notification socket.
@@ -94,5 +96,6 @@ fn send(event: &Supervisor) -> std::io::Result<()> {
         Supervisor::Stopping { status } => {
             sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status(&line(status))])
         }
+        Supervisor::Status { status } => sd_notify::notify(&[NotifyState::Status(&line(status))]),
     }
 }

@@ -119,6 +119,7 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> Result<u64,
             role: Role::Control,
             ready_timeout: config.ready_timeout,
             drain_timeout: config.drain_timeout,
+            probation: config.probation,
         })
         .await?;
     channel.send(&Message::Upgrade).await?;

@@ -311,14 +311,15 @@ mod unix {
         drop(silent);
     }
 
-    /// `Hello { pid: ours, role: control }` in protocol version 2.
+    /// `Hello { pid: ours, role: control }` in protocol version 3.
     fn control_hello() -> Vec<u8> {
         let mut payload = std::process::id().to_be_bytes().to_vec();
         payload.push(2);
         payload.extend(60_000u64.to_be_bytes());
         payload.extend(30_000u64.to_be_bytes());
+        payload.extend(10_000u64.to_be_bytes());
         let mut out = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
-        out.extend([2, 1]);
+        out.extend([3, 1]);
         out.extend(payload);
         out
     }

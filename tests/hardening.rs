@@ -15,21 +15,22 @@ use common::{Service, example, run_bounded, set_mode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// Raw frame: `len | version 2 | kind | payload`.
+/// Raw frame: `len | version 3 | kind | payload`.
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
-    // Protocol version 2.
-    out.extend([2, kind]);
+    // Protocol version 3.
+    out.extend([3, kind]);
     out.extend_from_slice(payload);
     out
 }
 
-/// `Hello { pid, role, ready, drain }`; role 1 = generation, 2 = control client.
+/// `Hello { pid, role, ready, drain, probation }`; role 1 = generation, 2 = control client.
 fn hello(pid: u32, role: u8) -> Vec<u8> {
     let mut payload = pid.to_be_bytes().to_vec();
     payload.push(role);
     payload.extend(60_000u64.to_be_bytes());
     payload.extend(30_000u64.to_be_bytes());
+    payload.extend(10_000u64.to_be_bytes());
     frame(1, &payload)
 }
 
@@ -433,6 +434,8 @@ async fn no_message_lets_a_peer_redirect_traffic() {
         (6, upgraded),
         (7, Vec::new()),
         (8, error),
+        (12, Vec::new()),
+        (13, Vec::new()),
     ] {
         // As a control client: introducing ourselves as a generation would make the front
         // treat this test process as one, and kill it for misbehaving.

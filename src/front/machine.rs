@@ -7,6 +7,8 @@
 //! Active(N) --exit / control connection lost--> respawn after a delay that grows with each
 //!                                               consecutive failure; give up after a bound
 //! Draining(N) --drain deadline--> Killed --exit--> gone
+//! with a probation window: Active(N) --N+1 ready--> Probation(N) --window over--> Draining(N)
+//!                          Probation(N) --Active(N+1) exits or is lost--> Active(N) (reinstated)
 //! Active(N) --StopRequested--> Starting(N+1) spawned; Active(N) serves until it is ready
 //! front stop --stop delay (still accepting, Stopping sent)--> every generation drains
 //! ```
@@ -56,6 +58,8 @@ pub(crate) const DRAIN_SLACK: Duration = Duration::from_secs(5);
 pub(crate) struct Timeouts {
     pub(crate) ready: Duration,
     pub(crate) drain: Duration,
+    /// How long the generation, once superseded, can be reinstated (zero: never).
+    pub(crate) probation: Duration,
 }
 
 /// What happened, as the shell saw it.
@@ -128,6 +132,9 @@ pub(crate) enum Phase {
     Active { since: Instant },
     /// Superseded, told to stop, or out of touch: killed at `deadline` if still there.
     Draining { since: Instant, deadline: Instant },
+    /// Superseded, not accepting, but holding its sockets: reinstated if its successor dies
+    /// before `until`, else draining from then on. At most one generation is on probation.
+    Probation { since: Instant, until: Instant },
     /// The active generation's channel ended: most likely it is exiting, and its exit status
     /// decides what follows (status 0 ends the service, anything else is a crash). If it has
     /// not exited by `deadline`, it is out of touch: it drains by itself and is replaced.
@@ -273,7 +280,10 @@ impl Machine {
             .filter_map(|g| match g.phase {
                 Phase::Starting { deadline }
                 | Phase::Draining { deadline, .. }
-                | Phase::Lost { deadline, .. } => Some(deadline),
+                | Phase::Lost { deadline, .. }
+                | Phase::Probation {
+                    until: deadline, ..
+                } => Some(deadline),
                 Phase::Active { .. } | Phase::Killed => None,
             })
             .chain(self.respawn_at)
@@ -311,6 +321,13 @@ impl Machine {
         self.generations
             .iter()
             .find(|(_, g)| matches!(g.phase, Phase::Active { .. }))
+            .map(|(n, _)| *n)
+    }
+
+    fn on_probation(&self) -> Option<Gen> {
+        self.generations
+            .iter()
+            .find(|(_, g)| matches!(g.phase, Phase::Probation { .. }))
             .map(|(n, _)| *n)
     }
 
@@ -527,18 +544,31 @@ impl Machine {
             return;
         }
         let took = now.saturating_duration_since(g.started);
+        // One generation to fall back on at most: the one that served last.
+        if let Some(previous) = self.on_probation() {
+            self.release(now, previous);
+        }
         let mut superseded = Vec::new();
         for (old, g) in &mut self.generations {
             if matches!(g.phase, Phase::Active { .. }) {
-                g.phase = Phase::Draining {
-                    since: now,
-                    deadline: drain_deadline(now, g.timeouts),
+                let probation = g.timeouts.probation;
+                // A generation asked to stop wants to go, not to be kept as a fallback.
+                let (phase, message) = if probation.is_zero() || g.stop_requested {
+                    let deadline = drain_deadline(now, g.timeouts);
+                    (
+                        Phase::Draining {
+                            since: now,
+                            deadline,
+                        },
+                        Message::Superseded,
+                    )
+                } else {
+                    let until = deadline_after(now, probation);
+                    (Phase::Probation { since: now, until }, Message::Probation)
                 };
+                g.phase = phase;
                 if let Some(p) = g.peer {
-                    self.out.push(Action::Send {
-                        peer: p,
-                        message: Message::Superseded,
-                    });
+                    self.out.push(Action::Send { peer: p, message });
                 }
                 superseded.push(*old);
             }
@@ -616,6 +646,7 @@ impl Machine {
         let Some(n) = self.by_peer(peer) else {
             return;
         };
+        let can_reinstate = self.can_reinstate();
         let Some(g) = self.generations.get_mut(&n) else {
             return;
         };
@@ -630,6 +661,11 @@ impl Machine {
                 g.lost = Some(why);
             }
             Phase::Starting { .. } => self.fail_starting(now, n, &why),
+            Phase::Active { since } if can_reinstate => {
+                let pid = g.pid;
+                self.kill(n);
+                self.reinstate(now, n, pid, since, &why);
+            }
             Phase::Active { since } if g.spawned => {
                 g.phase = Phase::Lost {
                     since,
@@ -643,8 +679,17 @@ impl Machine {
                 report!(error, "active generation {n}{} lost: {why}", pid_note(pid));
                 self.crashed(now, since);
             }
-            Phase::Draining { .. } if !g.spawned => {
+            Phase::Draining { .. } | Phase::Probation { .. } if !g.spawned => {
                 self.generations.remove(&n);
+            }
+            Phase::Probation { .. } => {
+                // Out of touch, it cannot be reinstated: it drains by itself (it lost the
+                // front) and is held to its drain deadline.
+                g.phase = Phase::Draining {
+                    since: now,
+                    deadline: drain_deadline(now, g.timeouts),
+                };
+                g.lost = Some(why);
             }
             Phase::Draining { .. } | Phase::Lost { .. } | Phase::Killed => {}
         }
@@ -656,6 +701,12 @@ impl Machine {
         };
         if let Some(peer) = g.peer {
             self.close_peer(peer);
+        }
+        if let Phase::Active { since } = g.phase
+            && self.can_reinstate()
+        {
+            self.reinstate(now, n, g.pid, since, &format!("it exited with {status}"));
+            return;
         }
         let pid = pid_note(g.pid);
         match g.phase {
@@ -744,6 +795,11 @@ impl Machine {
                 "generation {n}{pid} finished draining after {} ms ({status})",
                 now.saturating_duration_since(since).as_millis()
             ),
+            Phase::Probation { since, .. } => tracing::warn!(
+                generation = n,
+                "generation {n}{pid} exited with {status} {} ms into its probation: it can no longer be reinstated",
+                now.saturating_duration_since(since).as_millis()
+            ),
             Phase::Killed => {
                 tracing::info!(generation = n, "generation {n}{pid} exited ({status})")
             }
@@ -819,6 +875,13 @@ impl Machine {
                 }
             }
             Phase::Starting { .. } => self.fail_starting(now, n, "it was asked to stop"),
+            Phase::Probation { .. } => {
+                tracing::info!(
+                    generation = n,
+                    "generation {n}{pid} was asked to stop during its probation: it drains now"
+                );
+                self.release(now, n);
+            }
             Phase::Draining { .. } | Phase::Lost { .. } | Phase::Killed => {}
         }
     }
@@ -853,7 +916,10 @@ impl Machine {
             };
             match g.phase {
                 Phase::Starting { .. } => self.fail_starting(now, n, "the service is stopping"),
-                Phase::Active { .. } | Phase::Draining { .. } | Phase::Lost { .. } => {
+                Phase::Active { .. }
+                | Phase::Draining { .. }
+                | Phase::Lost { .. }
+                | Phase::Probation { .. } => {
                     let deadline = drain_deadline(now, g.timeouts);
                     g.phase = match g.phase {
                         Phase::Draining { since, deadline: d } => Phase::Draining {
@@ -897,7 +963,10 @@ impl Machine {
             .filter(|(_, g)| match g.phase {
                 Phase::Starting { deadline }
                 | Phase::Draining { deadline, .. }
-                | Phase::Lost { deadline, .. } => deadline <= now,
+                | Phase::Lost { deadline, .. }
+                | Phase::Probation {
+                    until: deadline, ..
+                } => deadline <= now,
                 Phase::Active { .. } | Phase::Killed => false,
             })
             .map(|(n, g)| (*n, g.phase))
@@ -912,6 +981,16 @@ impl Machine {
                     None => format!("not ready within {:?}", g.timeouts.ready),
                 };
                 self.fail_starting(now, n, &why);
+                continue;
+            }
+            if let Phase::Probation { since, .. } = phase {
+                tracing::info!(
+                    generation = n,
+                    "generation {n}{} ends its probation after {} ms: the new generation held, it drains now",
+                    pid_note(g.pid),
+                    now.saturating_duration_since(since).as_millis()
+                );
+                self.release(now, n);
                 continue;
             }
             if let Phase::Lost { since, .. } = phase {
@@ -941,6 +1020,85 @@ impl Machine {
                 self.exit_code = 1;
             }
         }
+    }
+
+    /// Whether the death of the active generation would bring back the one on probation.
+    fn can_reinstate(&self) -> bool {
+        !self.stopping && self.on_probation().is_some()
+    }
+
+    /// The generation on probation will not be needed: it drains and exits as superseded.
+    fn release(&mut self, now: Instant, n: Gen) {
+        let Some(g) = self.generations.get_mut(&n) else {
+            return;
+        };
+        if !matches!(g.phase, Phase::Probation { .. }) {
+            return;
+        }
+        g.phase = Phase::Draining {
+            since: now,
+            deadline: drain_deadline(now, g.timeouts),
+        };
+        if let Some(peer) = g.peer {
+            self.out.push(Action::Send {
+                peer,
+                message: Message::Superseded,
+            });
+        }
+    }
+
+    /// The active generation `dead` (ready at `since`) died while its predecessor was on
+    /// probation: the predecessor accepts again at once, and the failed build is not started
+    /// again until someone asks for an upgrade.
+    fn reinstate(
+        &mut self,
+        now: Instant,
+        dead: Gen,
+        dead_pid: Option<u32>,
+        since: Instant,
+        how: &str,
+    ) {
+        let Some(back) = self.on_probation() else {
+            return;
+        };
+        let Some(g) = self.generations.get_mut(&back) else {
+            return;
+        };
+        g.phase = Phase::Active { since: now };
+        let (peer, pid) = (g.peer, g.pid);
+        if let Some(peer) = peer {
+            self.out.push(Action::Send {
+                peer,
+                message: Message::Reinstated,
+            });
+        }
+        let lived = now.saturating_duration_since(since).as_millis();
+        report!(
+            error,
+            "generation {dead}{} died {lived} ms after taking over ({how}); generation {back}{} reinstated and accepting again; the failed build is not restarted (upgrade again once it is fixed)",
+            pid_note(dead_pid),
+            pid_note(pid)
+        );
+        self.answer_waiters(
+            dead,
+            Message::Error {
+                reason: format!(
+                    "generation {dead} died {lived} ms after taking over ({how}); generation {back} was reinstated"
+                ),
+            },
+        );
+        self.out.push(Action::Notify(Supervisor::Status {
+            status: format!(
+                "generation {back}{} serving again (reinstated): generation {dead} died {lived} ms after taking over",
+                pid_note(pid)
+            ),
+        }));
+        // Counted like any crash soon after ready, so a build that keeps dying is noticed;
+        // with a generation serving, nothing is respawned.
+        self.failed(
+            now,
+            &format!("generation {dead} died {lived} ms after taking over"),
+        );
     }
 
     fn notify_stopping(&mut self, why: &str) {

@@ -245,6 +245,7 @@ impl<'a> Front<'a> {
             Timeouts {
                 ready: config.ready_timeout,
                 drain: config.drain_timeout,
+                probation: config.probation,
             },
             config.stop_delay,
         );

@@ -131,12 +131,14 @@ async fn serve(
             role,
             ready_timeout,
             drain_timeout,
+            probation,
         }) => (
             pid,
             role,
             Timeouts {
                 ready: ready_timeout,
                 drain: drain_timeout,
+                probation,
             },
         ),
         Some(other) => {

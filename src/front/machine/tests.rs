@@ -15,6 +15,7 @@ fn defaults() -> Timeouts {
     Timeouts {
         ready: 60 * SEC,
         drain: 30 * SEC,
+        probation: Duration::ZERO,
     }
 }
 
@@ -290,6 +291,7 @@ fn a_build_started_by_hand_is_held_to_its_own_deadlines() {
     let own = Timeouts {
         ready: 2 * SEC,
         drain: 120 * SEC,
+        probation: Duration::ZERO,
     };
     let (peer, out) = w.hand_started(5000, own);
     assert_eq!(
@@ -326,6 +328,7 @@ fn a_spawned_build_raising_its_ready_timeout_gets_it() {
         Timeouts {
             ready: 200 * SEC,
             drain: 30 * SEC,
+            probation: Duration::ZERO,
         },
     );
     assert_eq!(w.tick_after(61 * SEC), vec![]);
@@ -341,6 +344,7 @@ fn timeouts_of_duration_max_mean_never_and_do_not_panic() {
     let forever = Timeouts {
         ready: Duration::MAX,
         drain: Duration::MAX,
+        probation: Duration::MAX,
     };
     let mut w = World::new(forever);
     w.feed(Input::Start);
@@ -355,9 +359,10 @@ fn timeouts_of_duration_max_mean_never_and_do_not_panic() {
     w.spawned(2);
     w.hello(2, forever);
     w.ready(2);
-    assert!(is_draining(w.phase(1)));
+    assert!(matches!(w.phase(1), Some(Phase::Probation { .. })));
     assert_eq!(w.tick_after(86_400 * SEC), vec![]);
     w.feed(Input::Terminate { signal: "SIGTERM" });
+    assert!(is_draining(w.phase(1)));
     assert!(is_draining(w.phase(2)));
 }
 
@@ -444,6 +449,7 @@ fn giving_up_still_waits_for_a_killed_child() {
     let quick = Timeouts {
         ready: SEC,
         drain: 30 * SEC,
+        probation: Duration::ZERO,
     };
     let mut w = World::new(quick);
     w.feed(Input::Start);
@@ -822,10 +828,11 @@ fn systemd_hears_ready_then_a_reloading_ready_pair_per_upgrade_then_stopping() {
 enum Op {
     Hangup,
     Upgrade,
-    /// A spawned generation that is starting says Hello.
-    Hello(usize),
-    /// A build started by hand connects, with these ready and drain timeouts (seconds).
-    HandStarted(u64, u64),
+    /// A spawned generation that is starting says Hello, with a probation window or not.
+    Hello(usize, bool),
+    /// A build started by hand connects, with these ready, drain and probation timeouts
+    /// (seconds).
+    HandStarted(u64, u64, u64),
     Ready(usize),
     PeerGone(usize),
     /// A live spawned process exits on its own.
@@ -847,8 +854,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => Just(Op::Hangup),
         1 => Just(Op::Upgrade),
-        4 => any::<usize>().prop_map(Op::Hello),
-        1 => (0u64..120, 0u64..120).prop_map(|(r, d)| Op::HandStarted(r, d)),
+        4 => (any::<usize>(), any::<bool>()).prop_map(|(i, p)| Op::Hello(i, p)),
+        1 => (0u64..120, 0u64..120, 0u64..20).prop_map(|(r, d, p)| Op::HandStarted(r, d, p)),
         4 => any::<usize>().prop_map(Op::Ready),
         1 => any::<usize>().prop_map(Op::PeerGone),
         2 => any::<usize>().prop_map(Op::Crash),
@@ -881,6 +888,8 @@ struct Model {
     /// RELOADING=1 sent, READY=1 not yet.
     reloading: bool,
     stop_notified: bool,
+    /// The last generation brought back from probation.
+    reinstated: Option<Gen>,
 }
 
 impl Model {
@@ -888,6 +897,7 @@ impl Model {
         let timeouts = Timeouts {
             ready: 5 * SEC,
             drain: 10 * SEC,
+            probation: 4 * SEC,
         };
         let mut w = World::new(timeouts);
         w.m = Machine::new(timeouts, stop_delay);
@@ -903,6 +913,7 @@ impl Model {
             listeners_closed: false,
             reloading: false,
             stop_notified: false,
+            reinstated: None,
         };
         model.input(Input::Start);
         model
@@ -924,6 +935,7 @@ impl Model {
         let before_exit = self.exited.is_some();
         let mut queue = vec![input];
         while let Some(input) = queue.pop() {
+            let before = self.w.m.phases();
             let out = self.w.m.handle(self.w.now, input);
             assert!(
                 !before_exit || out.is_empty(),
@@ -942,6 +954,12 @@ impl Model {
                 match action {
                     Action::Spawn(n) => {
                         if is_tick {
+                            assert!(
+                                self.w.m.active().is_none(),
+                                "respawned while generation {:?} serves (reinstated: {:?})",
+                                self.w.m.active(),
+                                self.reinstated
+                            );
                             if let Some(last) = self.last_respawn {
                                 assert!(
                                     self.w.now - last >= MIN_RESPAWN_DELAY,
@@ -980,6 +998,7 @@ impl Model {
                         assert!(!self.stop_notified, "READY=1 after STOPPING=1");
                         self.reloading = false;
                     }
+                    Action::Notify(Supervisor::Status { .. }) => {}
                     Action::Notify(Supervisor::Stopping { .. }) => {
                         assert!(!self.stop_notified, "STOPPING=1 twice");
                         self.stop_notified = true;
@@ -987,6 +1006,27 @@ impl Model {
                     }
                     Action::SendListeners { .. } if self.listeners_closed => {
                         panic!("listening sockets handed over after they were closed");
+                    }
+                    Action::Send {
+                        peer,
+                        message: Message::Reinstated,
+                    } => {
+                        let n = self
+                            .w
+                            .m
+                            .by_peer(peer)
+                            .expect("Reinstated goes to a generation's channel");
+                        assert!(
+                            matches!(before.get(&n), Some(Phase::Probation { .. })),
+                            "generation {n} reinstated from {:?}, not from probation",
+                            before.get(&n)
+                        );
+                        assert!(
+                            is_active(self.w.m.phases().get(&n).copied()),
+                            "the reinstated generation {n} is the one serving: {:?}",
+                            self.w.m.phases()
+                        );
+                        self.reinstated = Some(n);
                     }
                     Action::SendListeners { peer, .. } | Action::Send { peer, .. } => {
                         assert!(
@@ -1024,12 +1064,29 @@ impl Model {
             .filter(|p| matches!(p, Phase::Starting { .. }))
             .count();
         assert!(active <= 1, "{active} active generations: {phases:?}");
+        let on_probation = phases
+            .values()
+            .filter(|p| matches!(p, Phase::Probation { .. }))
+            .count();
+        assert!(
+            on_probation <= 1,
+            "{on_probation} generations on probation: {phases:?}"
+        );
+        // A generation on probation always has a successor serving: when that one dies, it
+        // is brought back (or, once the service stops, drains).
+        assert!(
+            on_probation == 0 || active == 1,
+            "a generation on probation with none serving: {phases:?}"
+        );
         assert!(starting <= 1, "{starting} starting generations: {phases:?}");
         let next = self.w.m.next_deadline();
         for (n, phase) in &phases {
             if let Phase::Starting { deadline }
             | Phase::Draining { deadline, .. }
-            | Phase::Lost { deadline, .. } = phase
+            | Phase::Lost { deadline, .. }
+            | Phase::Probation {
+                until: deadline, ..
+            } = phase
             {
                 assert!(
                     next.is_some_and(|next| next <= *deadline),
@@ -1066,7 +1123,7 @@ impl Model {
                     self.input(Input::UpgradeRequested { peer });
                 }
             }
-            Op::Hello(i) => {
+            Op::Hello(i, probation) => {
                 let open = &self.open_peers;
                 let talking = self
                     .live
@@ -1081,12 +1138,13 @@ impl Model {
                         timeouts: Timeouts {
                             ready: 3 * SEC,
                             drain: 20 * SEC,
+                            probation: if probation { 5 * SEC } else { Duration::ZERO },
                         },
                         preconnected: Some(n),
                     });
                 }
             }
-            Op::HandStarted(ready, drain) => {
+            Op::HandStarted(ready, drain, probation) => {
                 let peer = self.w.peer();
                 let pid = self.w.next_pid;
                 self.w.next_pid += 1;
@@ -1098,6 +1156,7 @@ impl Model {
                     timeouts: Timeouts {
                         ready: SEC * u32::try_from(ready).unwrap(),
                         drain: SEC * u32::try_from(drain).unwrap(),
+                        probation: SEC * u32::try_from(probation).unwrap(),
                     },
                     preconnected: None,
                 });
@@ -1257,4 +1316,231 @@ fn a_spawned_generation_whose_channel_ends_before_ready_has_a_moment_to_report_i
     let reason = error_to(&out, client).expect("the client hears why");
     assert!(reason.contains("still running"), "{reason}");
     assert!(is_active(w.phase(1)));
+}
+
+// ---- Probation ----
+
+fn with_probation() -> Timeouts {
+    Timeouts {
+        probation: 10 * SEC,
+        ..defaults()
+    }
+}
+
+/// Generation 1 serving with a 10 s probation window, then generation 2 taking over.
+fn taken_over() -> World {
+    let mut w = World::new(with_probation());
+    w.feed(Input::Start);
+    w.spawned(1);
+    w.hello(1, with_probation());
+    w.ready(1);
+    assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(2)]);
+    w.spawned(2);
+    w.hello(2, with_probation());
+    w.advance(300 * MS);
+    let out = w.ready(2);
+    let one = w.peer_of(1);
+    assert!(
+        out.contains(&Action::Send {
+            peer: one,
+            message: Message::Probation
+        }),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            message: Message::Superseded,
+            ..
+        }
+    )));
+    assert!(matches!(w.phase(1), Some(Phase::Probation { .. })));
+    assert!(is_active(w.phase(2)));
+    w
+}
+
+fn reinstated_to(out: &[Action], to: PeerId) -> bool {
+    out.contains(&Action::Send {
+        peer: to,
+        message: Message::Reinstated,
+    })
+}
+
+#[test]
+fn a_build_dying_inside_the_probation_window_hands_traffic_back() {
+    let mut w = taken_over();
+    w.notified.clear();
+    w.advance(200 * MS);
+    let one = w.peer_of(1);
+    let out = w.exited(2, "exit status: 4");
+    assert!(reinstated_to(&out, one), "{out:?}");
+    assert!(is_active(w.phase(1)));
+    assert_eq!(w.phase(2), None);
+    assert!(
+        matches!(&w.notified[..], [Supervisor::Status { status }] if status.contains("generation 1") && status.contains("reinstated")),
+        "{:?}",
+        w.notified
+    );
+    // The failed build is not started again while generation 1 serves, however long.
+    for _ in 0..20 {
+        let out = w.tick_after(5 * SEC);
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Spawn(_))),
+            "{out:?}"
+        );
+    }
+    assert!(is_active(w.phase(1)));
+    // A later upgrade tries again, normally.
+    assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(3)]);
+    w.spawned(3);
+    w.hello(3, with_probation());
+    let out = w.ready(3);
+    assert!(out.contains(&Action::Send {
+        peer: one,
+        message: Message::Probation
+    }));
+    assert!(is_active(w.phase(3)));
+}
+
+#[test]
+fn the_channel_of_the_new_build_ending_is_enough_to_reinstate() {
+    let mut w = taken_over();
+    let (one, two) = (w.peer_of(1), w.peer_of(2));
+    let out = w.feed(Input::PeerGone {
+        peer: two,
+        why: "end of stream".to_owned(),
+    });
+    assert!(reinstated_to(&out, one), "{out:?}");
+    // Out of touch, it must not accept alongside the reinstated one: it is killed.
+    assert!(out.contains(&Action::Kill(2)), "{out:?}");
+    assert!(is_active(w.phase(1)));
+    assert_eq!(w.phase(2), Some(Phase::Killed));
+    let out = w.exited(2, "signal: 9 (SIGKILL)");
+    assert!(!out.iter().any(|a| matches!(a, Action::Spawn(_))));
+    assert!(is_active(w.phase(1)));
+}
+
+#[test]
+fn a_clean_exit_inside_the_window_also_reinstates() {
+    let mut w = taken_over();
+    let one = w.peer_of(1);
+    let out = w.exited(2, "exit status: 0");
+    assert!(reinstated_to(&out, one), "{out:?}");
+    assert!(
+        !out.contains(&Action::CloseListeners),
+        "the service goes on"
+    );
+}
+
+#[test]
+fn after_the_window_the_old_generation_drains_and_a_crash_is_a_respawn() {
+    let mut w = taken_over();
+    let one = w.peer_of(1);
+    assert_eq!(w.m.next_deadline(), Some(w.now + 10 * SEC));
+    let out = w.tick_after(10 * SEC);
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            peer: one,
+            message: Message::Superseded
+        }]
+    );
+    assert!(is_draining(w.phase(1)));
+    w.exited(1, "exit status: 0");
+    let out = w.exited(2, "exit status: 4");
+    assert!(!reinstated_to(&out, one));
+    // 10 s after ready: counted as healthy, so the first respawn delay.
+    let out = w.tick_after(MIN_RESPAWN_DELAY);
+    assert_eq!(out, vec![Action::Spawn(3)]);
+}
+
+#[test]
+fn a_second_takeover_releases_the_generation_on_probation() {
+    let mut w = taken_over();
+    let (one, two) = (w.peer_of(1), w.peer_of(2));
+    w.feed(Input::Hangup);
+    w.spawned(3);
+    w.hello(3, with_probation());
+    let out = w.ready(3);
+    assert!(out.contains(&Action::Send {
+        peer: one,
+        message: Message::Superseded
+    }));
+    assert!(out.contains(&Action::Send {
+        peer: two,
+        message: Message::Probation
+    }));
+    assert!(is_draining(w.phase(1)));
+    // Generation 3 dying brings back 2, the one that served last, never 1.
+    let out = w.exited(3, "exit status: 4");
+    assert!(reinstated_to(&out, two), "{out:?}");
+    assert!(!reinstated_to(&out, one));
+}
+
+#[test]
+fn a_stop_during_probation_drains_both() {
+    let mut w = taken_over();
+    let (one, two) = (w.peer_of(1), w.peer_of(2));
+    let out = w.feed(Input::Terminate { signal: "SIGTERM" });
+    for peer in [one, two] {
+        assert!(out.contains(&Action::Send {
+            peer,
+            message: Message::Shutdown
+        }));
+    }
+    let out = w.exited(2, "exit status: 0");
+    assert!(!reinstated_to(&out, one), "no reinstatement while stopping");
+    assert!(is_draining(w.phase(1)));
+}
+
+#[test]
+fn a_generation_asked_to_stop_is_not_kept_on_probation() {
+    let mut w = World::new(with_probation());
+    w.feed(Input::Start);
+    w.spawned(1);
+    w.hello(1, with_probation());
+    w.ready(1);
+    let one = w.peer_of(1);
+    assert_eq!(
+        w.feed(Input::StopRequested { peer: one }),
+        vec![Action::Spawn(2)]
+    );
+    w.spawned(2);
+    w.hello(2, with_probation());
+    let out = w.ready(2);
+    assert!(out.contains(&Action::Send {
+        peer: one,
+        message: Message::Superseded
+    }));
+    assert!(is_draining(w.phase(1)));
+}
+
+#[test]
+fn a_generation_on_probation_that_loses_the_front_drains_and_cannot_come_back() {
+    let mut w = taken_over();
+    let one = w.peer_of(1);
+    w.feed(Input::PeerGone {
+        peer: one,
+        why: "end of stream".to_owned(),
+    });
+    assert!(is_draining(w.phase(1)));
+    let out = w.exited(2, "exit status: 4");
+    assert!(!reinstated_to(&out, one));
+    let out = w.tick_after(10 * SEC);
+    assert!(out.iter().any(|a| matches!(a, Action::Spawn(_))), "{out:?}");
+}
+
+#[test]
+fn a_generation_asked_to_stop_during_probation_drains_now() {
+    let mut w = taken_over();
+    let one = w.peer_of(1);
+    let out = w.feed(Input::StopRequested { peer: one });
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            peer: one,
+            message: Message::Superseded
+        }]
+    );
+    assert!(is_draining(w.phase(1)));
 }
