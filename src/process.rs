@@ -30,7 +30,7 @@ pub(crate) trait Gate: Send + Sync {
 
 /// Where a generation is between serving and exiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
+pub(crate) enum Stage {
     Serving,
     /// Superseded but on probation: not accepting, holding its sockets, and brought back if
     /// the generation that took over dies.
@@ -389,6 +389,11 @@ impl Process {
         for slot in slots.iter().filter_map(Weak::upgrade) {
             slot.pause(paused);
         }
+    }
+
+    /// Follows the generation through probation, reinstatement and draining.
+    pub(crate) fn stages(&self) -> watch::Receiver<Stage> {
+        self.stage.subscribe()
     }
 
     /// Whether the generation is on probation (superseded, maybe brought back).

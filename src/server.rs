@@ -204,6 +204,7 @@ impl GracefulServer {
 
         // Accept until the listener stops (superseded or signalled), reaping finished
         // connections as we go so the set stays as small as the live connections.
+        let mut generation = process.stages();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -215,6 +216,17 @@ impl GracefulServer {
                     connections.spawn(serve_connection(builder, io, service, stage));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                // On probation the listener only pauses, but clients should move to the new
+                // generation as in a drain: HTTP/2 connections get GOAWAY now. Reinstated,
+                // new connections are served normally again.
+                Ok(()) = generation.changed() => {
+                    let now = *generation.borrow_and_update();
+                    let _ = stage_tx.send(if now == process::Stage::Serving {
+                        Stage::Serving
+                    } else {
+                        Stage::Draining
+                    });
+                }
             }
         }
 

@@ -72,8 +72,16 @@ async fn http2_streams_survive_upgrades() {
 
 #[tokio::test]
 async fn drain_deadline_cuts_what_outlives_it() {
-    let service =
-        Service::start_with(&example("hyper"), &[("RISEFRONT_DRAIN_TIMEOUT", "1s")]).await;
+    // Probation off: the deadline is timed from the takeover (with probation it runs from the
+    // end of the window; tests/probation.rs covers that).
+    let service = Service::start_with(
+        &example("hyper"),
+        &[
+            ("RISEFRONT_DRAIN_TIMEOUT", "1s"),
+            ("RISEFRONT_PROBATION", "0"),
+        ],
+    )
+    .await;
     let g1 = service.hello().await;
     let addr = service.addr;
     let short = tokio::spawn(async move { common::get(addr, "/slow?ms=400").await });
@@ -141,8 +149,15 @@ async fn drain_layer_closes_keep_alive_on_plain_axum_serve() {
 
 #[tokio::test]
 async fn the_plain_one_liner_exits_by_itself_once_superseded() {
-    let mut service =
-        Service::start_with(&example("minimal"), &[("RISEFRONT_DRAIN_TIMEOUT", "2s")]).await;
+    // Probation off: this times the exit from the takeover.
+    let mut service = Service::start_with(
+        &example("minimal"),
+        &[
+            ("RISEFRONT_DRAIN_TIMEOUT", "2s"),
+            ("RISEFRONT_PROBATION", "0"),
+        ],
+    )
+    .await;
     let g1 = service.hello().await;
     service.start_again(&[]);
     service.wait_generation(2).await;

@@ -159,7 +159,11 @@ fn problems(clients: &[Shared]) -> Vec<String> {
 async fn websockets_are_handed_to_each_new_generation_with_1012() {
     // Fewer under Wine, whose sockets are slow; the behaviour is the same.
     let count = if cfg!(windows) { 40 } else { 200 };
-    let mut service = Service::start_with(&example("websocket"), &[]).await;
+    // A 1 s probation: the WebSockets move at the takeover (`draining()` fires then), and the
+    // old generation exits once the window has passed and they are gone, long before its drain
+    // deadline.
+    let mut service =
+        Service::start_with(&example("websocket"), &[("RISEFRONT_PROBATION", "1s")]).await;
     let (stop_tx, stop) = watch::channel(false);
     let clients: Vec<Shared> = (0..count).map(|_| Shared::default()).collect();
     let tasks: Vec<_> = clients

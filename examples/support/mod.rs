@@ -116,7 +116,9 @@ pub fn failure_hook() {
             {
                 std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(ms));
-                    eprintln!("HELLO_FAIL=crash:{ms}: exiting after serving {ms} ms");
+                    // Through the log, with its timestamp: the probation test measures
+                    // from here to the previous generation accepting again.
+                    tracing::error!("HELLO_FAIL=crash:{ms}: exiting after serving {ms} ms");
                     std::process::exit(4);
                 });
             }

@@ -1079,14 +1079,6 @@ impl Machine {
             pid_note(dead_pid),
             pid_note(pid)
         );
-        self.answer_waiters(
-            dead,
-            Message::Error {
-                reason: format!(
-                    "generation {dead} died {lived} ms after taking over ({how}); generation {back} was reinstated"
-                ),
-            },
-        );
         self.out.push(Action::Notify(Supervisor::Status {
             status: format!(
                 "generation {back}{} serving again (reinstated): generation {dead} died {lived} ms after taking over",
