@@ -21,7 +21,8 @@
 //! (the front runs the program at the path it was started from again), or with
 //! [`upgrade`] from any process of the same user. The new generation takes over only once it
 //! is ready (its server polls the listener, or it calls [`ready`]); if it exits or times out
-//! first, the old one keeps serving.
+//! first, the old one keeps serving. If it dies within the [probation](Builder::probation)
+//! window after taking over (10 s by default), the old one is reinstated and serves again.
 //!
 //! # How a takeover stays invisible
 //!
@@ -60,7 +61,7 @@
 //!
 //! - the front, when the service stops (it never returns from [`bind`]);
 //! - a superseded or stopped generation that did not pass [`superseded`] to its server, once
-//!   its last connection closed;
+//!   its last connection closed (after its probation window, if superseded);
 //! - any generation at its drain deadline (plus one second for one that did), and on a second
 //!   stop signal while draining;
 //! - a program run with `RISEFRONT_UPGRADE=1`, after reporting the upgrade's outcome.

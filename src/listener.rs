@@ -31,7 +31,9 @@ use crate::process::{self, Gate};
 /// and retried with backoff; they never end the listener.
 ///
 /// Once the generation is superseded (or asked to stop) the listener stops accepting: the
-/// stream ends, and `axum::serve`'s accept waits forever while the server drains.
+/// stream ends, and `axum::serve`'s accept waits forever while the server drains. During a
+/// [probation](crate::Builder::probation) window it only pauses, keeping its sockets, and
+/// accepts again if the generation is reinstated.
 ///
 /// # Example
 ///

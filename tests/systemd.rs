@@ -90,7 +90,7 @@ impl Notifications {
 }
 
 #[tokio::test]
-async fn the_front_tells_systemd_about_start_reloads_rollbacks_and_stop() {
+async fn the_front_tells_systemd_about_start_reloads_rollbacks_reinstatements_and_stop() {
     let notify = Notifications::new();
     let fail = TempDir::new();
     let fail_file = fail.0.join("fail");
@@ -139,7 +139,23 @@ async fn the_front_tells_systemd_about_start_reloads_rollbacks_and_stop() {
     service.start_again(&[]);
     seen.push(notify.expect(&["RELOADING=1", "MONOTONIC_USEC="]));
     seen.push(notify.expect(&["READY=1", "STATUS=generation 4"]));
-    service.wait_generation(4).await;
+    let g4 = service.wait_generation(4).await;
+
+    // A build that dies right after taking over, inside the probation window: generation 4 is
+    // reinstated, and STATUS= says so (READY=1 stays as it was).
+    std::fs::write(&fail_file, "crash:300").expect("fail file");
+    service.signal_front(Signal::HUP);
+    seen.push(notify.expect(&["RELOADING=1", "MONOTONIC_USEC="]));
+    seen.push(notify.expect(&["READY=1", "STATUS=generation 5"]));
+    let reinstated = notify.expect(&["STATUS=generation 4"]);
+    assert!(
+        reinstated.contains("reinstated") && reinstated.contains("generation 5 died"),
+        "{reinstated}"
+    );
+    assert!(!reinstated.contains("READY=1"), "{reinstated}");
+    seen.push(reinstated);
+    std::fs::remove_file(&fail_file).expect("heal");
+    assert_eq!(service.hello().await, g4);
 
     let status = service.terminate();
     assert!(status.success());
