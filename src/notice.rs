@@ -6,7 +6,14 @@
 use std::io::Write;
 
 /// Logs a line at `$level` and, when no `tracing` subscriber is installed, writes it to stderr.
+/// Structured fields for the subscriber go in braces first: `report!(warn, { delay_ms = 200 },
+/// "...")`.
 macro_rules! report {
+    ($level:ident, { $($field:tt)+ }, $($arg:tt)+) => {{
+        let message = format!($($arg)+);
+        tracing::$level!($($field)+, "{message}");
+        $crate::notice::unrecorded(&message);
+    }};
     ($level:ident, $($arg:tt)+) => {{
         let message = format!($($arg)+);
         tracing::$level!("{message}");

@@ -87,9 +87,9 @@ async fn a_service_that_never_becomes_ready_gives_up_after_three_starts() {
     let log = service.log();
     assert_eq!(starts(&log), 3, "{log}");
     assert!(log.contains("the front gives up"), "{log}");
-    // The delays between the starts grew: 200 ms, then 400 ms.
-    assert!(log.contains("starting another in 200 ms"), "{log}");
-    assert!(log.contains("starting another in 400 ms"), "{log}");
+    // The delays between the starts grew: 200 ms, then 400 ms (the line's structured fields).
+    assert!(log.contains("respawn_in_ms=200 failures=1"), "{log}");
+    assert!(log.contains("respawn_in_ms=400 failures=2"), "{log}");
 }
 
 #[tokio::test]
@@ -106,7 +106,7 @@ async fn a_build_that_crashes_soon_after_ready_is_restarted_with_growing_delays(
     // 200, 400, 800, 1600 and 3200 ms allow 5 or 6 (fewer where processes start slowly).
     assert!((2..=7).contains(&count), "{count} starts:\n{log}");
     assert!(
-        log.contains("starting another in 200 ms") && log.contains("starting another in 400 ms"),
+        log.contains("respawn_in_ms=200") && log.contains("respawn_in_ms=400"),
         "the delay did not grow:\n{log}"
     );
 }
@@ -237,8 +237,15 @@ mod unix {
 
     #[tokio::test]
     async fn a_generation_turned_away_by_a_full_front_says_why() {
-        let mut service =
-            Service::start_with(&example("hello"), &[("RISEFRONT_HANDSHAKE_TIMEOUT", "10s")]).await;
+        let mut service = Service::start_with(
+            &example("hello"),
+            &[
+                ("RISEFRONT_HANDSHAKE_TIMEOUT", "10s"),
+                // The front logs each Hello it has read at debug level.
+                ("RUST_LOG", "info,risefront::front=debug"),
+            ],
+        )
+        .await;
         let socket = service.control_endpoint().await;
         // 64 control clients that introduce themselves and then wait: all slots taken by
         // peers that said hello, none of which may be dropped for a stranger.
@@ -250,7 +257,13 @@ mod unix {
                 .expect("hello");
             clients.push(client);
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every one of them has been read as a Hello by the front.
+        let ours = format!("(pid {}) said hello", std::process::id());
+        let deadline = std::time::Instant::now() + common::PATIENCE;
+        while service.log().matches(&ours).count() < 64 {
+            assert!(std::time::Instant::now() < deadline, "{}", service.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let pid = service.start_again(&[]);
         let status = service.wait_other(pid);
         assert!(!status.success());

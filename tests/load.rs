@@ -9,6 +9,8 @@ use common::load::{self, Kind};
 use common::{Service, Way, alive, wait_gone};
 
 const UPGRADES: usize = 20;
+/// Responses from a generation that show the load has reached it.
+const SETTLED: u64 = 50;
 
 /// 32 workers (16 opening a new connection per request, 16 keep-alive), 20 upgrades
 /// alternating the three ways, waiting for each to take over.
@@ -24,12 +26,12 @@ async fn run(keep_alive_path: &str) {
     );
     let mut pids = vec![service.hello().await.pid];
     for i in 0..UPGRADES {
-        // Let the load settle on the current generation before replacing it.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The load has reached the current generation before it is replaced.
+        load.served_by(i as u64 + 1, SETTLED).await;
         let hello = service.upgrade(Way::nth(i), i as u64 + 2).await;
         pids.push(hello.pid);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    load.served_by(UPGRADES as u64 + 1, SETTLED).await;
     let report = load.stop().await;
     println!("{}", report.summary(UPGRADES));
 

@@ -30,7 +30,7 @@ async fn sigterm_to_the_active_generation_replaces_it_before_it_stops_accepting(
     assert_ne!(g2.pid, g1.pid);
     // The old generation finishes its slow requests, then exits.
     wait_gone(g1.pid).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    fresh.served_by(2, 20).await;
 
     let mut fresh = fresh.stop().await;
     let slow = slow.stop().await;

@@ -251,10 +251,10 @@ async fn a_socket_activated_front_serves_and_upgrades_three_ways_under_load() {
         &[(Kind::NewConnection, 8, "/"), (Kind::KeepAlive, 8, "/")],
     );
     for (i, n) in (2..=4).enumerate() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        load.served_by(n - 1, 50).await;
         service.upgrade(Way::nth(i), n).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    load.served_by(4, 50).await;
     let report = load.stop().await;
     println!("socket-activated: {}", report.summary(3));
     assert_eq!(report.failed, 0, "{}", report.summary(3));
@@ -319,11 +319,13 @@ async fn with_the_fd_store_a_front_killed_under_load_refuses_no_connection() {
         addr,
         &[(Kind::NewConnection, 8, "/"), (Kind::KeepAlive, 8, "/")],
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.served_by(1, 50).await;
     // The front dies; its generation drains and closes its copy of the socket. Only the
     // store (this test, standing in for systemd) keeps the listen queue open.
     service.signal_front(Signal::KILL);
     common::wait_gone(g1.pid).await;
+    // A while with nothing serving at all: the load's connections wait in the backlog (this
+    // is the outage being measured, not a synchronisation).
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Restarted as systemd does it: the stored socket as descriptor 3, LISTEN_PID its pid.
@@ -351,7 +353,8 @@ async fn with_the_fd_store_a_front_killed_under_load_refuses_no_connection() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let gap = restarted_at.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The restarted front's first generation is number 1 again: 50 more of them.
+    load.served_by(1, load.served(1) + 50).await;
     let report = load.stop().await;
     println!(
         "front killed under load, restarted with the stored socket (serving again {gap:?} after the restart): {}",

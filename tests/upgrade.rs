@@ -62,7 +62,7 @@ async fn three_ways_to_upgrade_keep_the_front() {
         .wait_log(&format!("generation {previous} (pid"))
         .await;
     assert!(
-        service.log().contains(&format!("superseded [{previous}]")),
+        service.log().contains(&format!("superseded=[{previous}]")),
         "{}",
         service.log()
     );

@@ -1188,6 +1188,11 @@ impl Machine {
         let delay = respawn_delay(self.failures);
         report!(
             warn,
+            {
+                respawn_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                failures = self.failures,
+                limit
+            },
             "no generation is serving; starting another in {} ms (failure {} of at most {limit})",
             delay.as_millis(),
             self.failures

@@ -414,6 +414,12 @@ impl<'a> Front<'a> {
                 };
                 slot.said_hello = true;
                 let preconnected = slot.preconnected;
+                tracing::debug!(
+                    peer,
+                    pid,
+                    ?role,
+                    "control peer {peer} (pid {pid}) said hello"
+                );
                 if let Some(handle) = handle {
                     if let Some(exe) = handle.executable() {
                         tracing::info!(

@@ -2,7 +2,7 @@
 //! HTTP/1 keep-alive (hyper-util's pooled client with retries of canceled requests off), and
 //! HTTP/2 streams multiplexed on one connection per worker.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -104,35 +104,76 @@ impl Report {
     }
 }
 
+/// Successful responses so far, per generation, as the load runs: what a test waits on
+/// instead of sleeping ("the load has reached generation 3").
+type Progress = Arc<Mutex<BTreeMap<u64, u64>>>;
+
 /// Load running in the background until `stop` is called.
 pub struct Load {
     stop: watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<Report>>,
+    progress: Progress,
 }
 
 /// Starts, for each `(kind, count, path)`, `count` workers of that kind requesting `path`.
 pub fn start(addr: SocketAddr, mix: &[(Kind, usize, &str)]) -> Load {
     let (stop, stopped) = watch::channel(false);
+    let progress = Progress::default();
     let mut workers = Vec::new();
     for &(kind, count, path) in mix {
         for _ in 0..count {
             let stopped = stopped.clone();
             let path = path.to_owned();
+            let progress = Arc::clone(&progress);
             workers.push(tokio::spawn(async move {
                 match kind {
-                    Kind::NewConnection => new_connection_worker(addr, &path, stopped).await,
-                    Kind::KeepAlive => client_worker(addr, &path, stopped, false, 1).await,
+                    Kind::NewConnection => {
+                        new_connection_worker(addr, &path, stopped, progress).await
+                    }
+                    Kind::KeepAlive => {
+                        client_worker(addr, &path, stopped, false, 1, progress).await
+                    }
                     Kind::Http2 { streams } => {
-                        client_worker(addr, &path, stopped, true, streams).await
+                        client_worker(addr, &path, stopped, true, streams, progress).await
                     }
                 }
             }));
         }
     }
-    Load { stop, workers }
+    Load {
+        stop,
+        workers,
+        progress,
+    }
 }
 
 impl Load {
+    /// Successful responses from `generation` so far.
+    pub fn served(&self, generation: u64) -> u64 {
+        self.progress
+            .lock()
+            .unwrap()
+            .get(&generation)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded) until the load has had `count` successful responses from `generation`.
+    pub async fn served_by(&self, generation: u64, count: u64) {
+        let deadline = Instant::now() + super::PATIENCE;
+        loop {
+            let seen = self.served(generation);
+            if seen >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the load got {seen} responses from generation {generation}, not {count}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Stops every worker after its current request and adds up what they saw.
     pub async fn stop(self) -> Report {
         let _ = self.stop.send(true);
@@ -144,10 +185,20 @@ impl Load {
     }
 }
 
-fn record(report: &mut Report, started: Instant, result: Result<(u16, bool, String), String>) {
+fn record(
+    report: &mut Report,
+    progress: &Progress,
+    started: Instant,
+    result: Result<(u16, bool, String), String>,
+) {
     match result {
         Ok((200, close, body)) => match parse_hello(&body) {
             Some(hello) => {
+                *progress
+                    .lock()
+                    .unwrap()
+                    .entry(hello.generation)
+                    .or_default() += 1;
                 report.ok += 1;
                 report.generations.insert(hello.generation);
                 report.closes += u64::from(close);
@@ -164,12 +215,13 @@ async fn new_connection_worker(
     addr: SocketAddr,
     path: &str,
     stopped: watch::Receiver<bool>,
+    progress: Progress,
 ) -> Report {
     let mut report = Report::default();
     while !*stopped.borrow() {
         let started = Instant::now();
         let result = super::get(addr, path).await.map(|(s, b)| (s, false, b));
-        record(&mut report, started, result);
+        record(&mut report, &progress, started, result);
     }
     report
 }
@@ -180,6 +232,7 @@ async fn client_worker(
     stopped: watch::Receiver<bool>,
     http2: bool,
     streams: usize,
+    progress: Progress,
 ) -> Report {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -194,6 +247,7 @@ async fn client_worker(
         let client = client.clone();
         let stopped = stopped.clone();
         let report = Arc::clone(&report);
+        let progress = Arc::clone(&progress);
         let uri = format!("http://{addr}{path}");
         tasks.push(tokio::spawn(async move {
             while !*stopped.borrow() {
@@ -213,7 +267,7 @@ async fn client_worker(
                 let result = result.map_err(|f| match f {
                     Failure::Unsent(e) | Failure::Other(e) => e,
                 });
-                record(&mut report.lock().unwrap(), started, result);
+                record(&mut report.lock().unwrap(), &progress, started, result);
             }
         }));
     }
