@@ -81,8 +81,8 @@ where
 ///
 /// Timeouts can be overridden at run time without rebuilding, which is what an operator
 /// reaches for during an incident: `RISEFRONT_READY_TIMEOUT`, `RISEFRONT_DRAIN_TIMEOUT`,
-/// `RISEFRONT_HANDSHAKE_TIMEOUT`, `RISEFRONT_IDLE_GRACE`, `RISEFRONT_STOP_DELAY` and
-/// `RISEFRONT_PROBATION` take values
+/// `RISEFRONT_HANDSHAKE_TIMEOUT`, `RISEFRONT_IDLE_GRACE`, `RISEFRONT_STOP_DELAY`,
+/// `RISEFRONT_PROBATION` and `RISEFRONT_CLOSE_SPREAD` take values
 /// such as `500ms`, `30s`, `2m` or a plain number of seconds, and `RISEFRONT=off` means
 /// [`standalone`](Self::standalone).
 ///
@@ -115,6 +115,7 @@ pub struct Builder {
     idle_grace: Duration,
     stop_delay: Duration,
     probation: Duration,
+    close_spread: Duration,
     control_dir: Option<std::path::PathBuf>,
     standalone: bool,
     manual_ready: bool,
@@ -129,7 +130,7 @@ impl Default for Builder {
 impl Builder {
     /// A builder with the defaults: name derived from the addresses, 60 s ready timeout,
     /// 30 s drain timeout, 5 s handshake timeout, 500 ms idle grace, no stop delay, 10 s
-    /// probation.
+    /// probation, 250 ms close spread.
     #[must_use]
     pub fn new() -> Self {
         Builder {
@@ -140,6 +141,7 @@ impl Builder {
             idle_grace: Duration::from_millis(500),
             stop_delay: Duration::ZERO,
             probation: Duration::from_secs(10),
+            close_spread: Duration::from_millis(250),
             control_dir: None,
             standalone: false,
             manual_ready: false,
@@ -245,6 +247,28 @@ impl Builder {
     #[must_use]
     pub fn probation(mut self, window: Duration) -> Self {
         self.probation = window;
+        self
+    }
+
+    /// Over how long a draining generation spreads the `Connection: close` answers that send
+    /// its keep-alive clients to the new generation, HAProxy's `close-spread-time`. Default
+    /// 250 ms; zero closes every connection on its next response. `RISEFRONT_CLOSE_SPREAD`
+    /// overrides it.
+    ///
+    /// With a thousand busy keep-alive connections, closing them all on their next response
+    /// makes all of them reconnect to the new generation within a millisecond or two, and the
+    /// requests queued behind that burst are the run's slowest. Spread, the generation answers
+    /// `Connection: close` to as many responses as the time elapsed allows (connections open at
+    /// the takeover × elapsed / window) and keeps the others alive a little longer. Keep it
+    /// well below the [idle grace](Self::idle_grace) when probation is off: connections still
+    /// open when the grace ends are closed by the server's graceful shutdown, and an idle one
+    /// closed that way may race a request the client is sending. Applies to [`DrainLayer`]
+    /// and [`GracefulServer`](crate::GracefulServer).
+    ///
+    /// [`DrainLayer`]: crate::DrainLayer
+    #[must_use]
+    pub fn close_spread(mut self, window: Duration) -> Self {
+        self.close_spread = window;
         self
     }
 
@@ -366,6 +390,7 @@ impl Builder {
             idle_grace: env_duration("RISEFRONT_IDLE_GRACE")?.unwrap_or(self.idle_grace),
             stop_delay: env_duration("RISEFRONT_STOP_DELAY")?.unwrap_or(self.stop_delay),
             probation: env_duration("RISEFRONT_PROBATION")?.unwrap_or(self.probation),
+            close_spread: env_duration("RISEFRONT_CLOSE_SPREAD")?.unwrap_or(self.close_spread),
             control_dir: std::env::var_os("RISEFRONT_DIR")
                 .filter(|d| !d.is_empty())
                 .map(std::path::PathBuf::from)

@@ -18,6 +18,8 @@ pub(crate) struct Config {
     pub(crate) stop_delay: Duration,
     /// How long a superseded generation can be reinstated if its successor dies.
     pub(crate) probation: Duration,
+    /// Over how long a draining generation spreads the closes of its keep-alive connections.
+    pub(crate) close_spread: Duration,
     /// Where the control endpoint lives (Unix) or is announced (Windows), if chosen.
     pub(crate) control_dir: Option<std::path::PathBuf>,
     pub(crate) standalone: bool,

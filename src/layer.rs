@@ -10,11 +10,18 @@ use http::{Request, Response, StatusCode, Version};
 use pin_project::pin_project;
 use tower::{Layer, Service};
 
-use crate::process::is_draining;
+use crate::process::process;
 
-/// A tower layer that adds `Connection: close` to every HTTP/1 response written after this
+/// A tower layer that adds `Connection: close` to HTTP/1 responses written after this
 /// generation was superseded, so keep-alive clients leave after their current request instead
 /// of sending their next one on a connection the server is about to close.
+///
+/// The closes are spread over a short window ([`Builder::close_spread`], 250 ms by default):
+/// each connection open at the takeover gets one, in turn, so a thousand keep-alive clients do
+/// not all reconnect to the new generation in the same millisecond. After the window every
+/// response closes its connection.
+///
+/// [`Builder::close_spread`]: crate::Builder::close_spread
 ///
 /// Use it with `axum::serve(..).with_graceful_shutdown(risefront::superseded())`; together they
 /// let no request fail across a takeover (see the crate docs for the measurements). HTTP/2
@@ -123,7 +130,10 @@ where
         let mut response = ready!(this.inner.poll(cx))?;
         // Decided when the response is written, not when the request arrived: a request that
         // started before the takeover and ends after it must still close its connection.
-        if *this.closable && response.status() != StatusCode::SWITCHING_PROTOCOLS && is_draining() {
+        if *this.closable
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            && process().close_now()
+        {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 
 /// Resolves each address to its candidates; the front binds the first candidate that works,
 /// as `tokio::net::TcpListener::bind` does.
@@ -45,11 +45,18 @@ fn bad_address(shown: &str, why: &str) -> io::Error {
     )
 }
 
-/// Binds the first candidate that works, like `tokio::net::TcpListener::bind`.
+/// The listen backlog asked for (Linux caps it at `net.core.somaxconn`, 4096 by default since
+/// 5.4). tokio's `TcpListener::bind` asks for 1024: at a takeover, up to every keep-alive
+/// client of the old generation reconnects within a few hundred milliseconds, and connections
+/// beyond the backlog wait for a SYN retransmit, a full second.
+const BACKLOG: u32 = 4096;
+
+/// Binds the first candidate that works, like `tokio::net::TcpListener::bind` (with
+/// `SO_REUSEADDR` on Unix, as it does) but with a deeper backlog.
 pub(crate) async fn bind_first(candidates: &[SocketAddr]) -> io::Result<TcpListener> {
     let mut last = None;
     for addr in candidates {
-        match TcpListener::bind(addr).await {
+        match bind(*addr) {
             Ok(listener) => return Ok(listener),
             Err(e) => {
                 last = Some(io::Error::new(
@@ -61,4 +68,18 @@ pub(crate) async fn bind_first(candidates: &[SocketAddr]) -> io::Result<TcpListe
     }
     Err(last
         .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "risefront: no address")))
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Restarting the front right after a stop must not fail on connections in TIME_WAIT. Not
+    // on Windows, where the flag would let another socket take the port.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }

@@ -209,7 +209,22 @@ pub(crate) struct Process {
     idle_grace_ms: AtomicU64,
     drain_timeout_ms: AtomicU64,
     stop_delay_ms: AtomicU64,
+    close_spread_ms: AtomicU64,
+    spread: Mutex<Spread>,
     slots: Mutex<Vec<Weak<dyn Gate>>>,
+}
+
+/// The closes of a draining generation's keep-alive connections, spread evenly over the close
+/// spread window (HAProxy's `close-spread-time`): at 1,000 connections, closing all on their
+/// next response makes all of them reconnect to the new generation in the same millisecond.
+#[derive(Debug, Default)]
+struct Spread {
+    /// When the generation stopped accepting (none while serving).
+    since: Option<Instant>,
+    /// Connections open then: each is to be closed once.
+    total: usize,
+    /// `Connection: close` answers given so far.
+    closed: usize,
 }
 
 impl Process {
@@ -231,6 +246,8 @@ impl Process {
             idle_grace_ms: AtomicU64::new(500),
             drain_timeout_ms: AtomicU64::new(30_000),
             stop_delay_ms: AtomicU64::new(0),
+            close_spread_ms: AtomicU64::new(0),
+            spread: Mutex::new(Spread::default()),
             slots: Mutex::new(Vec::new()),
         }
     }
@@ -243,6 +260,47 @@ impl Process {
             .store(millis(config.drain_timeout), Ordering::Relaxed);
         self.stop_delay_ms
             .store(millis(config.stop_delay), Ordering::Relaxed);
+        self.close_spread_ms
+            .store(millis(config.close_spread), Ordering::Relaxed);
+    }
+
+    /// Whether the response being written now should carry `Connection: close`: never while
+    /// serving; while draining, as many as the spread allows by now (all once it is over).
+    pub(crate) fn close_now(&self) -> bool {
+        if !self.draining_now.load(Ordering::Relaxed) {
+            return false;
+        }
+        let window = Duration::from_millis(self.close_spread_ms.load(Ordering::Relaxed));
+        let mut spread = self.spread.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(since) = spread.since else {
+            return true;
+        };
+        let elapsed = since.elapsed();
+        if window.is_zero() || elapsed >= window {
+            return true;
+        }
+        // The first answer may close at once; then evenly, by the time elapsed.
+        let allowed = u128::try_from(spread.total)
+            .unwrap_or(u128::MAX)
+            .saturating_mul(elapsed.as_nanos())
+            / window.as_nanos().max(1)
+            + 1;
+        if u128::try_from(spread.closed).unwrap_or(u128::MAX) < allowed {
+            spread.closed += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Starts (or, `None`, forgets) the close spread, counting the connections open now.
+    fn spread_from(&self, since: Option<Instant>) {
+        let mut spread = self.spread.lock().unwrap_or_else(|e| e.into_inner());
+        *spread = Spread {
+            since,
+            total: self.live.load(Ordering::Relaxed),
+            closed: 0,
+        };
     }
 
     /// This process is a generation of a front, which decides how it stops.
@@ -353,6 +411,7 @@ impl Process {
         if !paused {
             return;
         }
+        self.spread_from(Some(Instant::now()));
         self.draining_now.store(true, Ordering::Relaxed);
         self.pause_slots(true);
         let generation = self.generation.load(Ordering::Relaxed);
@@ -376,6 +435,7 @@ impl Process {
             return;
         }
         self.draining_now.store(false, Ordering::Relaxed);
+        self.spread_from(None);
         self.pause_slots(false);
         let generation = self.generation.load(Ordering::Relaxed);
         tracing::warn!(
@@ -404,15 +464,21 @@ impl Process {
     /// Stops accepting and starts draining; later calls do nothing.
     pub(crate) fn start_draining(&'static self, why: &str) {
         let now = Instant::now();
+        let mut was_serving = false;
         let started = self.stage.send_if_modified(|stage| match stage {
             Stage::Draining(_) => false,
             Stage::Serving | Stage::Probation => {
+                was_serving = *stage == Stage::Serving;
                 *stage = Stage::Draining(now);
                 true
             }
         });
         if !started {
             return;
+        }
+        if was_serving {
+            // After a probation the spread began at the takeover and goes on.
+            self.spread_from(Some(now));
         }
         self.draining_now.store(true, Ordering::Relaxed);
         let slots = std::mem::take(&mut *self.slots.lock().unwrap_or_else(|e| e.into_inner()));
@@ -554,4 +620,50 @@ pub(crate) fn claim() -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A draining process-state of its own (not the global one) with `live` connections.
+    fn draining(live: usize, window_ms: u64, elapsed: Duration) -> Process {
+        let p = Process::new();
+        p.close_spread_ms.store(window_ms, Ordering::Relaxed);
+        p.live.store(live, Ordering::Relaxed);
+        p.draining_now.store(true, Ordering::Relaxed);
+        p.spread_from(Some(Instant::now() - elapsed));
+        p
+    }
+
+    #[test]
+    fn closes_are_spread_evenly_over_the_window() {
+        // Halfway through the window about half of the connections may be closed, however
+        // many responses ask: the rest stay alive until their share of the window comes.
+        let p = draining(100, 10_000, Duration::from_secs(5));
+        let granted = (0..1000).filter(|_| p.close_now()).count();
+        assert!((50..=53).contains(&granted), "{granted} closes granted");
+        // At the very start only the first response closes.
+        let p = draining(100, 10_000, Duration::ZERO);
+        assert!(p.close_now());
+        assert!(!p.close_now());
+    }
+
+    #[test]
+    fn after_the_window_or_without_one_every_response_closes() {
+        let p = draining(100, 250, Duration::from_millis(300));
+        assert!((0..1000).all(|_| p.close_now()));
+        let p = draining(100, 0, Duration::ZERO);
+        assert!((0..1000).all(|_| p.close_now()));
+    }
+
+    #[test]
+    fn a_serving_or_reinstated_generation_never_closes() {
+        let p = Process::new();
+        assert!(!p.close_now());
+        let p = draining(100, 250, Duration::from_millis(100));
+        p.draining_now.store(false, Ordering::Relaxed);
+        p.spread_from(None);
+        assert!((0..100).all(|_| !p.close_now()));
+    }
 }

@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! cargo run --release --example bench [-- --seconds 3 --rounds 6 --connections 32] [--aa]
+//! cargo run --release --example bench -- tail [--connections 1000] [--every-ms 1000] [--svg F]
 //! ```
+//!
+//! `tail` measures tail latency at many keep-alive connections with an upgrade every second
+//! against a same-run baseline; see `tail.rs`.
 //!
 //! Every server runs as a separate process of this binary (`bench serve-plain ADDR`,
 //! `bench serve-risefront ADDR`, `bench serve-risefront-oneliner ADDR`), so they get the same
@@ -20,6 +24,9 @@ fn main() -> std::io::Result<()> {
 fn main() {
     eprintln!("the bench reads /proc and uses signals: run it on Linux");
 }
+
+#[cfg(unix)]
+mod tail;
 
 #[cfg(unix)]
 mod bench {
@@ -49,6 +56,11 @@ mod bench {
             Some("serve-risefront-oneliner") => {
                 return runtime().block_on(serve_risefront(&args[1], false));
             }
+            Some("tail") => {
+                return with_scratch(|scratch| async move {
+                    crate::tail::main(&args[1..], &scratch).await
+                });
+            }
             _ => {}
         }
         let mut options = Options {
@@ -76,6 +88,16 @@ mod bench {
                 }
             }
         }
+        with_scratch(|scratch| async move { bench(options, &scratch).await })
+    }
+
+    /// Runs `scenario` on a fresh runtime with a private scratch directory (logs, and the
+    /// runtime directory the servers and the bench's own `risefront::upgrade` calls share).
+    fn with_scratch<F, Fut>(scenario: F) -> std::io::Result<()>
+    where
+        F: FnOnce(std::path::PathBuf) -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<()>>,
+    {
         let scratch = std::env::temp_dir().join(format!("risefront-bench-{}", std::process::id()));
         std::fs::create_dir_all(scratch.join("run"))?;
         std::fs::set_permissions(
@@ -83,10 +105,9 @@ mod bench {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )?;
         // SAFETY: no other thread exists yet (the runtime is built below), so nothing can read
-        // the environment concurrently. The bench's own `risefront::upgrade` calls need the same
-        // private runtime directory as the servers it starts.
+        // the environment concurrently.
         unsafe { std::env::set_var("XDG_RUNTIME_DIR", scratch.join("run")) };
-        let result = runtime().block_on(bench(options, &scratch));
+        let result = runtime().block_on(scenario(scratch.clone()));
         let _ = std::fs::remove_dir_all(&scratch);
         result
     }
@@ -131,13 +152,13 @@ mod bench {
     }
 
     /// A server process of this binary, killed (with its process group) on drop.
-    struct Server {
+    pub(crate) struct Server {
         child: Child,
-        addr: SocketAddr,
+        pub(crate) addr: SocketAddr,
     }
 
     impl Server {
-        fn start(mode: &str, log: &Path) -> std::io::Result<Server> {
+        pub(crate) fn start(mode: &str, log: &Path) -> std::io::Result<Server> {
             let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
             let log = std::fs::File::create(log)?;
             let mut command = Command::new(std::env::current_exe()?);
@@ -411,9 +432,9 @@ mod bench {
         total
     }
 
-    type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+    pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-    async fn connect(addr: SocketAddr) -> Result<Sender, ()> {
+    pub(crate) async fn connect(addr: SocketAddr) -> Result<Sender, ()> {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(drop)?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -438,7 +459,7 @@ mod bench {
         }
     }
 
-    async fn wait_answering(addr: SocketAddr) -> std::io::Result<()> {
+    pub(crate) async fn wait_answering(addr: SocketAddr) -> std::io::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut sender) = connect(addr).await
@@ -467,10 +488,13 @@ mod bench {
             };
             if let Some(n) = number_after(line, "generation ", " ready after") {
                 ready.insert(n, time);
-            } else if line.contains("superseded by a newer generation: stopped accepting")
+            } else if (line.contains("on probation: stopped accepting")
+                || line.contains("superseded by a newer generation: stopped accepting"))
                 && let Some(n) = number_after(line, "generation ", " was superseded")
             {
-                stopped.insert(n + 1, time);
+                // With probation it stops accepting at the takeover and drains at the end of
+                // the window: the first line is the takeover.
+                stopped.entry(n + 1).or_insert(time);
             }
         }
         let mut out: Vec<f64> = ready
