@@ -5,10 +5,12 @@
 //! ```text
 //! cargo run --release --example bench [-- --seconds 3 --rounds 6 --connections 32] [--aa]
 //! cargo run --release --example bench -- tail [--connections 1000] [--every-ms 1000] [--svg F]
+//! cargo run --release --example bench -- soak [--upgrades 1000] [--workers 8]
 //! ```
 //!
 //! `tail` measures tail latency at many keep-alive connections with an upgrade every second
-//! against a same-run baseline; see `tail.rs`.
+//! against a same-run baseline (`tail.rs`); `soak` upgrades back to back under light load and
+//! watches the front for leaks (`soak.rs`).
 //!
 //! Every server runs as a separate process of this binary (`bench serve-plain ADDR`,
 //! `bench serve-risefront ADDR`, `bench serve-risefront-oneliner ADDR`), so they get the same
@@ -25,6 +27,8 @@ fn main() {
     eprintln!("the bench reads /proc and uses signals: run it on Linux");
 }
 
+#[cfg(unix)]
+mod soak;
 #[cfg(unix)]
 mod tail;
 
@@ -55,6 +59,11 @@ mod bench {
             Some("serve-risefront") => return runtime().block_on(serve_risefront(&args[1], true)),
             Some("serve-risefront-oneliner") => {
                 return runtime().block_on(serve_risefront(&args[1], false));
+            }
+            Some("soak") => {
+                return with_scratch(|scratch| async move {
+                    crate::soak::main(&args[1..], &scratch).await
+                });
             }
             Some("tail") => {
                 return with_scratch(|scratch| async move {
@@ -158,6 +167,10 @@ mod bench {
     }
 
     impl Server {
+        pub(crate) fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
         pub(crate) fn start(mode: &str, log: &Path) -> std::io::Result<Server> {
             let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
             let log = std::fs::File::create(log)?;
@@ -522,7 +535,7 @@ mod bench {
     }
 
     /// Open descriptors and resident KiB of `pid`, from /proc (Linux).
-    fn footprint(pid: u32) -> (usize, u64) {
+    pub(crate) fn footprint(pid: u32) -> (usize, u64) {
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
         let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
