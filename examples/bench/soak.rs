@@ -56,7 +56,9 @@ pub async fn main(args: &[String], scratch: &Path) -> std::io::Result<()> {
         "risefront bench soak: {upgrades} upgrades back to back, {workers} clients (half keep-alive), {} cores\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| upgrades | front descriptors | front resident | processes alive | requests ok | failed |");
+    println!(
+        "| upgrades | front descriptors | front resident | processes alive | requests ok | failed |"
+    );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     let row = |done: usize| {
         let (fds, rss) = footprint(front);
@@ -198,7 +200,11 @@ fn alive(pid: u32) -> bool {
     // A zombie is gone for our purposes: it holds no sockets.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit(')').next().map(|rest| !rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|rest| !rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -216,7 +222,10 @@ fn processes_in_group(front: u32) -> usize {
                     let rest = s.rsplit(')').next()?.to_owned();
                     let fields: Vec<&str> = rest.split_whitespace().collect();
                     // state ppid pgrp ...
-                    Some(fields.first() != Some(&"Z") && fields.get(2)?.parse::<u32>().ok()? == front)
+                    Some(
+                        fields.first() != Some(&"Z")
+                            && fields.get(2)?.parse::<u32>().ok()? == front,
+                    )
                 })
                 .unwrap_or(false)
         })
