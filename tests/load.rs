@@ -3,6 +3,7 @@
 
 mod common;
 
+#[cfg(unix)]
 use std::time::Duration;
 
 use common::load::{self, Kind};
