@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 
 use crate::bench::{Sender, Server, connect, footprint, wait_answering};
+use crate::tail::request;
 
 #[derive(Default)]
 struct Counts {
@@ -145,30 +146,6 @@ async fn client(addr: SocketAddr, keep_alive: bool, counts: Arc<Counts>, stop: A
         if !ok {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    }
-}
-
-/// (answered 200, the connection must not be reused).
-async fn request(sender: &mut Sender) -> (bool, bool) {
-    if sender.ready().await.is_err() {
-        return (false, true);
-    }
-    let Ok(request) = hyper::Request::get("/")
-        .header(hyper::header::HOST, "localhost")
-        .body(http_body_util::Empty::new())
-    else {
-        return (false, true);
-    };
-    match sender.send_request(request).await {
-        Ok(response) => {
-            let close = response
-                .headers()
-                .get(hyper::header::CONNECTION)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            let ok = response.status() == 200 && response.into_body().collect().await.is_ok();
-            (ok, close || !ok)
-        }
-        Err(_) => (false, true),
     }
 }
 

@@ -182,7 +182,7 @@ async fn worker(addr: SocketAddr, started: Instant, stop: Arc<AtomicBool>) -> Ve
 }
 
 /// (answered 200, the connection must not be reused).
-async fn request(sender: &mut Sender) -> (bool, bool) {
+pub(crate) async fn request(sender: &mut Sender) -> (bool, bool) {
     if sender.ready().await.is_err() {
         return (false, true);
     }
