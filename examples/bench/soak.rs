@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 
 use crate::bench::{Sender, Server, connect, footprint, wait_answering};
-use crate::tail::request;
+use crate::tail::next_request;
 
 #[derive(Default)]
 struct Counts {
@@ -131,16 +131,7 @@ pub async fn main(args: &[String], scratch: &Path) -> std::io::Result<()> {
 async fn client(addr: SocketAddr, keep_alive: bool, counts: Arc<Counts>, stop: Arc<AtomicBool>) {
     let mut sender: Option<Sender> = None;
     while !stop.load(Ordering::Relaxed) {
-        if !keep_alive || sender.as_ref().is_none_or(|s| s.is_closed()) {
-            sender = connect(addr).await.ok();
-        }
-        let (ok, close) = match sender.as_mut() {
-            Some(s) => request(s).await,
-            None => (false, true),
-        };
-        if close {
-            sender = None;
-        }
+        let ok = next_request(addr, &mut sender, keep_alive).await;
         let counter = if ok { &counts.ok } else { &counts.failed };
         counter.fetch_add(1, Ordering::Relaxed);
         if !ok {

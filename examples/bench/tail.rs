@@ -158,16 +158,7 @@ async fn worker(addr: SocketAddr, started: Instant, stop: Arc<AtomicBool>) -> Ve
     let mut sender: Option<Sender> = None;
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        if sender.as_ref().is_none_or(|s| s.is_closed()) {
-            sender = connect(addr).await.ok();
-        }
-        let (ok, close) = match sender.as_mut() {
-            Some(s) => request(s).await,
-            None => (false, true),
-        };
-        if close {
-            sender = None;
-        }
+        let ok = next_request(addr, &mut sender, true).await;
         samples.push(Sample {
             at: started.elapsed().as_secs_f64(),
             latency: t.elapsed(),
@@ -181,8 +172,29 @@ async fn worker(addr: SocketAddr, started: Instant, stop: Arc<AtomicBool>) -> Ve
     samples
 }
 
+/// One request as a well-behaved client makes it: on `sender`'s connection if `keep_alive`
+/// and it is still open, else on a new one, which is dropped when the server says
+/// `Connection: close`. Whether it was answered 200.
+pub(crate) async fn next_request(
+    addr: SocketAddr,
+    sender: &mut Option<Sender>,
+    keep_alive: bool,
+) -> bool {
+    if !keep_alive || sender.as_ref().is_none_or(|s| s.is_closed()) {
+        *sender = connect(addr).await.ok();
+    }
+    let (ok, close) = match sender.as_mut() {
+        Some(s) => request(s).await,
+        None => (false, true),
+    };
+    if close {
+        *sender = None;
+    }
+    ok
+}
+
 /// (answered 200, the connection must not be reused).
-pub(crate) async fn request(sender: &mut Sender) -> (bool, bool) {
+async fn request(sender: &mut Sender) -> (bool, bool) {
     if sender.ready().await.is_err() {
         return (false, true);
     }
