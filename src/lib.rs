@@ -85,6 +85,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod accept;
 mod builder;
 mod channel;
 mod config;
@@ -100,8 +101,12 @@ mod protocol;
 mod server;
 mod signal;
 mod systemd;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 mod upgrade;
 
+pub use accept::Accept;
 pub use builder::{Builder, bind, upgrade};
 pub use layer::{DrainFuture, DrainLayer, DrainService};
 pub use listener::{Addr, Connection, RiseFrontListener};

@@ -15,14 +15,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::accept::Accept;
 use crate::config::deadline_after;
 use crate::layer::DrainFuture;
-use crate::listener::RiseFrontListener;
 use crate::process;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// Serves HTTP/1 and HTTP/2 (prior knowledge, on the same port) on a [`RiseFrontListener`] with
+/// Serves HTTP/1 and HTTP/2 (prior knowledge, on the same port) on a
+/// [`RiseFrontListener`](crate::RiseFrontListener) (or any [`Accept`], such as a TLS listener) with
 /// any tower service — an axum `Router`, a `ServiceBuilder` stack, or a hyper `service_fn`
 /// wrapped with [`tower::service_fn`] — and drains with no request lost when the generation is
 /// superseded or gets SIGTERM/SIGINT. No shutdown code in `main`.
@@ -152,17 +153,15 @@ impl GracefulServer {
         self
     }
 
-    /// Serves connections from `listener` with a tower `service` (an axum `Router`, a
-    /// `ServiceBuilder` stack, `tower::service_fn`) until the generation has drained.
+    /// Serves connections from `listener` (a [`RiseFrontListener`](crate::RiseFrontListener),
+    /// or anything [`Accept`]) with a tower `service` (an axum `Router`, a `ServiceBuilder`
+    /// stack, `tower::service_fn`) until the generation has drained.
     ///
     /// Errors only if the server cannot start; failed connections are logged at debug level,
     /// as hyper's own servers do.
-    pub async fn serve<S, B>(
-        self,
-        listener: RiseFrontListener,
-        service: S,
-    ) -> std::io::Result<ServeSummary>
+    pub async fn serve<L, S, B>(self, listener: L, service: S) -> std::io::Result<ServeSummary>
     where
+        L: Accept,
         S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
@@ -175,12 +174,13 @@ impl GracefulServer {
     }
 
     /// Like [`serve`](Self::serve), for a hyper service such as `hyper::service::service_fn`.
-    pub async fn serve_hyper<S, B>(
+    pub async fn serve_hyper<L, S, B>(
         self,
-        mut listener: RiseFrontListener,
+        mut listener: L,
         service: S,
     ) -> std::io::Result<ServeSummary>
     where
+        L: Accept,
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
             + Clone
             + Send
@@ -274,12 +274,13 @@ impl GracefulServer {
     }
 }
 
-async fn serve_connection<S, B>(
+async fn serve_connection<I, S, B>(
     builder: Arc<auto::Builder<TokioExecutor>>,
-    io: crate::Connection,
+    io: I,
     service: Tracked<S>,
     mut stage: watch::Receiver<Stage>,
 ) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,

@@ -154,3 +154,68 @@ pub fn exit(result: std::io::Result<()>) -> ExitCode {
         }
     }
 }
+
+/// What the TLS example is asked to serve: addresses and the PEM files of its certificate.
+#[allow(dead_code)] // Only the TLS example uses it.
+pub struct TlsCommandLine {
+    pub addrs: Vec<String>,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Parses `[--upgrade] [ADDR]... --cert FILE --key FILE` (default address `127.0.0.1:8443`),
+/// as [`command_line`] does the plain examples' command line. `HELLO_TLS_CERT` and
+/// `HELLO_TLS_KEY` stand in for missing `--cert` and `--key`: the end-to-end tests' harness
+/// passes the addresses only.
+#[allow(dead_code)] // Only the TLS example uses it.
+pub async fn tls_command_line() -> Result<TlsCommandLine, ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let usage = "usage: tls [--upgrade] [ADDR]... --cert FILE --key FILE";
+    let mut upgrade = false;
+    let mut addrs = Vec::new();
+    let mut cert = std::env::var_os("HELLO_TLS_CERT").map(std::path::PathBuf::from);
+    let mut key = std::env::var_os("HELLO_TLS_KEY").map(std::path::PathBuf::from);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--upgrade" => upgrade = true,
+            "--cert" | "--key" => {
+                let Some(file) = args.next() else {
+                    eprintln!("{arg} needs a file name\n{usage}");
+                    return Err(ExitCode::from(2));
+                };
+                let slot = if arg == "--cert" { &mut cert } else { &mut key };
+                *slot = Some(file.into());
+            }
+            _ => addrs.push(arg),
+        }
+    }
+    if addrs.is_empty() {
+        addrs.push("127.0.0.1:8443".to_owned());
+    }
+    if upgrade {
+        return Err(match risefront::upgrade(&addrs).await {
+            Ok(generation) => {
+                println!("upgraded: generation {generation} is serving");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        });
+    }
+    let (Some(cert), Some(key)) = (cert, key) else {
+        eprintln!("--cert and --key are required\n{usage}");
+        return Err(ExitCode::from(2));
+    };
+    start_hook();
+    Ok(TlsCommandLine { addrs, cert, key })
+}
