@@ -4,16 +4,16 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::net::ToSocketAddrs;
 use tokio::time::Instant;
 
+use crate::addr::ToListenAddr;
 use crate::config::{
     Config, deadline_after, derive_name, env_duration, env_off, env_upgrade, program_name,
     validate_name,
 };
 use crate::handoff::{self, Endpoint};
 use crate::listener::RiseFrontListener;
-use crate::net::resolve;
+use crate::net::{Target, resolve};
 use crate::upgrade::UpgradeError;
 use crate::{front, generation, process};
 
@@ -36,6 +36,10 @@ use crate::{front, generation, process};
 /// of the same program joins from any path, and another program on a taken address gets an
 /// error naming the service that holds it.
 ///
+/// Addresses are TCP addresses as tokio's `ToSocketAddrs` takes them, or Unix domain sockets
+/// (Linux and macOS) as `unix:PATH` or [`ListenAddr::Unix`](crate::ListenAddr::Unix); see
+/// [`ToListenAddr`].
+///
 /// # Example
 ///
 /// ```no_run
@@ -44,10 +48,20 @@ use crate::{front, generation, process};
 /// axum::serve(risefront::bind(["127.0.0.1:8080"]).await?, app).await
 /// # }
 /// ```
+///
+/// Behind nginx or HAProxy on the same host, a Unix socket, next to a TCP port for health
+/// checks:
+///
+/// ```no_run
+/// # async fn run(app: axum::Router) -> std::io::Result<()> {
+/// let listener = risefront::bind(["unix:/run/app/http.sock", "127.0.0.1:9090"]).await?;
+/// axum::serve(listener, app).await
+/// # }
+/// ```
 pub async fn bind<I, A>(addrs: I) -> io::Result<RiseFrontListener>
 where
     I: IntoIterator<Item = A>,
-    A: ToSocketAddrs + std::fmt::Debug,
+    A: ToListenAddr,
 {
     Builder::new().bind(addrs).await
 }
@@ -72,7 +86,7 @@ where
 pub async fn upgrade<I, A>(addrs: I) -> Result<u64, UpgradeError>
 where
     I: IntoIterator<Item = A>,
-    A: ToSocketAddrs + std::fmt::Debug,
+    A: ToListenAddr,
 {
     Builder::new().upgrade(addrs).await
 }
@@ -119,6 +133,7 @@ pub struct Builder {
     control_dir: Option<std::path::PathBuf>,
     standalone: bool,
     manual_ready: bool,
+    unix_mode: Option<u32>,
 }
 
 impl Default for Builder {
@@ -145,6 +160,7 @@ impl Builder {
             control_dir: None,
             standalone: false,
             manual_ready: false,
+            unix_mode: None,
         }
     }
 
@@ -305,6 +321,29 @@ impl Builder {
         self
     }
 
+    /// The file mode of the Unix domain sockets the front creates for `unix:` addresses, for
+    /// example `0o660` to let a reverse proxy in the same group connect. Without it the mode
+    /// is what the process's umask gives (commonly `0o755`; connecting needs write
+    /// permission). The mode is set right after the socket is bound; to have no instant with
+    /// a wider mode, set a umask, or put the socket in a directory only the intended clients
+    /// can enter. Sockets systemd passes keep the mode systemd gave them (`SocketMode=`).
+    /// Ignored for TCP addresses.
+    ///
+    /// ```no_run
+    /// # async fn run() -> std::io::Result<()> {
+    /// let listener = risefront::Builder::new()
+    ///     .unix_mode(0o660)
+    ///     .bind(["unix:/run/app/http.sock"])
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn unix_mode(mut self, mode: u32) -> Self {
+        self.unix_mode = Some(mode);
+        self
+    }
+
     /// Binds `addrs`: joins the running front as a new generation, or becomes the front.
     ///
     /// The front (the first process for this service) binds the addresses, starts the first
@@ -314,7 +353,7 @@ impl Builder {
     pub async fn bind<I, A>(self, addrs: I) -> io::Result<RiseFrontListener>
     where
         I: IntoIterator<Item = A>,
-        A: ToSocketAddrs + std::fmt::Debug,
+        A: ToListenAddr,
     {
         let addrs = resolve(addrs).await?;
         let config = self.config(&addrs)?;
@@ -368,7 +407,7 @@ impl Builder {
     pub async fn upgrade<I, A>(self, addrs: I) -> Result<u64, UpgradeError>
     where
         I: IntoIterator<Item = A>,
-        A: ToSocketAddrs + std::fmt::Debug,
+        A: ToListenAddr,
     {
         let addrs = resolve(addrs).await?;
         let config = self.config(&addrs)?;
@@ -376,10 +415,13 @@ impl Builder {
         crate::upgrade::request(&endpoint, &config).await
     }
 
-    fn config(&self, addrs: &[Vec<std::net::SocketAddr>]) -> io::Result<Config> {
+    fn config(&self, addrs: &[Target]) -> io::Result<Config> {
         let name = match &self.name {
             Some(name) => validate_name(name)?,
-            None => derive_name(&program_name(), addrs),
+            None => {
+                let named: Vec<_> = addrs.iter().map(Target::named).collect();
+                derive_name(&program_name(), &named)
+            }
         };
         Ok(Config {
             name,
@@ -397,6 +439,7 @@ impl Builder {
                 .or_else(|| self.control_dir.clone()),
             standalone: self.standalone || env_off()?,
             manual_ready: self.manual_ready,
+            unix_mode: self.unix_mode,
         })
     }
 }

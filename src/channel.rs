@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::handoff::{self, Stream};
 use crate::protocol::{self, FrameDecoder, Message};
+use crate::socket::Socket;
 
 pub(crate) struct Channel {
     stream: Stream,
@@ -113,7 +114,7 @@ impl Channel {
     pub(crate) async fn send_listeners(
         &mut self,
         generation: u64,
-        listeners: &[std::net::TcpListener],
+        listeners: &[Socket],
         _pid: u32,
     ) -> io::Result<()> {
         let msg = Message::Listeners {
@@ -129,10 +130,7 @@ impl Channel {
     /// Claims the sockets announced by a `Listeners` frame: on Unix the descriptors that
     /// arrived with it, one per (empty) blob.
     #[cfg(unix)]
-    pub(crate) fn take_listeners(
-        &mut self,
-        sockets: Vec<Vec<u8>>,
-    ) -> io::Result<Vec<std::net::TcpListener>> {
+    pub(crate) fn take_listeners(&mut self, sockets: Vec<Vec<u8>>) -> io::Result<Vec<Socket>> {
         let count = sockets.len();
         if self.fds.len() != count {
             return Err(io::Error::new(
@@ -143,11 +141,7 @@ impl Channel {
                 ),
             ));
         }
-        Ok(self
-            .fds
-            .drain(..)
-            .map(std::net::TcpListener::from)
-            .collect())
+        self.fds.drain(..).map(Socket::try_from).collect()
     }
 
     /// Sends the generation number and, as the frame's blobs, each listening socket duplicated
@@ -156,12 +150,12 @@ impl Channel {
     pub(crate) async fn send_listeners(
         &mut self,
         generation: u64,
-        listeners: &[std::net::TcpListener],
+        listeners: &[Socket],
         pid: u32,
     ) -> io::Result<()> {
         let sockets = listeners
             .iter()
-            .map(|l| handoff::duplicate_socket(l, pid))
+            .map(|Socket::Tcp(l)| handoff::duplicate_socket(l, pid))
             .collect::<io::Result<Vec<_>>>()?;
         self.send(&Message::Listeners {
             generation,
@@ -172,10 +166,7 @@ impl Channel {
 
     /// Opens the sockets announced by a `Listeners` frame from their protocol info blobs.
     #[cfg(windows)]
-    pub(crate) fn take_listeners(
-        &mut self,
-        sockets: Vec<Vec<u8>>,
-    ) -> io::Result<Vec<std::net::TcpListener>> {
+    pub(crate) fn take_listeners(&mut self, sockets: Vec<Vec<u8>>) -> io::Result<Vec<Socket>> {
         if sockets.len() > handoff::MAX_FDS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -187,7 +178,7 @@ impl Channel {
         }
         sockets
             .iter()
-            .map(|blob| handoff::listener_from_protocol_info(blob))
+            .map(|blob| handoff::listener_from_protocol_info(blob).map(Socket::Tcp))
             .collect()
     }
 }

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,6 +25,15 @@ pub(crate) struct Config {
     pub(crate) control_dir: Option<std::path::PathBuf>,
     pub(crate) standalone: bool,
     pub(crate) manual_ready: bool,
+    /// The mode of Unix socket files the front creates; `None` leaves what the umask gives.
+    pub(crate) unix_mode: Option<u32>,
+}
+
+/// One address as the service name shows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Named<'a> {
+    Tcp(SocketAddr),
+    Unix(&'a Path),
 }
 
 /// `from + after`, saturated: a timeout of `Duration::MAX` means "never", not a panic.
@@ -60,7 +70,7 @@ pub(crate) fn validate_name(name: &str) -> io::Result<String> {
 /// The default service name: the program's file name and its addresses, so that an unrelated
 /// program on a taken address never joins (it gets "address in use") while a new build of the
 /// same program, from any path, does. `hello` on `127.0.0.1:8080` is `hello-127.0.0.1_8080`.
-pub(crate) fn derive_name(program: &str, addrs: &[Vec<SocketAddr>]) -> String {
+pub(crate) fn derive_name(program: &str, addrs: &[Named<'_>]) -> String {
     let program: String = program
         .chars()
         .map(|c| {
@@ -96,18 +106,32 @@ pub(crate) fn program_name() -> String {
         .unwrap_or_default()
 }
 
-/// `127.0.0.1:8080` becomes `127.0.0.1_8080` and `[::1]:80` becomes `v6_0-0-0-0-0-0-0-1_80`;
-/// long lists are shortened with a hash so the socket path stays under the platform's limit
-/// (about 100 bytes on Unix).
-pub(crate) fn derive_addrs_name(addrs: &[Vec<SocketAddr>]) -> String {
+/// `127.0.0.1:8080` becomes `127.0.0.1_8080`, `[::1]:80` becomes `v6_0-0-0-0-0-0-0-1_80` and
+/// `unix:/run/app.sock` becomes `unix_run_app.sock`; long lists are shortened with a hash so
+/// the socket path stays under the platform's limit (about 100 bytes on Unix).
+pub(crate) fn derive_addrs_name(addrs: &[Named<'_>]) -> String {
     let mut parts: Vec<String> = addrs
         .iter()
-        .map(|candidates| match candidates[0] {
-            SocketAddr::V4(a) => format!("{}_{}", a.ip(), a.port()),
-            SocketAddr::V6(a) => {
+        .map(|addr| match addr {
+            Named::Tcp(SocketAddr::V4(a)) => format!("{}_{}", a.ip(), a.port()),
+            Named::Tcp(SocketAddr::V6(a)) => {
                 let segments: Vec<String> =
                     a.ip().segments().iter().map(|s| format!("{s:x}")).collect();
                 format!("v6_{}_{}", segments.join("-"), a.port())
+            }
+            Named::Unix(path) => {
+                let path: String = path
+                    .to_string_lossy()
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                format!("unix{path}")
             }
         })
         .collect();
@@ -199,8 +223,13 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
-    fn addrs(list: &[&str]) -> Vec<Vec<SocketAddr>> {
-        list.iter().map(|a| vec![a.parse().unwrap()]).collect()
+    fn addrs<'a>(list: &[&'a str]) -> Vec<Named<'a>> {
+        list.iter()
+            .map(|a| match a.strip_prefix("unix:") {
+                Some(path) => Named::Unix(Path::new(path)),
+                None => Named::Tcp(a.parse().unwrap()),
+            })
+            .collect()
     }
 
     #[test]
@@ -220,6 +249,13 @@ mod tests {
         assert_eq!(
             derive_name("my app (v2)", &addrs(&["[::1]:80"])),
             "my_app__v2_-v6_0-0-0-0-0-0-0-1_80"
+        );
+        assert_eq!(
+            derive_name(
+                "hello",
+                &addrs(&["unix:/run/app/http.sock", "127.0.0.1:8080"])
+            ),
+            "hello-127.0.0.1_8080_and_unix_run_app_http.sock"
         );
         assert_ne!(
             derive_name("a", &addrs(&["127.0.0.1:80"])),

@@ -69,9 +69,8 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
         }
     };
     let mut listeners = Vec::with_capacity(sockets.len());
-    for std_listener in channel.take_listeners(sockets)? {
-        std_listener.set_nonblocking(true)?;
-        listeners.push(tokio::net::TcpListener::from_std(std_listener)?);
+    for socket in channel.take_listeners(sockets)? {
+        listeners.push(socket.into_accepting()?);
     }
     let process = process();
     process.configure(config, generation);

@@ -86,6 +86,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod accept;
+mod addr;
 mod builder;
 mod channel;
 mod config;
@@ -100,6 +101,7 @@ mod process;
 mod protocol;
 mod server;
 mod signal;
+mod socket;
 mod systemd;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
@@ -107,9 +109,10 @@ pub mod tls;
 mod upgrade;
 
 pub use accept::Accept;
+pub use addr::{Addr, ListenAddr, ToListenAddr};
 pub use builder::{Builder, bind, upgrade};
 pub use layer::{DrainFuture, DrainLayer, DrainService};
-pub use listener::{Addr, Connection, RiseFrontListener};
+pub use listener::{Connection, RiseFrontListener};
 pub use process::{drained, draining, is_draining, is_stopping, ready, superseded};
 pub use server::{GracefulServer, ServeSummary};
 pub use upgrade::UpgradeError;

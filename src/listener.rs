@@ -7,7 +7,6 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker, ready};
@@ -15,12 +14,14 @@ use std::time::Duration;
 
 use pin_project::{pin_project, pinned_drop};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use crate::addr::{Addr, ListenAddr};
 use crate::config::Config;
-use crate::net::bind_first;
+use crate::net::{Target, bind_target};
 use crate::process::{self, Gate};
+use crate::socket::{Accepting, Socket, Stream};
 
 /// Accepts connections on the sockets handed over by the front.
 ///
@@ -55,7 +56,7 @@ use crate::process::{self, Gate};
 /// ```
 pub struct RiseFrontListener {
     slot: Arc<Slot>,
-    local: Vec<SocketAddr>,
+    local: Vec<ListenAddr>,
     generation: u64,
     next: usize,
     auto_ready: bool,
@@ -73,7 +74,7 @@ struct Slot {
 }
 
 struct SlotInner {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Accepting>,
     closed: bool,
     /// On probation: accept nothing, but keep the sockets for a possible reinstatement.
     paused: bool,
@@ -119,15 +120,12 @@ const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl RiseFrontListener {
-    pub(crate) fn new(listeners: Vec<TcpListener>, generation: u64, config: &Config) -> Self {
+    pub(crate) fn new(listeners: Vec<Accepting>, generation: u64, config: &Config) -> Self {
         Self::with_readiness(listeners, generation, config.manual_ready)
     }
 
-    fn with_readiness(listeners: Vec<TcpListener>, generation: u64, manual_ready: bool) -> Self {
-        let local = listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
+    fn with_readiness(listeners: Vec<Accepting>, generation: u64, manual_ready: bool) -> Self {
+        let local = listeners.iter().filter_map(Accepting::local_addr).collect();
         let slot = Arc::new(Slot {
             inner: Mutex::new(SlotInner {
                 listeners,
@@ -152,10 +150,14 @@ impl RiseFrontListener {
     }
 
     /// Binds every address in this process, with no front (standalone mode).
-    pub(crate) async fn standalone(addrs: &[Vec<SocketAddr>], config: &Config) -> io::Result<Self> {
-        let mut listeners = Vec::with_capacity(addrs.len());
-        for candidates in addrs {
-            listeners.push(bind_first(candidates).await?);
+    pub(crate) async fn standalone(targets: &[Target], config: &Config) -> io::Result<Self> {
+        let mut listeners = Vec::with_capacity(targets.len());
+        for target in targets {
+            listeners.push(
+                bind_target(target, config.unix_mode)
+                    .await
+                    .and_then(Socket::into_accepting)?,
+            );
         }
         process::process().configure(config, 0);
         process::process().install_signals();
@@ -168,8 +170,8 @@ impl RiseFrontListener {
         self.generation
     }
 
-    /// The addresses this listener accepts on.
-    pub fn local_addrs(&self) -> &[SocketAddr] {
+    /// The addresses this listener accepts on, in the order given to `bind`.
+    pub fn local_addrs(&self) -> &[ListenAddr] {
         &self.local
     }
 
@@ -289,7 +291,7 @@ impl RiseFrontListener {
 /// One pass over the listeners, starting after the one that last yielded, so a busy address
 /// cannot starve the others.
 fn poll_listeners(
-    listeners: &[TcpListener],
+    listeners: &[Accepting],
     next: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<(Connection, Addr)>> {
@@ -300,7 +302,7 @@ fn poll_listeners(
             match listeners[index].poll_accept(cx) {
                 Poll::Ready(Ok((stream, peer))) => {
                     *next = index + 1;
-                    return Poll::Ready(Ok((Connection::new(stream, peer), Addr(peer))));
+                    return Poll::Ready(Ok((Connection::new(stream, peer), peer)));
                 }
                 // The client gave up before we accepted; nothing is wrong with the listener.
                 Poll::Ready(Err(e)) if is_per_connection(&e) => continue,
@@ -358,7 +360,11 @@ impl axum::serve::Listener for RiseFrontListener {
     }
 
     fn local_addr(&self) -> io::Result<Addr> {
-        self.local.first().copied().map(Addr).ok_or_else(|| {
+        let first = self.local.first().map(|addr| match addr {
+            ListenAddr::Tcp(addr) => Addr::Tcp(*addr),
+            ListenAddr::Unix(_) => Addr::Unix,
+        });
+        first.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotConnected,
                 "risefront: listener has no address",
@@ -369,13 +375,14 @@ impl axum::serve::Listener for RiseFrontListener {
 
 /// A client connection accepted by a [`RiseFrontListener`].
 ///
-/// Counts itself as live until dropped, which is how a superseded generation knows it has
-/// drained. `TCP_NODELAY` is on, as HTTP servers want.
+/// A TCP connection or, from a `unix:` address, a Unix domain socket connection. Counts
+/// itself as live until dropped, which is how a superseded generation knows it has drained.
+/// On TCP, `TCP_NODELAY` is on, as HTTP servers want.
 #[pin_project(PinnedDrop)]
 pub struct Connection {
     #[pin]
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: Addr,
     /// Set once our side is shut down: how long we keep reading before the socket is closed.
     linger: Option<Linger>,
 }
@@ -394,9 +401,11 @@ const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
 impl Connection {
-    fn new(stream: TcpStream, peer: SocketAddr) -> Self {
+    fn new(stream: Stream, peer: Addr) -> Self {
         // Best effort: a socket that refuses NODELAY still works.
-        let _ = stream.set_nodelay(true);
+        if let Stream::Tcp(tcp) = &stream {
+            let _ = tcp.set_nodelay(true);
+        }
         process::process().connection_opened();
         Connection {
             stream,
@@ -405,19 +414,33 @@ impl Connection {
         }
     }
 
-    /// The client's address.
-    pub fn peer_addr(&self) -> SocketAddr {
+    /// The client's address ([`Addr::Unix`] for a Unix socket client).
+    pub fn peer_addr(&self) -> Addr {
         self.peer
     }
 
-    /// The local address the client connected to.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    /// The address the client connected to: the TCP address, or the Unix socket's path.
+    pub fn local_addr(&self) -> io::Result<ListenAddr> {
         self.stream.local_addr()
     }
 
-    /// The underlying TCP stream, for socket options.
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.stream
+    /// The underlying TCP stream, for socket options; `None` on a Unix socket connection.
+    pub fn tcp_stream(&self) -> Option<&TcpStream> {
+        match &self.stream {
+            Stream::Tcp(stream) => Some(stream),
+            #[cfg(unix)]
+            Stream::Unix(_) => None,
+        }
+    }
+
+    /// The underlying Unix domain socket stream; `None` on a TCP connection.
+    #[cfg(unix)]
+    #[cfg_attr(docsrs, doc(cfg(unix)))]
+    pub fn unix_stream(&self) -> Option<&tokio::net::UnixStream> {
+        match &self.stream {
+            Stream::Unix(stream) => Some(stream),
+            Stream::Tcp(_) => None,
+        }
     }
 }
 
@@ -505,55 +528,6 @@ impl AsyncWrite for Connection {
                 }
             }
         }
-    }
-}
-
-/// A client's address, as given to axum's `ConnectInfo`.
-///
-/// Displays and debugs like the [`SocketAddr`] it wraps, and dereferences to it. It is a
-/// newtype rather than `SocketAddr` itself because axum's `ConnectInfo` needs the listener's
-/// address type to implement axum's `Connected` for the connection type, and neither trait
-/// nor `SocketAddr` is this crate's to join.
-///
-/// ```no_run
-/// use axum::extract::ConnectInfo;
-///
-/// async fn handler(ConnectInfo(client): ConnectInfo<risefront::Addr>) -> String {
-///     format!("your address is {client}, port {}\n", client.port())
-/// }
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Addr(pub SocketAddr);
-
-impl fmt::Display for Addr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Debug for Addr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl std::ops::Deref for Addr {
-    type Target = SocketAddr;
-
-    fn deref(&self) -> &SocketAddr {
-        &self.0
-    }
-}
-
-impl From<Addr> for SocketAddr {
-    fn from(addr: Addr) -> SocketAddr {
-        addr.0
-    }
-}
-
-impl From<SocketAddr> for Addr {
-    fn from(addr: SocketAddr) -> Addr {
-        Addr(addr)
     }
 }
 

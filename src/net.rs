@@ -1,30 +1,95 @@
-//! Resolving the addresses given to `bind` and binding them, as tokio's `TcpListener::bind`
-//! does: each address may resolve to several candidates and the first that binds wins.
+//! Resolving the addresses given to `bind` and binding them: TCP as tokio's
+//! `TcpListener::bind` does (each address may resolve to several candidates and the first that
+//! binds wins), Unix domain sockets at their path, replacing a stale socket file but never a
+//! live one.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
+use tokio::net::{TcpListener, TcpSocket};
 
-/// Resolves each address to its candidates; the front binds the first candidate that works,
-/// as `tokio::net::TcpListener::bind` does.
-pub(crate) async fn resolve<I, A>(addrs: I) -> io::Result<Vec<Vec<SocketAddr>>>
+use crate::addr::sealed::Spec;
+use crate::addr::{ListenAddr, ToListenAddr};
+use crate::socket::Socket;
+
+/// One address given to `bind`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The candidates a TCP address resolved to; the first that binds is used.
+    Tcp(Vec<SocketAddr>),
+    /// A Unix domain socket, at an absolute path.
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+impl Target {
+    /// Whether a socket listening on `addr` serves this target (a socket systemd passed).
+    pub(crate) fn matches(&self, addr: &ListenAddr) -> bool {
+        match (self, addr) {
+            (Target::Tcp(candidates), ListenAddr::Tcp(addr)) => candidates.contains(addr),
+            #[cfg(unix)]
+            (Target::Unix(path), ListenAddr::Unix(bound)) => path == bound,
+            _ => false,
+        }
+    }
+}
+
+impl Target {
+    /// This address as the service name shows it.
+    pub(crate) fn named(&self) -> crate::config::Named<'_> {
+        match self {
+            Target::Tcp(candidates) => crate::config::Named::Tcp(
+                candidates
+                    .first()
+                    .copied()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            ),
+            #[cfg(unix)]
+            Target::Unix(path) => crate::config::Named::Unix(path),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(candidates) => match candidates.first() {
+                Some(addr) => write!(f, "{addr}"),
+                None => f.write_str("(no address)"),
+            },
+            #[cfg(unix)]
+            Target::Unix(path) => write!(f, "{}", ListenAddr::Unix(path.clone())),
+        }
+    }
+}
+
+/// Resolves each address: TCP ones to their candidates (the front binds the first candidate
+/// that works, as `tokio::net::TcpListener::bind` does), Unix ones to an absolute path, so
+/// that a build started from another directory names the same socket.
+pub(crate) async fn resolve<I, A>(addrs: I) -> io::Result<Vec<Target>>
 where
     I: IntoIterator<Item = A>,
-    A: ToSocketAddrs + std::fmt::Debug,
+    A: ToListenAddr,
 {
     let mut out = Vec::new();
     for addr in addrs {
-        let shown = format!("{addr:?}");
-        let candidates: Vec<SocketAddr> = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|e| bad_address(&shown, &e.to_string()))?
-            .collect();
-        if candidates.is_empty() {
-            return Err(bad_address(&shown, "it resolves to nothing"));
-        }
-        if !out.contains(&candidates) {
-            out.push(candidates);
+        let target = match addr.spec() {
+            Spec::Host(host) => Target::Tcp(lookup(&host, tokio::net::lookup_host(&host)).await?),
+            Spec::HostPort(host, port) => {
+                let shown = format!("{host}:{port}");
+                Target::Tcp(lookup(&shown, tokio::net::lookup_host((host.as_str(), port))).await?)
+            }
+            Spec::Socket(candidates) if candidates.is_empty() => {
+                return Err(bad_address("[]", "it is an empty list"));
+            }
+            Spec::Socket(candidates) => Target::Tcp(candidates),
+            Spec::Unix(path) => unix_target(path)?,
+            Spec::Invalid(why) => return Err(io::Error::new(io::ErrorKind::InvalidInput, why)),
+        };
+        if !out.contains(&target) {
+            out.push(target);
         }
     }
     if out.is_empty() {
@@ -36,13 +101,57 @@ where
     Ok(out)
 }
 
+async fn lookup(
+    shown: &str,
+    found: impl Future<Output = io::Result<impl Iterator<Item = SocketAddr>>>,
+) -> io::Result<Vec<SocketAddr>> {
+    let candidates: Vec<SocketAddr> = found
+        .await
+        .map_err(|e| bad_address(shown, &e.to_string()))?
+        .collect();
+    if candidates.is_empty() {
+        return Err(bad_address(shown, "it resolves to nothing"));
+    }
+    Ok(candidates)
+}
+
+#[cfg(unix)]
+fn unix_target(path: PathBuf) -> io::Result<Target> {
+    std::path::absolute(&path)
+        .map(Target::Unix)
+        .map_err(|e| io::Error::new(e.kind(), format!("risefront: unix:{}: {e}", path.display())))
+}
+
+#[cfg(windows)]
+fn unix_target(path: PathBuf) -> io::Result<Target> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "risefront: cannot listen on unix:{}: Unix domain sockets are not supported on Windows (yet); use a TCP address",
+            path.display()
+        ),
+    ))
+}
+
 fn bad_address(shown: &str, why: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         format!(
-            "risefront: cannot use address {shown}: {why} (expected HOST:PORT, for example 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080 or localhost:8080)"
+            "risefront: cannot use address {shown}: {why} (expected HOST:PORT, for example 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080 or localhost:8080, or unix:PATH)"
         ),
     )
+}
+
+/// Binds one target: the first TCP candidate that works, or the Unix socket path (with
+/// `unix_mode`, if given, set on the socket file).
+pub(crate) async fn bind_target(target: &Target, unix_mode: Option<u32>) -> io::Result<Socket> {
+    #[cfg(windows)]
+    let _ = unix_mode;
+    match target {
+        Target::Tcp(candidates) => Ok(Socket::Tcp(bind_first(candidates).await?.into_std()?)),
+        #[cfg(unix)]
+        Target::Unix(path) => Ok(Socket::Unix(bind_unix(path, unix_mode).await?)),
+    }
 }
 
 /// The listen backlog asked for (Linux caps it at `net.core.somaxconn`, 4096 by default since
@@ -82,4 +191,122 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
+}
+
+/// How long a process may take to answer on a socket file before it counts as live: a
+/// connection queued on a live socket is accepted or not, but connect returns either way.
+#[cfg(unix)]
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Binds a Unix domain socket at `path`, with the same backlog as TCP.
+///
+/// A socket file already there is probed: if nothing accepts on it (connect refused) it is
+/// left over from a process that was killed, and it is replaced; if something accepts, it is
+/// live, and this is an `AddrInUse` error. A file that is not a socket is never touched.
+#[cfg(unix)]
+pub(crate) async fn bind_unix(
+    path: &std::path::Path,
+    mode: Option<u32>,
+) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+
+    let shown = ListenAddr::unix(path);
+    let context = |e: io::Error, what: &str| {
+        io::Error::new(e.kind(), format!("risefront: {what} {shown}: {e}"))
+    };
+    let listener = match listen_unix(path) {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let meta = std::fs::symlink_metadata(path).map_err(|e| context(e, "inspect"))?;
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "risefront: cannot listen on {shown}: the path exists and is not a socket; it is left alone"
+                    ),
+                ));
+            }
+            let probe =
+                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::UnixStream::connect(path)).await;
+            match probe {
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                    ) =>
+                {
+                    tracing::info!(
+                        "replacing the stale socket file {shown}: nothing listens on it"
+                    );
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(context(e, "remove the stale socket file")),
+                    }
+                    listen_unix(path).map_err(|e| context(e, "bind"))?
+                }
+                Ok(Err(e)) => return Err(context(e, "probe the existing socket file")),
+                Ok(Ok(_)) | Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "risefront: {shown} is in use: another process accepts connections on it; stop it, or remove the file if that process is yours and gone"
+                        ),
+                    ));
+                }
+            }
+        }
+        Err(e) => return Err(context(e, "bind")),
+    };
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| context(e, &format!("set mode {mode:o} on")))?;
+    }
+    Ok(listener)
+}
+
+#[cfg(unix)]
+fn listen_unix(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+
+    let fd = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None)?;
+    // Generations get the socket over the channel, never by inheritance.
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+    rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+    rustix::net::listen(&fd, BACKLOG as i32)?;
+    Ok(fd.into())
+}
+
+/// The inode of the socket file the front bound, so that it removes the file when the
+/// service stops, unless someone replaced it meanwhile.
+#[cfg(unix)]
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    path: PathBuf,
+    inode: (u64, u64),
+}
+
+#[cfg(unix)]
+impl SocketFile {
+    pub(crate) fn of(path: &std::path::Path) -> Option<SocketFile> {
+        Self::inode(path).map(|inode| SocketFile {
+            path: path.to_owned(),
+            inode,
+        })
+    }
+
+    fn inode(path: &std::path::Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Removes the file if it is still the one bound: a service that stopped leaves nothing.
+    pub(crate) fn remove(&self) {
+        if Self::inode(&self.path) == Some(self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }

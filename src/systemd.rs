@@ -48,7 +48,7 @@ pub(crate) fn notify(event: &Supervisor) {
 /// (`FileDescriptorStoreMax=`, which systemd announces as `$FDSTORE`). A front restarted
 /// after a crash gets them back through socket activation, so the listen queue never closes:
 /// connections made while no front runs wait in the kernel's backlog instead of being refused.
-pub(crate) fn store_listeners(listeners: &[std::net::TcpListener]) {
+pub(crate) fn store_listeners(listeners: &[crate::socket::Socket]) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsFd;
@@ -60,7 +60,7 @@ pub(crate) fn store_listeners(listeners: &[std::net::TcpListener]) {
             return;
         }
         for listener in listeners {
-            let Ok(addr) = listener.local_addr() else {
+            let Some(addr) = listener.local_addr() else {
                 continue;
             };
             // Names may not contain ':' (the separator of LISTEN_FDNAMES).

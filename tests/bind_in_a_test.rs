@@ -23,7 +23,7 @@ async fn serves_inside_a_test() {
         // A build that dies before it serves: the front must give up, and say so.
         std::process::exit(3);
     }
-    let addr = listener.local_addrs()[0];
+    let addr = listener.local_addrs()[0].tcp().expect("a TCP address");
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello from a test" }));
     tokio::spawn(async move { axum::serve(listener, app).await });
     let answer = tokio::task::spawn_blocking(move || {

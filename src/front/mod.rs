@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::ffi::OsString;
 use std::io;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, RwLock};
@@ -30,7 +29,8 @@ use self::machine::{Action, Gen, Input, Machine, PeerId, Timeouts};
 use self::peer::{Command, Event, PeerContext};
 use crate::config::{Config, deadline_after};
 use crate::handoff::{self, ControlListener, Endpoint, FrontLock, ProcessHandle, Stream};
-use crate::net::bind_first;
+use crate::net::{Target, bind_target};
+use crate::socket::Socket;
 
 /// Control connections on the public endpoint served at once. When all are taken, the oldest
 /// that has not said Hello yet makes room; pre-connected generations do not count.
@@ -46,7 +46,7 @@ const ADDR_IN_USE_RETRY: Duration = Duration::from_secs(3);
 /// Returns only start-up errors; otherwise the process exits from here.
 pub(crate) async fn run(
     config: Config,
-    addrs: Vec<Vec<SocketAddr>>,
+    addrs: Vec<Target>,
     endpoint: Endpoint,
     lock: FrontLock,
 ) -> io::Result<Infallible> {
@@ -55,31 +55,28 @@ pub(crate) async fn run(
         // Sockets systemd passed (socket activation) are used for the addresses they match.
         let mut activated = handoff::activated_listeners()?;
         let mut sockets = Vec::with_capacity(addrs.len());
-        for candidates in &addrs {
+        for target in &addrs {
             let passed = activated.iter().position(|(listener, _)| {
                 listener
                     .local_addr()
-                    .is_ok_and(|addr| candidates.contains(&addr))
+                    .is_some_and(|addr| target.matches(&addr))
             });
             if let Some(i) = passed {
                 let (listener, name) = activated.remove(i);
-                tracing::info!(
-                    "using the socket systemd passed for {:?} ({name:?})",
-                    listener.local_addr().ok()
-                );
+                tracing::info!("using the socket systemd passed for {target} ({name:?})");
                 sockets.push(listener);
                 continue;
             }
-            let socket = bind_retrying(candidates)
+            let socket = bind_retrying(target, config.unix_mode)
                 .await
-                .map_err(|e| explain_bind_error(e, candidates, &config.name, &endpoint))?;
-            sockets.push(socket.into_std()?);
+                .map_err(|e| explain_bind_error(e, target, &config.name, &endpoint))?;
+            sockets.push(socket);
         }
         crate::systemd::store_listeners(&sockets);
         for (listener, name) in activated {
             tracing::warn!(
                 "systemd passed a socket for {:?} ({name:?}), which matches none of the addresses given to bind; it is not used",
-                listener.local_addr().ok()
+                listener.local_addr()
             );
         }
         let control = endpoint.listen(&lock)?;
@@ -94,7 +91,16 @@ pub(crate) async fn run(
             return Err(e);
         }
     };
-    let addresses: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
+    let addresses: Vec<_> = sockets.iter().filter_map(Socket::local_addr).collect();
+    // Socket files this front created (not those systemd passed), removed when it stops.
+    #[cfg(unix)]
+    let files: Vec<_> = addrs
+        .iter()
+        .filter_map(|target| match target {
+            Target::Unix(path) => crate::net::SocketFile::of(path),
+            Target::Tcp(_) => None,
+        })
+        .collect();
     tracing::info!(
         pid = std::process::id(),
         addresses = ?addresses,
@@ -106,16 +112,20 @@ pub(crate) async fn run(
         .run(control)
         .await;
     endpoint.remove();
+    #[cfg(unix)]
+    for file in &files {
+        file.remove();
+    }
     drop(lock);
     std::process::exit(code)
 }
 
-/// Binds, retrying briefly while the port is still held: after a front is killed, its
-/// generations close their copies of the sockets as they notice.
-async fn bind_retrying(candidates: &[SocketAddr]) -> io::Result<tokio::net::TcpListener> {
+/// Binds, retrying briefly while the port (or socket file) is still held: after a front is
+/// killed, its generations close their copies of the sockets as they notice.
+async fn bind_retrying(target: &Target, unix_mode: Option<u32>) -> io::Result<Socket> {
     let deadline = Instant::now() + ADDR_IN_USE_RETRY;
     loop {
-        match bind_first(candidates).await {
+        match bind_target(target, unix_mode).await {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -144,28 +154,25 @@ fn spawn_retrying(command: &mut tokio::process::Command) -> io::Result<tokio::pr
 
 /// An address in use is most often another risefront service of this user, on the same
 /// address but with another name (another program): say which, and how to join it on purpose.
-fn explain_bind_error(
-    e: io::Error,
-    candidates: &[SocketAddr],
-    ours: &str,
-    endpoint: &Endpoint,
-) -> io::Error {
+fn explain_bind_error(e: io::Error, target: &Target, ours: &str, endpoint: &Endpoint) -> io::Error {
     if e.kind() != io::ErrorKind::AddrInUse {
         return e;
     }
-    let part = crate::config::derive_addrs_name(&[candidates.to_vec()]);
+    let part = crate::config::derive_addrs_name(&[target.named()]);
     let holder = endpoint
         .other_services()
         .into_iter()
         .find(|name| name != ours && name.contains(&part));
-    let addr = candidates
-        .first()
-        .map_or_else(String::new, ToString::to_string);
     let message = match holder {
         Some(other) => format!(
-            "risefront: {addr} is in use by risefront service {other:?} of this user, not by this program's service {ours:?}: to upgrade that service, start a program of the same file name, or give both programs the same Builder::name"
+            "risefront: {target} is in use by risefront service {other:?} of this user, not by this program's service {ours:?}: to upgrade that service, start a program of the same file name, or give both programs the same Builder::name"
         ),
-        None => format!("risefront: {addr} is in use by another program: {e}"),
+        None => match target {
+            Target::Tcp(_) => format!("risefront: {target} is in use by another program: {e}"),
+            // The binding already said what holds it.
+            #[cfg(unix)]
+            Target::Unix(_) => e.to_string(),
+        },
     };
     io::Error::new(io::ErrorKind::AddrInUse, message)
 }
@@ -211,7 +218,7 @@ struct Front<'a> {
     args: Vec<OsString>,
     /// The listening sockets, shared with the peer tasks that hand them over; emptied (so
     /// closed) when the service stops.
-    sockets: Arc<RwLock<Vec<std::net::TcpListener>>>,
+    sockets: Arc<RwLock<Vec<Socket>>>,
     endpoint: &'a Endpoint,
     machine: Machine,
     peers: BTreeMap<PeerId, PeerSlot>,
@@ -236,7 +243,7 @@ impl<'a> Front<'a> {
         config: Config,
         exe: PathBuf,
         args: Vec<OsString>,
-        sockets: Vec<std::net::TcpListener>,
+        sockets: Vec<Socket>,
         endpoint: &'a Endpoint,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();

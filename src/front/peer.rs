@@ -14,6 +14,7 @@ use crate::channel::Channel;
 use crate::config::deadline_after;
 use crate::handoff::{self, ProcessHandle, Stream};
 use crate::protocol::{Message, Role};
+use crate::socket::Socket;
 
 /// What a peer task tells the front.
 pub(crate) enum Event {
@@ -53,7 +54,7 @@ pub(crate) enum Command {
 /// Everything a peer task needs besides its connection.
 pub(crate) struct PeerContext {
     pub(crate) events: mpsc::UnboundedSender<Event>,
-    pub(crate) sockets: Arc<RwLock<Vec<std::net::TcpListener>>>,
+    pub(crate) sockets: Arc<RwLock<Vec<Socket>>>,
     pub(crate) handshake: Duration,
 }
 
@@ -189,7 +190,7 @@ async fn serve(
                         .read()
                         .unwrap_or_else(|e| e.into_inner())
                         .iter()
-                        .map(std::net::TcpListener::try_clone)
+                        .map(Socket::try_clone)
                         .collect::<io::Result<Vec<_>>>()?;
                     timeout(handshake, channel.send_listeners(generation, &sockets, pid))
                         .await

@@ -21,6 +21,8 @@ use rustix::net::{
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::socket::Socket;
+
 /// Most descriptors one frame may carry; a front has one per listening address.
 pub(crate) const MAX_FDS: usize = 64;
 
@@ -481,7 +483,7 @@ fn bad_channel(value: &std::ffi::OsStr, why: &str) -> io::Error {
 /// The listening sockets systemd passed this process (socket activation, sd_listen_fds(3)),
 /// with their `LISTEN_FDNAMES` names: none unless `LISTEN_PID` names this process.
 #[cfg(target_os = "linux")]
-pub(crate) fn activated_listeners() -> io::Result<Vec<(std::net::TcpListener, String)>> {
+pub(crate) fn activated_listeners() -> io::Result<Vec<(Socket, String)>> {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     if TAKEN.swap(true, Ordering::AcqRel) {
         return Ok(Vec::new());
@@ -498,7 +500,7 @@ pub(crate) fn activated_listeners() -> io::Result<Vec<(std::net::TcpListener, St
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "risefront: systemd passed descriptor {fd} ({name:?}), which is not a listening TCP socket: {why}"
+                    "risefront: systemd passed descriptor {fd} ({name:?}), which is not a listening TCP or Unix socket: {why}"
                 ),
             )
         };
@@ -516,11 +518,10 @@ pub(crate) fn activated_listeners() -> io::Result<Vec<(std::net::TcpListener, St
         {
             return Err(not_a_listener("not a listening stream socket"));
         }
-        let listener = std::net::TcpListener::from(owned);
-        if listener.local_addr().is_err() {
-            return Err(not_a_listener("not an IP socket"));
+        let listener = Socket::try_from(owned).map_err(|e| not_a_listener(&e.to_string()))?;
+        if listener.local_addr().is_none() {
+            return Err(not_a_listener("it has no address (an unnamed Unix socket)"));
         }
-        listener.set_nonblocking(true)?;
         listeners.push((listener, name));
     }
     Ok(listeners)
@@ -528,7 +529,7 @@ pub(crate) fn activated_listeners() -> io::Result<Vec<(std::net::TcpListener, St
 
 /// Socket activation is systemd's, so Linux's.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn activated_listeners() -> io::Result<Vec<(std::net::TcpListener, String)>> {
+pub(crate) fn activated_listeners() -> io::Result<Vec<(Socket, String)>> {
     Ok(Vec::new())
 }
 

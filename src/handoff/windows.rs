@@ -649,7 +649,7 @@ pub(crate) fn listener_from_protocol_info(blob: &[u8]) -> io::Result<TcpListener
 }
 
 /// Socket activation is systemd's: nothing is ever passed on Windows.
-pub(crate) fn activated_listeners() -> io::Result<Vec<(TcpListener, String)>> {
+pub(crate) fn activated_listeners() -> io::Result<Vec<(crate::socket::Socket, String)>> {
     Ok(Vec::new())
 }
 
