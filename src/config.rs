@@ -33,6 +33,8 @@ pub(crate) struct Config {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Named<'a> {
     Tcp(SocketAddr),
+    // Windows has no Unix socket listeners (yet).
+    #[cfg_attr(windows, allow(dead_code))]
     Unix(&'a Path),
 }
 

@@ -402,10 +402,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 
 impl Connection {
     fn new(stream: Stream, peer: Addr) -> Self {
-        // Best effort: a socket that refuses NODELAY still works.
-        if let Stream::Tcp(tcp) = &stream {
-            let _ = tcp.set_nodelay(true);
-        }
+        stream.set_nodelay();
         process::process().connection_opened();
         Connection {
             stream,

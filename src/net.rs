@@ -6,6 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+#[cfg(unix)]
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};

@@ -134,6 +134,17 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
+    /// `TCP_NODELAY`, as HTTP servers want; best effort: a socket that refuses it still works.
+    pub(crate) fn set_nodelay(&self) {
+        match self {
+            Stream::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+            }
+            #[cfg(unix)]
+            Stream::Unix(_) => {}
+        }
+    }
+
     pub(crate) fn local_addr(&self) -> io::Result<ListenAddr> {
         match self {
             Stream::Tcp(s) => s.local_addr().map(ListenAddr::Tcp),

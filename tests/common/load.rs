@@ -3,7 +3,6 @@
 //! HTTP/2 streams multiplexed on one connection per worker.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
@@ -11,11 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 
-use super::parse_hello;
+use super::{Target, parse_hello};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -115,8 +114,10 @@ pub struct Load {
     progress: Progress,
 }
 
-/// Starts, for each `(kind, count, path)`, `count` workers of that kind requesting `path`.
-pub fn start(addr: SocketAddr, mix: &[(Kind, usize, &str)]) -> Load {
+/// Starts, for each `(kind, count, path)`, `count` workers of that kind requesting `path`
+/// from `target` (a TCP address, or a Unix socket).
+pub fn start(target: impl Into<Target>, mix: &[(Kind, usize, &str)]) -> Load {
+    let target = target.into();
     let (stop, stopped) = watch::channel(false);
     let progress = Progress::default();
     let mut workers = Vec::new();
@@ -125,16 +126,35 @@ pub fn start(addr: SocketAddr, mix: &[(Kind, usize, &str)]) -> Load {
             let stopped = stopped.clone();
             let path = path.to_owned();
             let progress = Arc::clone(&progress);
+            let target = target.clone();
             workers.push(tokio::spawn(async move {
-                match kind {
+                let (http2, streams) = match kind {
                     Kind::NewConnection => {
-                        new_connection_worker(addr, &path, stopped, progress).await
+                        return new_connection_worker(&target, &path, stopped, progress).await;
                     }
-                    Kind::KeepAlive => {
-                        client_worker(addr, &path, stopped, false, 1, progress).await
+                    Kind::KeepAlive => (false, 1),
+                    Kind::Http2 { streams } => (true, streams),
+                };
+                match target {
+                    Target::Tcp(addr) => {
+                        let mut connector = HttpConnector::new();
+                        connector.set_nodelay(true);
+                        let uri = format!("http://{addr}{path}");
+                        client_worker(connector, uri, stopped, http2, streams, progress).await
                     }
-                    Kind::Http2 { streams } => {
-                        client_worker(addr, &path, stopped, true, streams, progress).await
+                    #[cfg(unix)]
+                    Target::Unix(socket) => {
+                        let socket = Arc::new(socket);
+                        let connector = tower::service_fn(move |_: hyper::Uri| {
+                            let socket = Arc::clone(&socket);
+                            Box::pin(async move {
+                                tokio::net::UnixStream::connect(socket.as_path())
+                                    .await
+                                    .map(hyper_util::rt::TokioIo::new)
+                            })
+                        });
+                        let uri = format!("http://localhost{path}");
+                        client_worker(connector, uri, stopped, http2, streams, progress).await
                     }
                 }
             }));
@@ -212,7 +232,7 @@ fn record(
 }
 
 async fn new_connection_worker(
-    addr: SocketAddr,
+    target: &Target,
     path: &str,
     stopped: watch::Receiver<bool>,
     progress: Progress,
@@ -220,23 +240,26 @@ async fn new_connection_worker(
     let mut report = Report::default();
     while !*stopped.borrow() {
         let started = Instant::now();
-        let result = super::get(addr, path).await.map(|(s, b)| (s, false, b));
+        let result = super::get_from(target, path)
+            .await
+            .map(|(s, b)| (s, false, b));
         record(&mut report, &progress, started, result);
     }
     report
 }
 
-async fn client_worker(
-    addr: SocketAddr,
-    path: &str,
+async fn client_worker<C>(
+    connector: C,
+    uri: String,
     stopped: watch::Receiver<bool>,
     http2: bool,
     streams: usize,
     progress: Progress,
-) -> Report {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+) -> Report
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    let client: Client<C, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .retry_canceled_requests(false)
         .pool_max_idle_per_host(streams.max(1))
         .http2_only(http2)
@@ -248,7 +271,7 @@ async fn client_worker(
         let stopped = stopped.clone();
         let report = Arc::clone(&report);
         let progress = Arc::clone(&progress);
-        let uri = format!("http://{addr}{path}");
+        let uri = uri.clone();
         tasks.push(tokio::spawn(async move {
             while !*stopped.borrow() {
                 let started = Instant::now();
@@ -302,10 +325,13 @@ enum Failure {
     Other(String),
 }
 
-async fn send(
-    client: &Client<HttpConnector, Empty<Bytes>>,
+async fn send<C>(
+    client: &Client<C, Empty<Bytes>>,
     uri: &str,
-) -> Result<(u16, bool, String), Failure> {
+) -> Result<(u16, bool, String), Failure>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
     let attempt = async {
         let uri = uri.parse().map_err(|e| Failure::Other(format!("{e}")))?;
         let response = client.get(uri).await.map_err(|e| {

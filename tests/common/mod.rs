@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod tls;
 #[cfg(windows)]
 mod windows;
 
@@ -119,6 +120,9 @@ pub struct Service {
     /// The first address; `addrs` has them all.
     pub addr: SocketAddr,
     pub addrs: Vec<SocketAddr>,
+    /// More arguments after the TCP addresses (`unix:` addresses, say), in every command line
+    /// of the service, `--upgrade` included.
+    pub args: Vec<String>,
     pub exe: PathBuf,
     pub dir: TempDir,
     pub env: Vec<(String, String)>,
@@ -156,7 +160,13 @@ impl Service {
     }
 
     fn spawn_on_addrs(exe: &Path, env: &[(&str, &str)], addrs: Vec<SocketAddr>) -> Service {
-        Self::spawn_wrapped(&[], exe, env, addrs)
+        Self::spawn_wrapped(&[], exe, env, addrs, Vec::new())
+    }
+
+    /// Starts the front on a free TCP address followed by `args`, without waiting for it to
+    /// answer.
+    pub fn spawn_with_args(exe: &Path, env: &[(&str, &str)], args: &[String]) -> Service {
+        Self::spawn_wrapped(&[], exe, env, vec![free_addr()], args.to_vec())
     }
 
     /// Starts the front as `wrapper... exe ADDR` (a program that sets up the environment and
@@ -167,7 +177,7 @@ impl Service {
         env: &[(&str, &str)],
         addr: SocketAddr,
     ) -> Service {
-        Self::spawn_wrapped(wrapper, exe, env, vec![addr])
+        Self::spawn_wrapped(wrapper, exe, env, vec![addr], Vec::new())
     }
 
     fn spawn_wrapped(
@@ -175,6 +185,7 @@ impl Service {
         exe: &Path,
         env: &[(&str, &str)],
         addrs: Vec<SocketAddr>,
+        args: Vec<String>,
     ) -> Service {
         let dir = TempDir::new();
         let run = dir.0.join("run");
@@ -185,7 +196,7 @@ impl Service {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let mut command = command_for(exe, &addrs, &dir.0, &env, &[]);
+        let mut command = command_for(exe, &addrs, &args, &dir.0, &env, &[]);
         if let Some((program, args)) = wrapper.split_first() {
             let mut wrapped = Command::new(program);
             wrapped.args(args).arg(command.get_program());
@@ -213,6 +224,7 @@ impl Service {
         Service {
             addr: addrs[0],
             addrs,
+            args,
             exe: exe.to_owned(),
             dir,
             env,
@@ -236,7 +248,14 @@ impl Service {
 
     /// The service's binary with its address, environment and log, not yet started.
     pub fn command(&self, extra_env: &[(&str, &str)]) -> Command {
-        command_for(&self.exe, &self.addrs, &self.dir.0, &self.env, extra_env)
+        command_for(
+            &self.exe,
+            &self.addrs,
+            &self.args,
+            &self.dir.0,
+            &self.env,
+            extra_env,
+        )
     }
 
     pub fn front_pid(&self) -> u32 {
@@ -257,7 +276,14 @@ impl Service {
     /// Starts another program (not the service's) with the service's addresses, environment
     /// and log, as a process started by hand; returns its pid.
     pub fn start_program(&mut self, exe: &Path, extra_env: &[(&str, &str)]) -> u32 {
-        let mut command = command_for(exe, &self.addrs, &self.dir.0, &self.env, extra_env);
+        let mut command = command_for(
+            exe,
+            &self.addrs,
+            &self.args,
+            &self.dir.0,
+            &self.env,
+            extra_env,
+        );
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, self.front.id() as i32);
         let child = spawn_retrying(&mut command).expect("start a program");
@@ -306,6 +332,7 @@ impl Service {
         command
             .arg("--upgrade")
             .args(self.addrs.iter().map(ToString::to_string))
+            .args(&self.args)
             .env("XDG_RUNTIME_DIR", self.runtime_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -435,6 +462,7 @@ fn spawn_retrying(command: &mut Command) -> std::io::Result<Child> {
 fn command_for(
     exe: &Path,
     addrs: &[SocketAddr],
+    args: &[String],
     dir: &Path,
     env: &[(String, String)],
     extra_env: &[(&str, &str)],
@@ -447,6 +475,7 @@ fn command_for(
     let mut command = Command::new(exe);
     command
         .args(addrs.iter().map(ToString::to_string))
+        .args(args)
         .env("XDG_RUNTIME_DIR", dir.join("run"))
         .env("RUST_LOG", "info")
         .env_remove("RISEFRONT")
@@ -601,36 +630,75 @@ pub fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// Where a test sends requests: a TCP address, or a Unix domain socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Tcp(SocketAddr),
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+impl From<SocketAddr> for Target {
+    fn from(addr: SocketAddr) -> Target {
+        Target::Tcp(addr)
+    }
+}
+
 /// One `GET` on a fresh connection with hyper's client, no retries, bounded in time.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    get_from(&Target::Tcp(addr), path).await
+}
+
+/// `get` for any target.
+pub async fn get_from(target: &Target, path: &str) -> Result<(u16, String), String> {
     let attempt = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(connection);
-        let request = hyper::Request::get(path)
-            .header(hyper::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        let (status, body) = match target {
+            Target::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                get_over(stream, &addr.to_string(), path).await?
+            }
+            #[cfg(unix)]
+            Target::Unix(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                get_over(stream, "localhost", path).await?
+            }
+        };
+        Ok((status, body))
     };
     tokio::time::timeout(PATIENCE, attempt)
         .await
         .unwrap_or_else(|_| Err("timed out".to_owned()))
+}
+
+/// One HTTP/1.1 `GET` on an open connection.
+async fn get_over<S>(stream: S, host: &str, path: &str) -> Result<(u16, String), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, host)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The ways to ask for a new generation.
