@@ -311,3 +311,104 @@ impl SocketFile {
         }
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rf-net-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_file_is_replaced_and_the_mode_set() {
+        let dir = scratch("stale");
+        let path = dir.join("http.sock");
+        drop(UnixListener::bind(&path).expect("bind"));
+        assert!(path.exists(), "a closed listener leaves its file");
+        let listener = bind_unix(&path, Some(0o660)).await.expect("replace stale");
+        let meta = std::fs::metadata(&path).expect("socket file");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        let _client = UnixStream::connect(&path).expect("connect");
+        listener.accept().expect("accept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_refused_and_left_working() {
+        let dir = scratch("live");
+        let path = dir.join("http.sock");
+        let theirs = UnixListener::bind(&path).expect("bind");
+        let err = bind_unix(&path, None).await.expect_err("live socket");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("another process accepts"), "{err}");
+        // The probe's connection is the only one queued; theirs still accepts new ones.
+        theirs.accept().expect("probe connection");
+        let _client = UnixStream::connect(&path).expect("still theirs");
+        theirs.accept().expect("accept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_never_touched() {
+        let dir = scratch("file");
+        let path = dir.join("http.sock");
+        std::fs::write(&path, "data").expect("write");
+        let err = bind_unix(&path, None).await.expect_err("regular file");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "data");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn unix_addresses_resolve_to_absolute_paths() {
+        let targets = resolve(["unix:rel.sock", "127.0.0.1:0", "unix:rel.sock"])
+            .await
+            .expect("resolve");
+        assert_eq!(targets.len(), 2, "duplicates count once: {targets:?}");
+        let Target::Unix(path) = &targets[0] else {
+            panic!("{targets:?}")
+        };
+        assert!(path.is_absolute() && path.ends_with("rel.sock"), "{path:?}");
+        let err = resolve(["unix:"]).await.expect_err("no path");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn the_socket_file_is_removed_only_if_still_ours() {
+        let dir = scratch("remove");
+        let path = dir.join("http.sock");
+        let _listener = bind_unix(&path, None).await.expect("bind");
+        let ours = SocketFile::of(&path).expect("inode");
+        ours.remove();
+        assert!(!path.exists());
+        // Someone else's file at the same path later stays.
+        let _theirs = UnixListener::bind(&path).expect("bind again");
+        ours.remove();
+        assert!(path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(all(test, windows))]
+mod windows_tests {
+    #[tokio::test]
+    async fn unix_addresses_are_refused_on_windows() {
+        let err = super::resolve(["unix:C:/app.sock"])
+            .await
+            .expect_err("windows");
+        assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
+        assert!(
+            err.to_string().contains("not supported on Windows"),
+            "{err}"
+        );
+    }
+}
