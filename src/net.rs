@@ -280,16 +280,18 @@ fn listen_unix(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixLis
 }
 
 /// The inode of the socket file the front bound, so that it removes the file when the
-/// service stops, unless someone replaced it meanwhile.
-#[cfg(unix)]
+/// service stops, unless someone replaced it meanwhile. (None on Windows, which has no Unix
+/// socket listeners.)
 #[derive(Debug)]
 pub(crate) struct SocketFile {
+    #[cfg(unix)]
     path: PathBuf,
+    #[cfg(unix)]
     inode: (u64, u64),
 }
 
-#[cfg(unix)]
 impl SocketFile {
+    #[cfg(unix)]
     pub(crate) fn of(path: &std::path::Path) -> Option<SocketFile> {
         Self::inode(path).map(|inode| SocketFile {
             path: path.to_owned(),
@@ -297,6 +299,7 @@ impl SocketFile {
         })
     }
 
+    #[cfg(unix)]
     fn inode(path: &std::path::Path) -> Option<(u64, u64)> {
         use std::os::unix::fs::MetadataExt;
         std::fs::symlink_metadata(path)
@@ -306,6 +309,7 @@ impl SocketFile {
 
     /// Removes the file if it is still the one bound: a service that stopped leaves nothing.
     pub(crate) fn remove(&self) {
+        #[cfg(unix)]
         if Self::inode(&self.path) == Some(self.inode) {
             let _ = std::fs::remove_file(&self.path);
         }

@@ -262,6 +262,57 @@ async fn a_socket_activated_front_serves_and_upgrades_three_ways_under_load() {
     assert!(status.success(), "{status:?}\n{}", service.log());
 }
 
+/// A Unix socket systemd passed (`ListenStream=/run/app/http.sock`) is used for the matching
+/// `unix:` address, upgrades over it lose nothing, and its file outlives the service: it is
+/// systemd's.
+#[tokio::test]
+async fn a_socket_activated_unix_socket_serves_upgrades_and_stays() {
+    use common::load::{self, Kind};
+    use common::{Target, TempDir, Way};
+
+    let Some(activate) = socket_activate() else {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    };
+    let scratch = TempDir::new();
+    let socket = scratch.0.join("http.sock");
+    let addr = common::free_addr();
+    let wrapper = vec![
+        activate,
+        format!("--listen={addr}"),
+        format!("--listen={}", socket.display()),
+        "--setenv=XDG_RUNTIME_DIR".to_owned(),
+        "--setenv=RUST_LOG".to_owned(),
+    ];
+    let unix = format!("unix:{}", socket.display());
+    let mut service = Service::spawn_via_with_args(
+        &wrapper,
+        &example("hello"),
+        &[],
+        addr,
+        std::slice::from_ref(&unix),
+    );
+    service.wait_generation(1).await;
+    service
+        .wait_log(&format!("using the socket systemd passed for {unix}"))
+        .await;
+    let load = load::start(
+        Target::Unix(socket.clone()),
+        &[(Kind::NewConnection, 8, "/"), (Kind::KeepAlive, 8, "/")],
+    );
+    for (i, n) in (2..=4).enumerate() {
+        load.served_by(n - 1, 30).await;
+        service.upgrade(Way::nth(i), n).await;
+    }
+    load.served_by(4, 30).await;
+    let report = load.stop().await;
+    println!("socket-activated Unix socket: {}", report.summary(3));
+    assert_eq!(report.failed, 0, "{}", report.summary(3));
+    let status = service.terminate();
+    assert!(status.success(), "{status:?}\n{}", service.log());
+    assert!(socket.exists(), "the front removed systemd's socket file");
+}
+
 #[tokio::test]
 async fn activation_variables_for_another_process_are_ignored() {
     // LISTEN_PID of another process: the front binds as usual.
@@ -288,7 +339,8 @@ async fn a_passed_descriptor_that_is_not_a_listening_socket_is_named() {
     assert!(!status.success());
     let log = service.log();
     assert!(
-        log.contains("systemd passed descriptor 3") && log.contains("not a listening TCP socket"),
+        log.contains("systemd passed descriptor 3")
+            && log.contains("not a listening TCP or Unix socket"),
         "{log}"
     );
 }

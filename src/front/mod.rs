@@ -55,6 +55,9 @@ pub(crate) async fn run(
         // Sockets systemd passed (socket activation) are used for the addresses they match.
         let mut activated = handoff::activated_listeners()?;
         let mut sockets = Vec::with_capacity(addrs.len());
+        // Socket files this front creates (not those systemd passed: a socket unit's file
+        // must outlive the service), removed when it stops.
+        let mut files: Vec<crate::net::SocketFile> = Vec::new();
         for target in &addrs {
             let passed = activated.iter().position(|(listener, _)| {
                 listener
@@ -70,6 +73,10 @@ pub(crate) async fn run(
             let socket = bind_retrying(target, config.unix_mode)
                 .await
                 .map_err(|e| explain_bind_error(e, target, &config.name, &endpoint))?;
+            #[cfg(unix)]
+            if let Target::Unix(path) = target {
+                files.extend(crate::net::SocketFile::of(path));
+            }
             sockets.push(socket);
         }
         crate::systemd::store_listeners(&sockets);
@@ -80,9 +87,9 @@ pub(crate) async fn run(
             );
         }
         let control = endpoint.listen(&lock)?;
-        Ok::<_, io::Error>((exe, args, sockets, control))
+        Ok::<_, io::Error>((exe, args, sockets, control, files))
     };
-    let (exe, args, sockets, control) = match started.await {
+    let (exe, args, sockets, control, files) = match started.await {
         Ok(started) => started,
         Err(e) => {
             // Nothing of a front that never started is left behind.
@@ -92,15 +99,6 @@ pub(crate) async fn run(
         }
     };
     let addresses: Vec<_> = sockets.iter().filter_map(Socket::local_addr).collect();
-    // Socket files this front created (not those systemd passed), removed when it stops.
-    #[cfg(unix)]
-    let files: Vec<_> = addrs
-        .iter()
-        .filter_map(|target| match target {
-            Target::Unix(path) => crate::net::SocketFile::of(path),
-            Target::Tcp(_) => None,
-        })
-        .collect();
     tracing::info!(
         pid = std::process::id(),
         addresses = ?addresses,
@@ -112,7 +110,6 @@ pub(crate) async fn run(
         .run(control)
         .await;
     endpoint.remove();
-    #[cfg(unix)]
     for file in &files {
         file.remove();
     }

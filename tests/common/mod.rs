@@ -180,6 +180,17 @@ impl Service {
         Self::spawn_wrapped(wrapper, exe, env, vec![addr], Vec::new())
     }
 
+    /// `spawn_via` with more arguments after the address.
+    pub fn spawn_via_with_args(
+        wrapper: &[String],
+        exe: &Path,
+        env: &[(&str, &str)],
+        addr: SocketAddr,
+        args: &[String],
+    ) -> Service {
+        Self::spawn_wrapped(wrapper, exe, env, vec![addr], args.to_vec())
+    }
+
     fn spawn_wrapped(
         wrapper: &[String],
         exe: &Path,
