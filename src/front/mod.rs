@@ -57,6 +57,7 @@ pub(crate) async fn run(
         let mut sockets = Vec::with_capacity(addrs.len());
         // Socket files this front creates (not those systemd passed: a socket unit's file
         // must outlive the service), removed when it stops.
+        #[cfg_attr(windows, allow(unused_mut))]
         let mut files: Vec<crate::net::SocketFile> = Vec::new();
         for target in &addrs {
             let passed = activated.iter().position(|(listener, _)| {
