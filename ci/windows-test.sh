@@ -2,7 +2,7 @@
 # Cross-compile the crate's tests for x86_64-pc-windows-gnu and run them under
 # Wine (Debian 12, 64-bit Wine only).  Exit status = cargo's.
 #
-#   ci/windows-test.sh                    # = cargo test --target x86_64-pc-windows-gnu --all-targets
+#   ci/windows-test.sh                    # = cargo test --target x86_64-pc-windows-gnu --all-features --all-targets
 #   ci/windows-test.sh --lib -- some_test # extra args replace the --all-targets default
 #   REPO_ROOT=/other/crate ci/windows-test.sh   # run against another crate (default: parent of ci/)
 #
@@ -59,13 +59,14 @@ cd "$REPO_ROOT"
 # The end-to-end tests run target/<triple>/debug/examples/<name>.exe. `cargo test` builds the
 # examples for this target but, unlike on Linux, leaves only the hashed file names there, so
 # build them plainly first (a no-op when they are up to date).
-log "cargo build --target x86_64-pc-windows-gnu --examples"
+# --all-features, as on Linux: the TLS example and tests are behind the `tls` feature.
+log "cargo build --target x86_64-pc-windows-gnu --examples --all-features"
 set +e
-"${CARGO:-cargo}" build --target x86_64-pc-windows-gnu --examples </dev/null
+"${CARGO:-cargo}" build --target x86_64-pc-windows-gnu --examples --all-features </dev/null
 status=$?
 if [ "$status" -eq 0 ]; then
-    log "cargo test --target x86_64-pc-windows-gnu $*"
-    "${CARGO:-cargo}" test --target x86_64-pc-windows-gnu "$@" </dev/null
+    log "cargo test --target x86_64-pc-windows-gnu --all-features $*"
+    "${CARGO:-cargo}" test --target x86_64-pc-windows-gnu --all-features "$@" </dev/null
     status=$?
 fi
 set -e

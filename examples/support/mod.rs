@@ -164,9 +164,7 @@ pub struct TlsCommandLine {
 }
 
 /// Parses `[--upgrade] [ADDR]... --cert FILE --key FILE` (default address `127.0.0.1:8443`),
-/// as [`command_line`] does the plain examples' command line. `HELLO_TLS_CERT` and
-/// `HELLO_TLS_KEY` stand in for missing `--cert` and `--key`: the end-to-end tests' harness
-/// passes the addresses only.
+/// as [`command_line`] does the plain examples' command line; `--upgrade` ignores the files.
 #[allow(dead_code)] // Only the TLS example uses it.
 pub async fn tls_command_line() -> Result<TlsCommandLine, ExitCode> {
     tracing_subscriber::fmt()
@@ -180,8 +178,8 @@ pub async fn tls_command_line() -> Result<TlsCommandLine, ExitCode> {
     let usage = "usage: tls [--upgrade] [ADDR]... --cert FILE --key FILE";
     let mut upgrade = false;
     let mut addrs = Vec::new();
-    let mut cert = std::env::var_os("HELLO_TLS_CERT").map(std::path::PathBuf::from);
-    let mut key = std::env::var_os("HELLO_TLS_KEY").map(std::path::PathBuf::from);
+    let (mut cert, mut key): (Option<std::path::PathBuf>, Option<std::path::PathBuf>) =
+        (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {

@@ -275,21 +275,21 @@ pub async fn wait_generation(service: &Service, config: &Arc<ClientConfig>, n: u
     }
 }
 
-/// Starts the `tls` example on a free port with the certificate files and extra environment,
-/// and waits until it answers over TLS.
+/// Starts `tls ADDR --cert FILE --key FILE` on a free port with extra environment, and waits
+/// until it answers over TLS.
 pub async fn start(
     cert: &Path,
     key: &Path,
     env: &[(&str, &str)],
     config: &Arc<ClientConfig>,
 ) -> Service {
-    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
-    let mut all = vec![
-        ("HELLO_TLS_CERT", cert.as_ref()),
-        ("HELLO_TLS_KEY", key.as_ref()),
+    let args = [
+        "--cert".to_owned(),
+        cert.to_string_lossy().into_owned(),
+        "--key".to_owned(),
+        key.to_string_lossy().into_owned(),
     ];
-    all.extend_from_slice(env);
-    let service = Service::spawn(&tls_example(), &all);
+    let service = Service::spawn_with_args(&tls_example(), env, &args);
     wait_generation(&service, config, 1).await;
     service
 }
