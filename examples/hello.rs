@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! hello [ADDR]...              serve (default 127.0.0.1:8080); the first run becomes the front
+//!                              (ADDR is HOST:PORT, or unix:PATH for a Unix domain socket)
 //! hello --upgrade [ADDR]...    ask the running front to start a new generation
 //! ```
 //!

@@ -71,7 +71,8 @@
 //!
 //! # Platform support
 //!
-//! Linux and macOS (sockets passed with `SCM_RIGHTS`). The control socket lives in a private
+//! Linux and macOS (sockets passed with `SCM_RIGHTS`), for TCP and Unix domain sockets
+//! (`unix:/run/app/http.sock`, see [`bind`] and [`ListenAddr`]). The control socket lives in a private
 //! directory (mode 0700; see [`Builder::control_dir`] for which) and only processes of the
 //! same user are answered.
 //!
@@ -80,7 +81,8 @@
 //! clients are rejected, and each peer's process id and user are checked. Sockets are passed
 //! with `WSADuplicateSocketW` for the verified process. Ctrl-C, Ctrl-Break and closing the
 //! console stop the service; there is no SIGHUP, so upgrades are started by running the binary
-//! again or with [`upgrade`].
+//! again or with [`upgrade`]. Unix domain socket addresses are refused there, with an error
+//! that says so.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
