@@ -153,6 +153,21 @@ async fn a_path_that_is_not_a_socket_is_refused() {
     );
 }
 
+#[tokio::test]
+async fn a_front_that_fails_to_start_leaves_no_socket_file() {
+    let scratch = TempDir::new();
+    let socket = scratch.0.join("http.sock");
+    // Bound after the socket, so the front fails with the socket file already made.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("address");
+    let args = [format!("unix:{}", socket.display()), taken.to_string()];
+    let mut service = Service::spawn_with_args(&example("hello"), &[], &args);
+    let status = service.wait_front_exit();
+    assert!(!status.success());
+    assert!(service.log().contains("in use"), "{}", service.log());
+    assert!(!socket.exists(), "the failed front left {socket:?} behind");
+}
+
 /// In this process: `ConnectInfo<risefront::Addr>` is `Addr::Unix` over the socket and the
 /// client's address over TCP, from one listener bound on both.
 #[cfg(feature = "axum")]

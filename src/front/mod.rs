@@ -50,15 +50,15 @@ pub(crate) async fn run(
     endpoint: Endpoint,
     lock: FrontLock,
 ) -> io::Result<Infallible> {
+    // Socket files this front creates (not those systemd passed: a socket unit's file must
+    // outlive the service), removed when it stops.
+    #[cfg_attr(windows, allow(unused_mut))]
+    let mut files: Vec<crate::net::SocketFile> = Vec::new();
     let started = async {
         let (exe, args) = startup_command()?;
         // Sockets systemd passed (socket activation) are used for the addresses they match.
         let mut activated = handoff::activated_listeners()?;
         let mut sockets = Vec::with_capacity(addrs.len());
-        // Socket files this front creates (not those systemd passed: a socket unit's file
-        // must outlive the service), removed when it stops.
-        #[cfg_attr(windows, allow(unused_mut))]
-        let mut files: Vec<crate::net::SocketFile> = Vec::new();
         for target in &addrs {
             let passed = activated.iter().position(|(listener, _)| {
                 listener
@@ -88,12 +88,15 @@ pub(crate) async fn run(
             );
         }
         let control = endpoint.listen(&lock)?;
-        Ok::<_, io::Error>((exe, args, sockets, control, files))
+        Ok::<_, io::Error>((exe, args, sockets, control))
     };
-    let (exe, args, sockets, control, files) = match started.await {
+    let (exe, args, sockets, control) = match started.await {
         Ok(started) => started,
         Err(e) => {
             // Nothing of a front that never started is left behind.
+            for file in &files {
+                file.remove();
+            }
             endpoint.remove();
             drop(lock);
             return Err(e);
