@@ -46,6 +46,10 @@ use crate::{Addr, Connection, RiseFrontListener};
 
 /// How long a client may take to complete its TLS handshake, unless
 /// [`TlsListener::handshake_timeout`] says otherwise.
+///
+/// ```
+/// assert_eq!(risefront::tls::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), 10);
+/// ```
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A [`RiseFrontListener`] that speaks TLS: accepts at once and leaves the handshake to each
@@ -90,7 +94,19 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Wraps `listener`; connections are served with `config`.
+    /// Wraps `listener`; connections are served with `config` (a `ServerConfig`, or an
+    /// `Arc` of one to share it).
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    ///
+    /// # async fn run(config: tokio_rustls::rustls::ServerConfig) -> std::io::Result<()> {
+    /// let config = Arc::new(config);
+    /// let listener = risefront::bind(["127.0.0.1:8443"]).await?;
+    /// let listener = risefront::tls::TlsListener::new(listener, Arc::clone(&config));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(listener: RiseFrontListener, config: impl Into<Arc<ServerConfig>>) -> Self {
         TlsListener {
             inner: listener,
