@@ -54,6 +54,14 @@
 //! # }
 //! ```
 //!
+//! # TLS
+//!
+//! With the `tls` feature, `risefront::tls::TlsListener` wraps the listener with rustls: it
+//! accepts at once and each connection handshakes in its own task, so a client that sends
+//! nothing stalls nobody. It goes into `GracefulServer` (anything [`Accept`]) and
+//! `axum::serve` like the plain listener. Certificates rotate by upgrading: each generation
+//! loads the files when it starts.
+//!
 //! # When the process ends
 //!
 //! risefront ends some processes itself, with `std::process::exit`, so destructors of what

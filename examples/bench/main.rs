@@ -6,11 +6,13 @@
 //! cargo run --release --example bench [-- --seconds 3 --rounds 6 --connections 32] [--aa]
 //! cargo run --release --example bench -- tail [--connections 1000] [--every-ms 1000] [--svg F]
 //! cargo run --release --example bench -- soak [--upgrades 1000] [--workers 8]
+//! cargo run --release --features tls --example bench -- tls [--clients 16] [--requests 4000]
 //! ```
 //!
 //! `tail` measures tail latency at many keep-alive connections with an upgrade every second
 //! against a same-run baseline (`tail.rs`); `soak` upgrades back to back under light load and
-//! watches the front for leaks (`soak.rs`).
+//! watches the front for leaks (`soak.rs`); `tls` compares TLS handshakes per second with plain
+//! TCP connections (`tls.rs`).
 //!
 //! Every server runs as a separate process of this binary (`bench serve-plain ADDR`,
 //! `bench serve-risefront ADDR`, `bench serve-risefront-oneliner ADDR`), so they get the same
@@ -31,6 +33,8 @@ fn main() {
 mod soak;
 #[cfg(unix)]
 mod tail;
+#[cfg(all(unix, feature = "tls"))]
+mod tls;
 
 #[cfg(unix)]
 mod bench {
@@ -69,6 +73,21 @@ mod bench {
                 return with_scratch(|scratch| async move {
                     crate::tail::main(&args[1..], &scratch).await
                 });
+            }
+            #[cfg(feature = "tls")]
+            Some("serve-tls") => return runtime().block_on(crate::tls::serve(&args[1])),
+            #[cfg(feature = "tls")]
+            Some("tls") => {
+                return with_scratch(|scratch| async move {
+                    crate::tls::main(&args[1..], &scratch).await
+                });
+            }
+            #[cfg(not(feature = "tls"))]
+            Some("tls") => {
+                eprintln!(
+                    "bench tls needs the tls feature: cargo run --release --features tls --example bench -- tls"
+                );
+                std::process::exit(2);
             }
             _ => {}
         }
