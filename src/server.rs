@@ -23,10 +23,10 @@ use crate::process;
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Serves HTTP/1 and HTTP/2 (prior knowledge, on the same port) on a
-/// [`RiseFrontListener`](crate::RiseFrontListener) (or any [`Accept`], such as a TLS listener) with
-/// any tower service — an axum `Router`, a `ServiceBuilder` stack, or a hyper `service_fn`
-/// wrapped with [`tower::service_fn`] — and drains with no request lost when the generation is
-/// superseded or gets SIGTERM/SIGINT. No shutdown code in `main`.
+/// [`RiseFrontListener`](crate::RiseFrontListener) (or any [`Accept`], such as a TLS listener)
+/// with any tower service — an axum `Router`, a `ServiceBuilder` stack, or a hyper
+/// `service_fn` wrapped with [`tower::service_fn`] — and drains with no request lost when the
+/// generation is superseded or gets SIGTERM/SIGINT. No shutdown code in `main`.
 ///
 /// Draining, from the moment a newer generation takes over:
 /// - the listener stops accepting (the successor gets every new connection);
