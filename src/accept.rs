@@ -4,7 +4,8 @@ use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{Addr, Connection, RiseFrontListener};
+use crate::addr::Addr;
+use crate::listener::{Connection, RiseFrontListener};
 
 /// A source of connections for [`GracefulServer`](crate::GracefulServer): a
 /// [`RiseFrontListener`], or a `TlsListener` wrapping one (with the `tls` feature).

@@ -42,7 +42,8 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use crate::accept::Accept;
-use crate::{Addr, Connection, RiseFrontListener};
+use crate::addr::Addr;
+use crate::listener::{Connection, RiseFrontListener};
 
 /// How long a client may take to complete its TLS handshake, unless
 /// [`TlsListener::handshake_timeout`] says otherwise.

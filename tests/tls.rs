@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::load::Kind;
+use common::load::{self, Kind};
 use common::tls::{self as tls, Ca};
 use common::{PATIENCE, Service, TempDir, Way, parse_hello};
 use tokio::io::AsyncReadExt;
@@ -23,7 +23,7 @@ async fn upgrades_under_load(mix: &[(Kind, usize, &str)]) {
     let (cert, key) = tls::service_env(&dir.0, &ca.server_cert(1));
     let client = ca.client(&[b"h2", b"http/1.1"]);
     let mut service = tls::start(&cert, &key, &[], &client).await;
-    let load = tls::start_load(service.addr, &ca, mix);
+    let load = load::start(tls::load_target(service.addr, &ca), mix);
     for i in 0..UPGRADES {
         load.served_by(i as u64 + 1, SETTLED).await;
         tls::upgrade(&mut service, &client, Way::nth(i), i as u64 + 2).await;

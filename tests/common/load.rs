@@ -156,6 +156,16 @@ pub fn start(target: impl Into<Target>, mix: &[(Kind, usize, &str)]) -> Load {
                         let uri = format!("http://localhost{path}");
                         client_worker(connector, uri, stopped, http2, streams, progress).await
                     }
+                    Target::Tls {
+                        addr,
+                        http1,
+                        http2: h2,
+                    } => {
+                        let config = if http2 { h2 } else { http1 };
+                        let connector = super::tls::Connector { addr, config };
+                        let uri = format!("https://{}:{}{path}", super::tls::HOST, addr.port());
+                        client_worker(connector, uri, stopped, http2, streams, progress).await
+                    }
                 }
             }));
         }

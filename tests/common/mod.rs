@@ -60,6 +60,11 @@ fn build_examples(profile_dir: &Path) {
         command
             .args(["build", "--examples", "--quiet", "--manifest-path"])
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+        // The tests' own features, so the library is not built a second time (and the `tls`
+        // example is built at all).
+        if cfg!(feature = "tls") {
+            command.args(["--features", "tls"]);
+        }
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             command.arg("--release");
         }
@@ -641,12 +646,18 @@ pub fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-/// Where a test sends requests: a TCP address, or a Unix domain socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a test sends requests: a TCP address, a Unix domain socket, or TLS over TCP (with
+/// the client configurations for HTTP/1.1 and HTTP/2, see `tls::load_target`).
+#[derive(Debug, Clone)]
 pub enum Target {
     Tcp(SocketAddr),
     #[cfg(unix)]
     Unix(PathBuf),
+    Tls {
+        addr: SocketAddr,
+        http1: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+        http2: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    },
 }
 
 impl From<SocketAddr> for Target {
@@ -676,6 +687,10 @@ pub async fn get_from(target: &Target, path: &str) -> Result<(u16, String), Stri
                     .await
                     .map_err(|e| format!("connect: {e}"))?;
                 get_over(stream, "localhost", path).await?
+            }
+            Target::Tls { addr, http1, .. } => {
+                let got = tls::get(*addr, http1, path).await?;
+                (got.status, got.body)
             }
         };
         Ok((status, body))

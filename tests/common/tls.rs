@@ -1,20 +1,18 @@
 //! TLS for the end-to-end tests: a test CA and server certificates made at test time (rcgen),
-//! the `tls` example built with its feature, a client that trusts the CA, and the same
-//! no-retry load as `load.rs` over TLS.
+//! the `tls` example built with its feature, a client that trusts the CA, and a connector
+//! that lets `load.rs` run its no-retry load over TLS.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
@@ -23,47 +21,18 @@ use rcgen::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
-use super::load::{Kind, Report};
-use super::{Hello, PATIENCE, Service, Way, parse_hello};
+use super::{Hello, PATIENCE, Service, Target, Way, parse_hello};
 
 /// The name the test certificates are for (and 127.0.0.1).
 pub const HOST: &str = "localhost";
 
-/// Path of the `tls` example, built with the `tls` feature (as `example` builds the others).
+/// Path of the `tls` example (`example` builds it with the tests' features, `tls` included).
 pub fn tls_example() -> PathBuf {
-    #[cfg(unix)]
-    {
-        static BUILT: std::sync::Once = std::sync::Once::new();
-        BUILT.call_once(|| {
-            let Some(cargo) = std::env::var_os("CARGO") else {
-                return;
-            };
-            let mut command = std::process::Command::new(cargo);
-            command
-                .args([
-                    "build",
-                    "--example",
-                    "tls",
-                    "--features",
-                    "tls",
-                    "--quiet",
-                    "--manifest-path",
-                ])
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-            let profile = std::env::current_exe().expect("test binary path");
-            if profile.components().any(|c| c.as_os_str() == "release") {
-                command.arg("--release");
-            }
-            let status = command.status().expect("run cargo build --example tls");
-            assert!(status.success(), "cargo build --example tls failed");
-        });
-    }
     super::example("tls")
 }
 
@@ -311,7 +280,7 @@ pub async fn upgrade(service: &mut Service, config: &Arc<ClientConfig>, way: Way
 }
 
 /// A TLS stream as hyper-util's pooled client wants it: it says whether ALPN chose `h2`.
-struct Io(TlsStream<TcpStream>);
+pub struct Io(TlsStream<TcpStream>);
 
 impl Connection for Io {
     fn connected(&self) -> Connected {
@@ -353,9 +322,9 @@ impl AsyncWrite for Io {
 
 /// hyper-util's connector interface: TCP to the service's address, then TLS as `localhost`.
 #[derive(Clone)]
-struct Connector {
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
+pub struct Connector {
+    pub addr: SocketAddr,
+    pub config: Arc<ClientConfig>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -380,228 +349,12 @@ impl tower::Service<hyper::Uri> for Connector {
     }
 }
 
-type Progress = Arc<Mutex<BTreeMap<u64, u64>>>;
-
-/// `load::Load` over TLS: the same kinds of workers, never retrying (HTTP/2 requests the
-/// server provably never processed are resent and counted, as in `load.rs`).
-pub struct Load {
-    stop: watch::Sender<bool>,
-    workers: Vec<tokio::task::JoinHandle<Report>>,
-    progress: Progress,
-}
-
-/// Starts, for each `(kind, count, path)`, `count` workers of that kind requesting `path`.
-/// New-connection and keep-alive workers offer `http/1.1` only, HTTP/2 workers `h2` only.
-pub fn start_load(addr: SocketAddr, ca: &Ca, mix: &[(Kind, usize, &str)]) -> Load {
-    let (stop, stopped) = watch::channel(false);
-    let progress = Progress::default();
-    let http1 = ca.client(&[b"http/1.1"]);
-    let http2 = ca.client(&[b"h2"]);
-    let mut workers = Vec::new();
-    for &(kind, count, path) in mix {
-        for _ in 0..count {
-            let stopped = stopped.clone();
-            let path = path.to_owned();
-            let progress = Arc::clone(&progress);
-            let (http1, http2) = (Arc::clone(&http1), Arc::clone(&http2));
-            workers.push(tokio::spawn(async move {
-                match kind {
-                    Kind::NewConnection => {
-                        let mut report = Report::default();
-                        while !*stopped.borrow() {
-                            let started = Instant::now();
-                            let result = get(addr, &http1, &path)
-                                .await
-                                .map(|got| (got.status, false, got.body));
-                            record(&mut report, &progress, started, result);
-                        }
-                        report
-                    }
-                    Kind::KeepAlive => {
-                        client_worker(addr, http1, &path, stopped, false, 1, progress).await
-                    }
-                    Kind::Http2 { streams } => {
-                        client_worker(addr, http2, &path, stopped, true, streams, progress).await
-                    }
-                }
-            }));
-        }
+/// A load target over TLS to `addr`: new-connection and keep-alive workers offer `http/1.1`
+/// only, HTTP/2 workers `h2` only (see `load::start`).
+pub fn load_target(addr: SocketAddr, ca: &Ca) -> Target {
+    Target::Tls {
+        addr,
+        http1: ca.client(&[b"http/1.1"]),
+        http2: ca.client(&[b"h2"]),
     }
-    Load {
-        stop,
-        workers,
-        progress,
-    }
-}
-
-impl Load {
-    /// Waits (bounded) until the load has had `count` successful responses from `generation`.
-    pub async fn served_by(&self, generation: u64, count: u64) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let seen = self
-                .progress
-                .lock()
-                .unwrap()
-                .get(&generation)
-                .copied()
-                .unwrap_or(0);
-            if seen >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the load got {seen} responses from generation {generation}, not {count}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Stops every worker after its current request and adds up what they saw.
-    pub async fn stop(self) -> Report {
-        let _ = self.stop.send(true);
-        let mut report = Report::default();
-        for worker in self.workers {
-            merge(&mut report, worker.await.expect("load worker panicked"));
-        }
-        report
-    }
-}
-
-fn merge(report: &mut Report, other: Report) {
-    report.ok += other.ok;
-    report.failed += other.failed;
-    report.refused += other.refused;
-    report.generations.extend(other.generations);
-    report.closes += other.closes;
-    report.resent += other.resent;
-    for e in other.errors {
-        if report.errors.len() < 10 {
-            report.errors.push(e);
-        }
-    }
-    report.latencies.extend(other.latencies);
-}
-
-fn record(
-    report: &mut Report,
-    progress: &Progress,
-    started: Instant,
-    result: Result<(u16, bool, String), String>,
-) {
-    let error = match result {
-        Ok((200, close, body)) => match parse_hello(&body) {
-            Some(hello) => {
-                *progress
-                    .lock()
-                    .unwrap()
-                    .entry(hello.generation)
-                    .or_default() += 1;
-                report.ok += 1;
-                report.generations.insert(hello.generation);
-                report.closes += u64::from(close);
-                report.latencies.push(started.elapsed());
-                return;
-            }
-            None => format!("unexpected body {body:?}"),
-        },
-        Ok((status, _, body)) => format!("status {status}: {body}"),
-        Err(e) => e,
-    };
-    report.failed += 1;
-    if error.contains("refused") {
-        report.refused += 1;
-    }
-    if report.errors.len() < 10 {
-        report.errors.push(error);
-    }
-}
-
-async fn client_worker(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    path: &str,
-    stopped: watch::Receiver<bool>,
-    http2: bool,
-    streams: usize,
-    progress: Progress,
-) -> Report {
-    let client: Client<Connector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .retry_canceled_requests(false)
-        .pool_max_idle_per_host(streams.max(1))
-        .http2_only(http2)
-        .build(Connector { addr, config });
-    let report = Arc::new(Mutex::new(Report::default()));
-    let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let client = client.clone();
-        let stopped = stopped.clone();
-        let report = Arc::clone(&report);
-        let progress = Arc::clone(&progress);
-        let uri = format!("https://{HOST}:{}{path}", addr.port());
-        tasks.push(tokio::spawn(async move {
-            while !*stopped.borrow() {
-                let started = Instant::now();
-                let mut result = send(&client, &uri).await;
-                // As in load.rs: only HTTP/2 requests the server provably never processed.
-                let mut attempts = 1;
-                while http2 && attempts < 5 && matches!(&result, Err((true, _))) {
-                    report.lock().unwrap().resent += 1;
-                    attempts += 1;
-                    result = send(&client, &uri).await;
-                }
-                let result = result.map_err(|(_, e)| e);
-                record(&mut report.lock().unwrap(), &progress, started, result);
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("load stream panicked");
-    }
-    Arc::try_unwrap(report)
-        .map(|m| m.into_inner().unwrap())
-        .unwrap_or_default()
-}
-
-/// Whether the server provably did not process the request (see `load.rs`).
-fn unprocessed(e: &hyper::Error) -> bool {
-    if e.is_canceled() {
-        return true;
-    }
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<h2::Error>())
-        .is_some_and(|h2| {
-            h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR)
-        })
-}
-
-/// One request; on failure, whether it was provably unprocessed, and the error.
-async fn send(
-    client: &Client<Connector, Empty<Bytes>>,
-    uri: &str,
-) -> Result<(u16, bool, String), (bool, String)> {
-    let attempt = async {
-        let uri: hyper::Uri = uri.parse().map_err(|e| (false, format!("{e}")))?;
-        let response = client.get(uri).await.map_err(|e| {
-            let unsent = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<hyper::Error>())
-                .is_some_and(unprocessed);
-            (unsent, format!("request: {e:?}"))
-        })?;
-        let status = response.status().as_u16();
-        let close = response
-            .headers()
-            .get(hyper::header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| (false, format!("body: {e}")))?
-            .to_bytes();
-        Ok((status, close, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(PATIENCE, attempt)
-        .await
-        .unwrap_or_else(|_| Err((false, "timed out".to_owned())))
 }
