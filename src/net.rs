@@ -83,7 +83,10 @@ where
                 Target::Tcp(lookup(&shown, tokio::net::lookup_host((host.as_str(), port))).await?)
             }
             Spec::Socket(candidates) if candidates.is_empty() => {
-                return Err(bad_address("[]", "it is an empty list"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "risefront: cannot use an empty list of socket addresses",
+                ));
             }
             Spec::Socket(candidates) => Target::Tcp(candidates),
             Spec::Unix(path) => unix_target(path)?,
@@ -138,7 +141,7 @@ fn bad_address(shown: &str, why: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         format!(
-            "risefront: cannot use address {shown}: {why} (expected HOST:PORT, for example 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080 or localhost:8080, or unix:PATH)"
+            "risefront: cannot use address {shown:?}: {why} (expected HOST:PORT, for example 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080 or localhost:8080, or unix:PATH)"
         ),
     )
 }

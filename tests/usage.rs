@@ -139,6 +139,12 @@ fn bad_addresses_are_named_with_the_expected_form() {
             "{bad:?}: {stderr}"
         );
     }
+    let mut command = Command::new(example("hello"));
+    command.arg("unix:").env_remove("RISEFRONT");
+    let output = run_bounded(command, PATIENCE);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "\"unix:\" was accepted");
+    assert!(stderr.contains("no path after \"unix:\""), "{stderr}");
 }
 
 #[cfg(unix)]
