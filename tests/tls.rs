@@ -40,6 +40,40 @@ async fn upgrades_under_load(mix: &[(Kind, usize, &str)]) {
     );
 }
 
+/// TLS and a Unix socket compose: the `tls` example on `unix:PATH` answers HTTPS (HTTP/2 by
+/// ALPN) through the socket, before and after an upgrade.
+#[cfg(unix)]
+#[tokio::test]
+async fn tls_over_a_unix_socket_through_an_upgrade() {
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let (cert, key) = tls::service_env(&dir.0, &ca.server_cert(1));
+    let socket = dir.0.join("https.sock");
+    let client = ca.client(&[b"h2", b"http/1.1"]);
+    let args = [
+        "--cert".to_owned(),
+        cert.display().to_string(),
+        "--key".to_owned(),
+        key.display().to_string(),
+        format!("unix:{}", socket.display()),
+    ];
+    let mut service = Service::spawn_with_args(&tls::tls_example(), &[], &args);
+    tls::wait_generation(&service, &client, 1).await;
+    for n in [1, 2] {
+        if n == 2 {
+            tls::upgrade(&mut service, &client, Way::Command, 2).await;
+        }
+        let stream = tls::connect_unix(&socket, &client)
+            .await
+            .expect("TLS over the socket");
+        let got = tls::get_on(stream, "/").await.expect("GET over the socket");
+        assert_eq!(got.status, 200, "{got:?}");
+        assert_eq!(got.alpn.as_deref(), Some(&b"h2"[..]));
+        let hello = parse_hello(&got.body).expect("hello body");
+        assert_eq!(hello.generation, n);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_across_10_upgrades_over_tls_http1() {
     upgrades_under_load(&[

@@ -138,8 +138,29 @@ pub async fn connect(
         .unwrap_or_else(|_| Err("TLS connect timed out".to_owned()))
 }
 
+/// TLS to the Unix socket at `path` as `localhost`, bounded in time.
+#[cfg(unix)]
+pub async fn connect_unix(
+    path: &Path,
+    config: &Arc<ClientConfig>,
+) -> Result<TlsStream<tokio::net::UnixStream>, String> {
+    let attempt = async {
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from(HOST).map_err(|e| e.to_string())?;
+        TlsConnector::from(Arc::clone(config))
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))
+    };
+    tokio::time::timeout(PATIENCE, attempt)
+        .await
+        .unwrap_or_else(|_| Err("TLS connect timed out".to_owned()))
+}
+
 /// The certificate the server showed on `stream`.
-pub fn peer_cert(stream: &TlsStream<TcpStream>) -> Option<CertificateDer<'static>> {
+pub fn peer_cert<S>(stream: &TlsStream<S>) -> Option<CertificateDer<'static>> {
     stream
         .get_ref()
         .1
@@ -158,7 +179,10 @@ pub struct Got {
 }
 
 /// Sends `GET path` on an established TLS stream, as HTTP/2 if ALPN chose it, and closes.
-pub async fn get_on(stream: TlsStream<TcpStream>, path: &str) -> Result<Got, String> {
+pub async fn get_on<S>(stream: TlsStream<S>, path: &str) -> Result<Got, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let cert = peer_cert(&stream);
     let attempt = async {
