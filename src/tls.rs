@@ -449,14 +449,14 @@ pub fn server_config_from_pem(
     let (cert_file, key_file) = (cert_file.as_ref(), key_file.as_ref());
     let provider = CryptoProvider::get_default().cloned().ok_or_else(|| {
         io::Error::other(
-            "no rustls crypto provider installed: call `CryptoProvider::install_default` first \
+            "risefront: no rustls crypto provider installed: call `CryptoProvider::install_default` first \
              (for example `rustls::crypto::ring::default_provider().install_default()`)",
         )
     })?;
     let invalid = |file: &Path, what: &dyn fmt::Display| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{}: {what}", file.display()),
+            format!("risefront: {}: {what}", file.display()),
         )
     };
     let certs = CertificateDer::pem_file_iter(cert_file)
@@ -468,7 +468,7 @@ pub fn server_config_from_pem(
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| invalid(key_file, &e))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| io::Error::other(format!("TLS configuration: {e}")))?
+        .map_err(|e| io::Error::other(format!("risefront: TLS configuration: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| {
