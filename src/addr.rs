@@ -134,7 +134,8 @@ fn unix_path(s: &str) -> io::Result<Option<PathBuf>> {
 /// A client's address, as given to axum's `ConnectInfo`.
 ///
 /// A TCP client's IP address and port, or [`Addr::Unix`] for a client of a Unix domain socket
-/// listener. Displays like the `SocketAddr` it holds (`unix` for a Unix client).
+/// listener, with the client process's credentials. Displays like the `SocketAddr` it holds
+/// (`unix` for a Unix client).
 ///
 /// It is a type of its own rather than `SocketAddr` because axum's `ConnectInfo` needs the
 /// listener's address type to implement axum's `Connected` for the connection type, and
@@ -144,9 +145,10 @@ fn unix_path(s: &str) -> io::Result<Option<PathBuf>> {
 /// use axum::extract::ConnectInfo;
 ///
 /// async fn handler(ConnectInfo(client): ConnectInfo<risefront::Addr>) -> String {
-///     match client.ip() {
-///         Some(ip) => format!("your address is {ip}\n"),
-///         None => "you came through the Unix socket\n".to_owned(),
+///     match client {
+///         risefront::Addr::Tcp(addr) => format!("your address is {}\n", addr.ip()),
+///         risefront::Addr::Unix(peer) => format!("you are uid {:?}\n", peer.uid()),
+///         _ => "hello\n".to_owned(),
 ///     }
 /// }
 /// ```
@@ -156,10 +158,57 @@ pub enum Addr {
     /// A TCP client.
     Tcp(SocketAddr),
     /// A client of a Unix domain socket listener. Such clients have no IP address and, as
-    /// they connect without binding a path of their own, no name either; the listener's path
-    /// is [`Connection::local_addr`](crate::Connection::local_addr). Behind a reverse proxy,
-    /// the client's real address is in the proxy's headers (`X-Forwarded-For`, `Forwarded`).
-    Unix,
+    /// they connect without binding a path of their own, no name either: what is known is
+    /// the connecting process's user and process id ([`UnixPeer`]). The listener's path is
+    /// [`Connection::local_addr`](crate::Connection::local_addr). Behind a reverse proxy, the
+    /// client's real address is in the proxy's headers (`X-Forwarded-For`, `Forwarded`).
+    Unix(UnixPeer),
+}
+
+/// The process at the other end of a Unix domain socket connection, as the kernel reported it
+/// when the connection was accepted (`SO_PEERCRED` on Linux, `getpeereid` and
+/// `LOCAL_PEERPID` on macOS). A value the system did not give is `None`.
+///
+/// ```
+/// let peer = risefront::UnixPeer::default();
+/// assert_eq!(peer.uid(), None);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnixPeer {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    pid: Option<u32>,
+}
+
+impl UnixPeer {
+    /// The credentials of the process at the other end of `stream`, as far as the system
+    /// says.
+    #[cfg(unix)]
+    pub(crate) fn of(stream: &tokio::net::UnixStream) -> UnixPeer {
+        match stream.peer_cred() {
+            Ok(cred) => UnixPeer {
+                uid: Some(cred.uid()),
+                gid: Some(cred.gid()),
+                pid: cred.pid().and_then(|pid| u32::try_from(pid).ok()),
+            },
+            Err(_) => UnixPeer::default(),
+        }
+    }
+
+    /// The client process's user id.
+    pub fn uid(&self) -> Option<u32> {
+        self.uid
+    }
+
+    /// The client process's group id.
+    pub fn gid(&self) -> Option<u32> {
+        self.gid
+    }
+
+    /// The client process's id, where the system says (Linux, macOS).
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
 }
 
 impl Addr {
@@ -167,7 +216,7 @@ impl Addr {
     pub fn tcp(&self) -> Option<SocketAddr> {
         match self {
             Addr::Tcp(addr) => Some(*addr),
-            Addr::Unix => None,
+            Addr::Unix(_) => None,
         }
     }
 
@@ -183,7 +232,7 @@ impl Addr {
 
     /// Whether the client came through a Unix domain socket.
     pub fn is_unix(&self) -> bool {
-        matches!(self, Addr::Unix)
+        matches!(self, Addr::Unix(_))
     }
 }
 
@@ -191,14 +240,17 @@ impl fmt::Display for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Addr::Tcp(addr) => fmt::Display::fmt(addr, f),
-            Addr::Unix => f.write_str("unix"),
+            Addr::Unix(_) => f.write_str("unix"),
         }
     }
 }
 
 impl fmt::Debug for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
+        match self {
+            Addr::Tcp(addr) => fmt::Debug::fmt(addr, f),
+            Addr::Unix(peer) => f.debug_tuple("Unix").field(peer).finish(),
+        }
     }
 }
 
@@ -355,7 +407,9 @@ mod tests {
         assert_eq!(tcp.to_string(), "10.0.0.1:4000");
         assert_eq!(tcp.port(), Some(4000));
         assert!(!tcp.is_unix());
-        assert_eq!(Addr::Unix.to_string(), "unix");
-        assert_eq!(Addr::Unix.ip(), None);
+        let unix = Addr::Unix(UnixPeer::default());
+        assert_eq!(unix.to_string(), "unix");
+        assert_eq!(unix.ip(), None);
+        assert!(unix.is_unix());
     }
 }

@@ -119,7 +119,7 @@ pub mod tls;
 mod upgrade;
 
 pub use accept::Accept;
-pub use addr::{Addr, ListenAddr, ToListenAddr};
+pub use addr::{Addr, ListenAddr, ToListenAddr, UnixPeer};
 pub use builder::{Builder, bind, upgrade};
 pub use layer::{DrainFuture, DrainLayer, DrainService};
 pub use listener::{Connection, RiseFrontListener};

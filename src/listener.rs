@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::addr::{Addr, ListenAddr};
+use crate::addr::{Addr, ListenAddr, UnixPeer};
 use crate::config::Config;
 use crate::net::{Target, bind_target};
 use crate::process::{self, Gate};
@@ -362,7 +362,8 @@ impl axum::serve::Listener for RiseFrontListener {
     fn local_addr(&self) -> io::Result<Addr> {
         let first = self.local.first().map(|addr| match addr {
             ListenAddr::Tcp(addr) => Addr::Tcp(*addr),
-            ListenAddr::Unix(_) => Addr::Unix,
+            // Not a client: no credentials to report.
+            ListenAddr::Unix(_) => Addr::Unix(UnixPeer::default()),
         });
         first.ok_or_else(|| {
             io::Error::new(

@@ -11,6 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 #[cfg(unix)]
 use tokio::net::{UnixListener, UnixStream};
 
+#[cfg(unix)]
+use crate::addr::UnixPeer;
 use crate::addr::{Addr, ListenAddr};
 
 /// A listening socket outside any runtime, as the front binds, stores and passes it.
@@ -118,9 +120,10 @@ impl Accepting {
                 .poll_accept(cx)
                 .map_ok(|(stream, peer)| (Stream::Tcp(stream), Addr::Tcp(peer))),
             #[cfg(unix)]
-            Accepting::Unix(l) => l
-                .poll_accept(cx)
-                .map_ok(|(stream, _unnamed)| (Stream::Unix(stream), Addr::Unix)),
+            Accepting::Unix(l) => l.poll_accept(cx).map_ok(|(stream, _unnamed)| {
+                let peer = UnixPeer::of(&stream);
+                (Stream::Unix(stream), Addr::Unix(peer))
+            }),
         }
     }
 }

@@ -168,8 +168,9 @@ async fn a_front_that_fails_to_start_leaves_no_socket_file() {
     assert!(!socket.exists(), "the failed front left {socket:?} behind");
 }
 
-/// In this process: `ConnectInfo<risefront::Addr>` is `Addr::Unix` over the socket and the
-/// client's address over TCP, from one listener bound on both.
+/// In this process: `ConnectInfo<risefront::Addr>` is `Addr::Unix` with the client's
+/// credentials over the socket and the client's address over TCP, from one listener bound on
+/// both.
 #[cfg(feature = "axum")]
 #[tokio::test]
 async fn connect_info_says_unix_or_the_client_address() {
@@ -195,7 +196,11 @@ async fn connect_info_says_unix_or_the_client_address() {
         "/",
         axum::routing::get(
             |ConnectInfo(client): ConnectInfo<risefront::Addr>| async move {
-                format!("{client} {:?}", client.ip())
+                let peer = match client {
+                    risefront::Addr::Unix(peer) => format!("{:?} {:?}", peer.uid(), peer.pid()),
+                    _ => "-".to_owned(),
+                };
+                format!("{client} {:?} {peer}", client.ip())
             },
         ),
     );
@@ -209,10 +214,13 @@ async fn connect_info_says_unix_or_the_client_address() {
     let (_, over_unix) = get_from(&Target::Unix(socket.clone()), "/")
         .await
         .expect("GET over the socket");
-    assert_eq!(over_unix, "unix None");
+    // The client is this very process.
+    let uid = rustix::process::getuid().as_raw();
+    let pid = std::process::id();
+    assert_eq!(over_unix, format!("unix None Some({uid}) Some({pid})"));
     let (_, over_tcp) = get_from(&Target::Tcp(tcp), "/")
         .await
         .expect("GET over TCP");
     assert!(over_tcp.starts_with("127.0.0.1:"), "{over_tcp}");
-    assert!(over_tcp.ends_with("Some(127.0.0.1)"), "{over_tcp}");
+    assert!(over_tcp.ends_with("Some(127.0.0.1) -"), "{over_tcp}");
 }
