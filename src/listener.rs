@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::addr::{Addr, ListenAddr, UnixPeer};
+use crate::addr::{Addr, ListenAddr};
 use crate::config::Config;
 use crate::net::{Target, bind_target};
 use crate::process::{self, Gate};
@@ -363,7 +363,7 @@ impl axum::serve::Listener for RiseFrontListener {
         let first = self.local.first().map(|addr| match addr {
             ListenAddr::Tcp(addr) => Addr::Tcp(*addr),
             // Not a client: no credentials to report.
-            ListenAddr::Unix(_) => Addr::Unix(UnixPeer::default()),
+            ListenAddr::Unix(_) => Addr::Unix(crate::addr::UnixPeer::default()),
         });
         first.ok_or_else(|| {
             io::Error::new(
