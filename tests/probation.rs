@@ -73,18 +73,8 @@ async fn a_build_dying_right_after_taking_over_hands_traffic_back() {
     std::fs::write(&fail, "crash:300").expect("write the failure file");
     for (i, way) in bad_ways.iter().enumerate() {
         let n = i as u64 + 2;
-        match way {
-            Way::StartAgain => {
-                service.start_again(&[]);
-            }
-            #[cfg(unix)]
-            Way::Hangup => service.signal_front(rustix::process::Signal::HUP),
-            Way::Command => {
-                // It answers once the new build is ready, which it is, for 300 ms.
-                let output = service.upgrade_command().await;
-                assert!(output.status.success(), "--upgrade: {output:?}");
-            }
-        }
+        // `--upgrade` answers once the new build is ready, which it is, for 300 ms.
+        service.request_upgrade(*way).await;
         service.wait_log(&format!("generation={n} ready_ms=")).await;
         let deadline = std::time::Instant::now() + common::PATIENCE;
         while service.log().matches("was reinstated").count() < i + 1 {

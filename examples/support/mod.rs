@@ -7,13 +7,7 @@ use std::time::Duration;
 /// Parses `[--upgrade] [ADDR]...`. With `--upgrade`, asks the running front for a new
 /// generation, prints the outcome and returns the exit code; otherwise returns the addresses.
 pub async fn command_line() -> Result<Vec<String>, ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
 
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let upgrade = args.first().is_some_and(|a| a == "--upgrade");
@@ -27,7 +21,23 @@ pub async fn command_line() -> Result<Vec<String>, ExitCode> {
         start_hook();
         return Ok(args);
     }
-    Err(match risefront::upgrade(&args).await {
+    Err(request_upgrade(&args).await)
+}
+
+/// Logs to stderr, at `RUST_LOG` or `info`.
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// `--upgrade`: asks the running front for a new generation and says how it went.
+async fn request_upgrade(addrs: &[String]) -> ExitCode {
+    match risefront::upgrade(addrs).await {
         Ok(generation) => {
             println!("upgraded: generation {generation} is serving");
             ExitCode::SUCCESS
@@ -36,7 +46,7 @@ pub async fn command_line() -> Result<Vec<String>, ExitCode> {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
-    })
+    }
 }
 
 /// `hello from generation <N> pid <PID>`: the body every example answers `GET /` with.
@@ -167,13 +177,7 @@ pub struct TlsCommandLine {
 /// as [`command_line`] does the plain examples' command line; `--upgrade` ignores the files.
 #[allow(dead_code)] // Only the TLS example uses it.
 pub async fn tls_command_line() -> Result<TlsCommandLine, ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
 
     let usage = "usage: tls [--upgrade] [ADDR]... --cert FILE --key FILE";
     let mut upgrade = false;
@@ -199,16 +203,7 @@ pub async fn tls_command_line() -> Result<TlsCommandLine, ExitCode> {
         addrs.push("127.0.0.1:8443".to_owned());
     }
     if upgrade {
-        return Err(match risefront::upgrade(&addrs).await {
-            Ok(generation) => {
-                println!("upgraded: generation {generation} is serving");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        });
+        return Err(request_upgrade(&addrs).await);
     }
     let (Some(cert), Some(key)) = (cert, key) else {
         eprintln!("--cert and --key are required\n{usage}");

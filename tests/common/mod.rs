@@ -756,6 +756,13 @@ impl Way {
 impl Service {
     /// Asks for generation `n` in the given way and waits until it answers.
     pub async fn upgrade(&mut self, way: Way, n: u64) -> Hello {
+        self.request_upgrade(way).await;
+        self.wait_generation(n).await
+    }
+
+    /// Asks for a new generation in the given way; `--upgrade` must report success (it
+    /// returns once the new generation is ready).
+    pub async fn request_upgrade(&mut self, way: Way) {
         match way {
             Way::StartAgain => {
                 self.start_again(&[]);
@@ -767,7 +774,6 @@ impl Service {
                 assert!(output.status.success(), "--upgrade failed: {output:?}");
             }
         }
-        self.wait_generation(n).await
     }
 
     /// Open descriptors and resident memory (KiB) of the front, from /proc.

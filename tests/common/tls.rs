@@ -289,17 +289,7 @@ pub async fn start(
 
 /// Asks for generation `n` in the given way and waits until it answers over TLS.
 pub async fn upgrade(service: &mut Service, config: &Arc<ClientConfig>, way: Way, n: u64) -> Hello {
-    match way {
-        Way::StartAgain => {
-            service.start_again(&[]);
-        }
-        #[cfg(unix)]
-        Way::Hangup => service.signal_front(rustix::process::Signal::HUP),
-        Way::Command => {
-            let output = service.upgrade_command().await;
-            assert!(output.status.success(), "--upgrade failed: {output:?}");
-        }
-    }
+    service.request_upgrade(way).await;
     wait_generation(service, config, n).await
 }
 
