@@ -35,9 +35,7 @@ impl Target {
             _ => false,
         }
     }
-}
 
-impl Target {
     /// This address as the service name shows it.
     pub(crate) fn named(&self) -> crate::config::Named<'_> {
         match self {
@@ -197,8 +195,10 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// How long a process may take to answer on a socket file before it counts as live: a
-/// connection queued on a live socket is accepted or not, but connect returns either way.
+/// How long probing a socket file may take before it counts as live. Connecting to a Unix
+/// socket completes as soon as the connection is queued, accepted or not, so only a socket
+/// whose queue is full (connect then fails with `WouldBlock`) or a very slow system comes
+/// near it.
 #[cfg(unix)]
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -249,8 +249,11 @@ pub(crate) async fn bind_unix(
                     }
                     listen_unix(path).map_err(|e| context(e, "bind"))?
                 }
-                Ok(Err(e)) => return Err(context(e, "probe the existing socket file")),
-                Ok(Ok(_)) | Err(_) => {
+                Ok(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => {
+                    return Err(context(e, "probe the existing socket file"));
+                }
+                // Connected, queue full, or too slow to say: someone listens on it.
+                Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::AddrInUse,
                         format!(
@@ -326,11 +329,25 @@ mod tests {
 
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
+    /// A scratch directory, removed on drop, so a failing test leaves nothing behind.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("rf-net-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        dir
+        Scratch(dir)
     }
 
     #[tokio::test]
@@ -345,7 +362,6 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o660);
         let _client = UnixStream::connect(&path).expect("connect");
         listener.accept().expect("accept");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
@@ -360,7 +376,25 @@ mod tests {
         theirs.accept().expect("probe connection");
         let _client = UnixStream::connect(&path).expect("still theirs");
         theirs.accept().expect("accept");
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Linux: a full queue fails connect with `WouldBlock` (the BSDs and macOS refuse it).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_live_socket_with_a_full_queue_is_refused_as_in_use() {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+
+        let dir = scratch("full");
+        let path = dir.join("http.sock");
+        let fd =
+            rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).expect("socket");
+        rustix::net::bind(&fd, &SocketAddrUnix::new(&path).expect("path")).expect("bind");
+        // A queue of one, taken: the probe's connect fails with `WouldBlock`.
+        rustix::net::listen(&fd, 0).expect("listen");
+        let _queued = UnixStream::connect(&path).expect("fill the queue");
+        let err = bind_unix(&path, None).await.expect_err("live socket");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        assert!(err.to_string().contains("another process accepts"), "{err}");
     }
 
     #[tokio::test]
@@ -372,7 +406,6 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert!(err.to_string().contains("not a socket"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "data");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
@@ -401,7 +434,6 @@ mod tests {
         let _theirs = UnixListener::bind(&path).expect("bind again");
         ours.remove();
         assert!(path.exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
