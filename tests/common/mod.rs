@@ -395,9 +395,19 @@ impl Service {
     }
 
     pub async fn poll_generation(&self, n: u64, tolerate_errors: bool) -> Hello {
+        self.poll_generation_with(n, tolerate_errors, || self.get("/"))
+            .await
+    }
+
+    /// `poll_generation`, with `get` making each `GET /` (over TLS, say).
+    pub async fn poll_generation_with<F, R>(&self, n: u64, tolerate_errors: bool, get: F) -> Hello
+    where
+        F: Fn() -> R,
+        R: std::future::Future<Output = Result<(u16, String), String>>,
+    {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let last = self.get("/").await;
+            let last = get().await;
             match &last {
                 Ok((200, body)) => {
                     let hello =
@@ -674,26 +684,25 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> 
 /// `get` for any target.
 pub async fn get_from(target: &Target, path: &str) -> Result<(u16, String), String> {
     let attempt = async {
-        let (status, body) = match target {
+        match target {
             Target::Tcp(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(|e| format!("connect: {e}"))?;
-                get_over(stream, &addr.to_string(), path).await?
+                get_over(stream, &addr.to_string(), path).await
             }
             #[cfg(unix)]
             Target::Unix(socket) => {
                 let stream = tokio::net::UnixStream::connect(socket)
                     .await
                     .map_err(|e| format!("connect: {e}"))?;
-                get_over(stream, "localhost", path).await?
+                get_over(stream, "localhost", path).await
             }
             Target::Tls { addr, http1, .. } => {
                 let got = tls::get(*addr, http1, path).await?;
-                (got.status, got.body)
+                Ok((got.status, got.body))
             }
-        };
-        Ok((status, body))
+        }
     };
     tokio::time::timeout(PATIENCE, attempt)
         .await
@@ -717,6 +726,13 @@ where
         .send_request(request)
         .await
         .map_err(|e| format!("request: {e}"))?;
+    read_response(response).await
+}
+
+/// A response's status and whole body (as text).
+pub async fn read_response(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> Result<(u16, String), String> {
     let status = response.status().as_u16();
     let body = response
         .into_body()

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
@@ -26,7 +25,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
-use super::{Hello, PATIENCE, Service, Target, Way, parse_hello};
+use super::{Hello, PATIENCE, Service, Target, Way, read_response};
 
 /// The name the test certificates are for (and 127.0.0.1).
 pub const HOST: &str = "localhost";
@@ -210,16 +209,10 @@ where
             sender.send_request(request).await
         }
         .map_err(|e| format!("request: {e}"))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
+        let (status, body) = read_response(response).await?;
         Ok(Got {
             status,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body,
             alpn,
             cert,
         })
@@ -237,35 +230,11 @@ pub async fn get(addr: SocketAddr, config: &Arc<ClientConfig>, path: &str) -> Re
 /// Polls `GET /` over TLS until generation `n` answers; after generation 1 is up, every
 /// request must succeed.
 pub async fn wait_generation(service: &Service, config: &Arc<ClientConfig>, n: u64) -> Hello {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let last = get(service.addr, config, "/").await;
-        match &last {
-            Ok(got) if got.status == 200 => {
-                let hello = parse_hello(&got.body)
-                    .unwrap_or_else(|| panic!("unexpected body {:?}", got.body));
-                if hello.generation == n {
-                    return hello;
-                }
-                assert!(
-                    hello.generation < n,
-                    "expected generation {n}, got {hello:?}"
-                );
-            }
-            Ok(got) => panic!("GET / answered {}: {}", got.status, got.body),
-            Err(e) => assert!(
-                n == 1,
-                "request failed while waiting for generation {n}: {e}\n{}",
-                service.log()
-            ),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "generation {n} never answered over TLS (last: {last:?})\n{}",
-            service.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let get = || async {
+        let got = get(service.addr, config, "/").await?;
+        Ok((got.status, got.body))
+    };
+    service.poll_generation_with(n, n == 1, get).await
 }
 
 /// Starts `tls ADDR --cert FILE --key FILE` on a free port with extra environment, and waits
