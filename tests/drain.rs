@@ -132,6 +132,14 @@ async fn drain_layer_closes_keep_alive_on_plain_axum_serve() {
 
     let output = service.upgrade_command().await;
     assert!(output.status.success(), "{output:?}");
+    // `--upgrade` returns once the new generation serves; the old one hears of it over its own
+    // control channel, so a request sent right now could still be answered before it knows.
+    service
+        .wait_log(&format!(
+            "generation {} was superseded and is on probation",
+            g1.generation
+        ))
+        .await;
     sender
         .ready()
         .await
