@@ -68,6 +68,11 @@ where
 
 /// Asks the running front for `addrs` to start a new generation, and waits until it serves.
 ///
+/// It returns once the new generation is ready and the generations it replaced have stopped
+/// accepting, so every connection opened after it returns reaches the new build: a deploy
+/// script can check the new version right away. (A replaced generation stuck for more than
+/// 2 s does not hold it up longer; the front's log then says so.)
+///
 /// Returns the new generation's number. Fails with an [`UpgradeError`] that says which case it
 /// is: no front runs for these addresses ([`NoFront`](UpgradeError::NoFront)), an upgrade is
 /// already in progress ([`Busy`](UpgradeError::Busy): retry later), or the new generation

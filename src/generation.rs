@@ -130,8 +130,18 @@ async fn talk_to_front(mut channel: Channel, process: &'static Process, generati
                 tracing::debug!(generation, "generation {generation} told the front it is ready");
             }
             message = channel.recv() => match message {
-                Ok(Some(Message::Superseded)) => process.start_draining("was superseded by a newer generation"),
-                Ok(Some(Message::Probation)) => process.start_probation(),
+                Ok(Some(Message::Superseded)) => {
+                    process.start_draining("was superseded by a newer generation");
+                    if !stepped_aside(&mut channel, process).await {
+                        return;
+                    }
+                }
+                Ok(Some(Message::Probation)) => {
+                    process.start_probation();
+                    if !stepped_aside(&mut channel, process).await {
+                        return;
+                    }
+                }
                 Ok(Some(Message::Reinstated)) => process.reinstate(),
                 Ok(Some(Message::Shutdown)) => {
                     process.set_stopping();
@@ -156,6 +166,20 @@ async fn talk_to_front(mut channel: Channel, process: &'static Process, generati
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Tells the front this generation accepts no new connection: our listeners accept under the
+/// same lock that pausing or closing them takes, so from the moment `start_probation` or
+/// `start_draining` returned no new connection is ours, and the front may report the upgrade
+/// done. False if the front is gone (the generation then drains).
+async fn stepped_aside(channel: &mut Channel, process: &'static Process) -> bool {
+    match channel.send(&Message::SteppedAside).await {
+        Ok(()) => true,
+        Err(e) => {
+            process.start_draining(&format!("lost the front ({e})"));
+            false
         }
     }
 }

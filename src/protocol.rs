@@ -28,6 +28,7 @@
 //! | 11   | `Busy`       | `u16` len, UTF-8 bytes                                             |
 //! | 12   | `Probation`  |                                                                    |
 //! | 13   | `Reinstated` |                                                                    |
+//! | 14   | `SteppedAside` |                                                                  |
 //!
 //! Why it is shaped this way:
 //!
@@ -54,8 +55,9 @@ use std::{error, fmt, io, str};
 /// Version 2 added the sender's ready and drain timeouts to `Hello`, so that the front
 /// enforces a new build's own deadlines rather than its own, and the `StopRequested` and
 /// `Stopping` messages. Version 3 added the sender's probation window to `Hello`, and the
-/// `Probation` and `Reinstated` messages.
-pub(crate) const VERSION: u8 = 3;
+/// `Probation` and `Reinstated` messages. Version 4 added `SteppedAside`, which the front
+/// waits for before it reports an upgrade done.
+pub(crate) const VERSION: u8 = 4;
 
 /// Largest frame body accepted (after the 4-byte length prefix).
 pub(crate) const MAX_FRAME: usize = 64 * 1024;
@@ -96,6 +98,7 @@ const KIND_STOPPING: u8 = 10;
 const KIND_BUSY: u8 = 11;
 const KIND_PROBATION: u8 = 12;
 const KIND_REINSTATED: u8 = 13;
+const KIND_STEPPED_ASIDE: u8 = 14;
 
 /// Who is on the other end of a control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +172,10 @@ pub(crate) enum Message {
     Probation,
     /// Front -> generation on probation: the generation that took over died; accept again.
     Reinstated,
+    /// Generation -> front, after `Probation` or `Superseded`: I accept no new connection
+    /// from now on. The front reports an upgrade done only after this (or a short timeout),
+    /// so whoever hears "upgraded" can count on new connections reaching the new generation.
+    SteppedAside,
 }
 
 impl Message {
@@ -186,6 +193,7 @@ impl Message {
             Message::Busy { .. } => KIND_BUSY,
             Message::Probation => KIND_PROBATION,
             Message::Reinstated => KIND_REINSTATED,
+            Message::SteppedAside => KIND_STEPPED_ASIDE,
             Message::Error { .. } => KIND_ERROR,
         }
     }
@@ -300,7 +308,8 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
         | Message::StopRequested
         | Message::Stopping
         | Message::Probation
-        | Message::Reinstated => {}
+        | Message::Reinstated
+        | Message::SteppedAside => {}
     }
     Ok(())
 }
@@ -332,7 +341,8 @@ fn body_len(msg: &Message) -> Result<usize, ProtocolError> {
         | Message::StopRequested
         | Message::Stopping
         | Message::Probation
-        | Message::Reinstated => 0,
+        | Message::Reinstated
+        | Message::SteppedAside => 0,
     };
     let len = payload.saturating_add(BODY_HEADER);
     if len > MAX_FRAME {
@@ -434,6 +444,7 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
         KIND_STOPPING => Message::Stopping,
         KIND_PROBATION => Message::Probation,
         KIND_REINSTATED => Message::Reinstated,
+        KIND_STEPPED_ASIDE => Message::SteppedAside,
         KIND_BUSY => Message::Busy {
             reason: read_string(&mut r)?,
         },
@@ -602,6 +613,7 @@ mod tests {
             Message::Stopping,
             Message::Probation,
             Message::Reinstated,
+            Message::SteppedAside,
             Message::Busy {
                 reason: "generation 3 is starting".to_owned(),
             },
@@ -640,7 +652,7 @@ mod tests {
                     probation: Duration::from_millis(0x0809),
                 },
                 &[
-                    0, 0, 0, 31, 3, 1, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0, 0, 31, 4, 1, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0,
                     7, 0, 0, 0, 0, 0, 0, 8, 9,
                 ],
             ),
@@ -653,7 +665,7 @@ mod tests {
                     probation: Duration::ZERO,
                 },
                 &[
-                    0, 0, 0, 31, 3, 1, 0, 0, 0, 9, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                    0, 0, 0, 31, 4, 1, 0, 0, 0, 9, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
                     0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ],
             ),
@@ -663,22 +675,22 @@ mod tests {
                     sockets: vec![vec![0xaa], vec![]],
                 },
                 &[
-                    0, 0, 0, 17, 3, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
+                    0, 0, 0, 17, 4, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
                 ],
             ),
             (
                 Message::Upgraded {
                     generation: 0x0102_0304_0506_0708,
                 },
-                &[0, 0, 0, 10, 3, 6, 1, 2, 3, 4, 5, 6, 7, 8],
+                &[0, 0, 0, 10, 4, 6, 1, 2, 3, 4, 5, 6, 7, 8],
             ),
             (
                 Message::Error {
                     reason: "hé".to_owned(),
                 },
-                &[0, 0, 0, 7, 3, 8, 0, 3, b'h', 0xc3, 0xa9],
+                &[0, 0, 0, 7, 4, 8, 0, 3, b'h', 0xc3, 0xa9],
             ),
-            (Message::Ready, &[0, 0, 0, 2, 3, 3]),
+            (Message::Ready, &[0, 0, 0, 2, 4, 3]),
         ];
         for (msg, bytes) in cases {
             assert_eq!(frame(&msg), bytes, "{msg:?}");
@@ -691,6 +703,7 @@ mod tests {
             (Message::Stopping, 10),
             (Message::Probation, 12),
             (Message::Reinstated, 13),
+            (Message::SteppedAside, 14),
         ];
         for (msg, kind) in bare {
             assert_eq!(frame(&msg), [0, 0, 0, 2, VERSION, kind]);
@@ -814,7 +827,7 @@ mod tests {
 
     #[test]
     fn unknown_kind() {
-        for kind in [0, 14, 255] {
+        for kind in [0, 15, 255] {
             assert_eq!(
                 decode(&raw(VERSION, kind, &[])),
                 Err(ProtocolError::UnknownMessage { kind })
@@ -1047,7 +1060,7 @@ mod tests {
         );
         assert_eq!(
             ProtocolError::UnsupportedVersion { got: 7 }.to_string(),
-            "peer speaks risefront protocol version 7, this build speaks 3"
+            "peer speaks risefront protocol version 7, this build speaks 4"
         );
         assert_eq!(
             ProtocolError::UnknownMessage { kind: 42 }.to_string(),
@@ -1065,7 +1078,7 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(
             err.to_string(),
-            "peer speaks risefront protocol version 1, this build speaks 3"
+            "peer speaks risefront protocol version 1, this build speaks 4"
         );
         let inner = err
             .get_ref()
@@ -1102,6 +1115,7 @@ mod tests {
             Just(Message::Stopping),
             Just(Message::Probation),
             Just(Message::Reinstated),
+            Just(Message::SteppedAside),
             any::<String>().prop_map(|reason| Message::Busy { reason }),
             any::<String>().prop_map(|reason| Message::Error { reason }),
         ]

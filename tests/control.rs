@@ -90,9 +90,9 @@ async fn a_peer_claiming_another_process_id_is_refused() {
     let service = Service::start().await;
     let g1 = service.hello().await;
 
-    // A Hello that claims to be the active generation: version 3, kind 1 (Hello), pid, role 1,
-    // ready and drain timeouts, probation window.
-    let mut hello = vec![0, 0, 0, 31, 3, 1];
+    // A Hello that claims to be the active generation: our version, kind 1 (Hello), pid,
+    // role 1, ready and drain timeouts, probation window.
+    let mut hello = vec![0, 0, 0, 31, common::PROTOCOL_VERSION, 1];
     hello.extend_from_slice(&g1.pid.to_be_bytes());
     hello.push(1);
     hello.extend_from_slice(&60_000u64.to_be_bytes());

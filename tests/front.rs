@@ -324,7 +324,7 @@ mod unix {
         drop(silent);
     }
 
-    /// `Hello { pid: ours, role: control }` in protocol version 3.
+    /// `Hello { pid: ours, role: control }` in this build's protocol version.
     fn control_hello() -> Vec<u8> {
         let mut payload = std::process::id().to_be_bytes().to_vec();
         payload.push(2);
@@ -332,7 +332,7 @@ mod unix {
         payload.extend(30_000u64.to_be_bytes());
         payload.extend(10_000u64.to_be_bytes());
         let mut out = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
-        out.extend([3, 1]);
+        out.extend([common::PROTOCOL_VERSION, 1]);
         out.extend(payload);
         out
     }

@@ -15,11 +15,10 @@ use common::{Service, example, run_bounded, set_mode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// Raw frame: `len | version 3 | kind | payload`.
+/// Raw frame: `len | version | kind | payload`.
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
-    // Protocol version 3.
-    out.extend([3, kind]);
+    out.extend([common::PROTOCOL_VERSION, kind]);
     out.extend_from_slice(payload);
     out
 }

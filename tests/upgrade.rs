@@ -351,3 +351,65 @@ async fn manual_readiness_keeps_the_old_generation_serving_until_ready() {
         started.elapsed()
     );
 }
+
+/// Sends SIGCONT when dropped, so that a failing test leaves no stopped process behind.
+#[cfg(unix)]
+struct Resume(u32);
+
+#[cfg(unix)]
+impl Drop for Resume {
+    fn drop(&mut self) {
+        common::signal_pid(self.0, Signal::CONT);
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn upgrade_returns_once_the_old_generation_stopped_accepting() {
+    // A deploy script that checks the new build right after `--upgrade` must never reach the
+    // old one. Generation 1, stopped with SIGSTOP, cannot say it stepped aside: `--upgrade`
+    // must wait for it (a front that answered at once would let it accept again on SIGCONT).
+    let service = Service::start().await;
+    let g1 = service.hello().await;
+    common::signal_pid(g1.pid, Signal::STOP);
+    let resume = Resume(g1.pid);
+    let upgrade = service.upgrade_command();
+    tokio::pin!(upgrade);
+    tokio::select! {
+        output = &mut upgrade => panic!("--upgrade returned before generation 2 was ready: {output:?}"),
+        () = service.wait_log("generation 2 ready after") => {}
+    }
+    tokio::select! {
+        output = &mut upgrade => panic!(
+            "--upgrade returned while generation 1 could still accept: {output:?}\n{}",
+            service.log()
+        ),
+        () = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+    drop(resume);
+    let output = upgrade.await;
+    assert!(output.status.success(), "{output:?}");
+    for _ in 0..20 {
+        assert_eq!(service.hello().await.generation, 2);
+    }
+    assert!(
+        !service.log().contains("did not confirm"),
+        "{}",
+        service.log()
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn upgrade_is_reported_anyway_when_the_old_generation_stays_stuck() {
+    let service = Service::start().await;
+    let g1 = service.hello().await;
+    common::signal_pid(g1.pid, Signal::STOP);
+    let _resume = Resume(g1.pid);
+    let output = service.upgrade_command().await;
+    assert!(output.status.success(), "{output:?}");
+    service
+        .wait_log("generation 1 did not confirm within 2s that it stopped accepting")
+        .await;
+    assert_eq!(service.hello().await.generation, 2);
+}

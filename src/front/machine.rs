@@ -13,6 +13,10 @@
 //! front stop --stop delay (still accepting, Stopping sent)--> every generation drains
 //! ```
 //!
+//! An upgrade is reported done (to the control client that asked, and to systemd) only once
+//! every generation it superseded has said it stepped aside, or after [`STEP_ASIDE_TIMEOUT`]:
+//! whoever hears "upgraded" can count on new connections reaching the new generation.
+//!
 //! The I/O shell in [`super`] turns signals, peer frames and child exits into [`Input`]s, feeds
 //! them to [`Machine::handle`], performs the [`Action`]s it returns, and sleeps until
 //! [`Machine::next_deadline`] to send [`Input::Tick`]. Every rule about upgrades lives here, so
@@ -49,6 +53,10 @@ pub(crate) const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(10);
 /// How long a spawned generation whose channel ended before ready has to exit: its exit
 /// status says more about what went wrong than the end of the channel.
 pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// How long the report of an upgrade waits for the generations it superseded to say they
+/// accept no more. They only have to read one frame, so this is only reached by a generation
+/// whose runtime is stuck, and then the upgrade is reported anyway, with a warning.
+pub(crate) const STEP_ASIDE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Extra time a generation gets past its own drain deadline before the front kills it: the
 /// generation enforces the deadline itself and needs a moment to exit.
 pub(crate) const DRAIN_SLACK: Duration = Duration::from_secs(5);
@@ -90,6 +98,8 @@ pub(crate) enum Input {
     PeerGone { peer: PeerId, why: String },
     /// A generation was told to stop by someone other than the front: replace it first.
     StopRequested { peer: PeerId },
+    /// A generation told `Probation` or `Superseded` accepts no new connection any more.
+    SteppedAside { peer: PeerId },
     /// A process the front spawned was reaped; `success` for exit status 0.
     Exited {
         generation: Gen,
@@ -162,6 +172,21 @@ struct Generation {
     stop_requested: bool,
 }
 
+/// A takeover whose report waits for the generations it superseded to step aside.
+#[derive(Debug, Clone)]
+struct Handover {
+    /// The generation that took over.
+    generation: Gen,
+    /// Superseded generations that have not said they stopped accepting.
+    awaiting: std::collections::BTreeSet<Gen>,
+    /// Reported anyway from then on.
+    deadline: Instant,
+    /// How long the new generation took to become ready, for the report.
+    took: Duration,
+    /// How many generations it superseded.
+    superseded: usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Peer {
     role: Role,
@@ -180,6 +205,8 @@ pub(crate) struct Machine {
     peers: BTreeMap<PeerId, Peer>,
     /// Control clients waiting for the outcome of the upgrade they asked for.
     waiters: Vec<(PeerId, Gen)>,
+    /// The last takeover, until it is reported.
+    handover: Option<Handover>,
     next_generation: Gen,
     /// Consecutive failures since a generation last served for [`STABLE_AFTER`].
     failures: u32,
@@ -208,6 +235,7 @@ impl Machine {
             generations: BTreeMap::new(),
             peers: BTreeMap::new(),
             waiters: Vec::new(),
+            handover: None,
             next_generation: 1,
             failures: 0,
             last_ready: None,
@@ -250,6 +278,7 @@ impl Machine {
             Input::Ready { peer } => self.on_ready(now, peer),
             Input::PeerGone { peer, why } => self.on_peer_gone(now, peer, &why),
             Input::StopRequested { peer } => self.on_stop_requested(now, peer),
+            Input::SteppedAside { peer } => self.on_stepped_aside(peer),
             Input::Exited {
                 generation,
                 status,
@@ -258,6 +287,9 @@ impl Machine {
             Input::Terminate { signal } => self.on_terminate(now, signal),
             Input::Tick => self.on_tick(now),
         }
+        // Whatever just happened (a confirmation, an exit, a lost channel, a stop, the time)
+        // may settle the pending report.
+        self.settle_handover(now);
         if self.winding_down() && self.generations.is_empty() {
             self.exited = true;
             if self.exit_code == 0 {
@@ -288,6 +320,7 @@ impl Machine {
             })
             .chain(self.respawn_at)
             .chain(self.stop_at)
+            .chain(self.handover.as_ref().map(|h| h.deadline))
             .min()
     }
 
@@ -544,11 +577,15 @@ impl Machine {
             return;
         }
         let took = now.saturating_duration_since(g.started);
+        // A takeover still unreported (its predecessor is slow to step aside) is reported as it
+        // stands: its generation did serve.
+        self.complete_handover();
         // One generation to fall back on at most: the one that served last.
         if let Some(previous) = self.on_probation() {
             self.release(now, previous);
         }
         let mut superseded = Vec::new();
+        let mut awaiting = std::collections::BTreeSet::new();
         for (old, g) in &mut self.generations {
             if matches!(g.phase, Phase::Active { .. }) {
                 let probation = g.timeouts.probation;
@@ -569,6 +606,7 @@ impl Machine {
                 g.phase = phase;
                 if let Some(p) = g.peer {
                     self.out.push(Action::Send { peer: p, message });
+                    awaiting.insert(*old);
                 }
                 superseded.push(*old);
             }
@@ -591,13 +629,99 @@ impl Machine {
                 format!("; superseded {superseded:?}")
             }
         );
+        self.handover = Some(Handover {
+            generation: n,
+            awaiting,
+            deadline: deadline_after(now, STEP_ASIDE_TIMEOUT),
+            took,
+            superseded: superseded.len(),
+        });
+    }
+
+    fn on_stepped_aside(&mut self, peer: PeerId) {
+        let Some(old) = self.by_peer(peer) else {
+            return;
+        };
+        if let Some(h) = &mut self.handover
+            && h.awaiting.remove(&old)
+        {
+            tracing::debug!(
+                generation = old,
+                "generation {old} stepped aside for generation {}",
+                h.generation
+            );
+        }
+    }
+
+    /// Reports the pending takeover once nothing is left to wait for: every superseded
+    /// generation stepped aside, exited, lost its channel or was brought back, or the
+    /// timeout passed. If the new generation stopped serving meanwhile, the upgrade failed.
+    fn settle_handover(&mut self, now: Instant) {
+        let Some(n) = self.handover.as_ref().map(|h| h.generation) else {
+            return;
+        };
+        if self.winding_down() {
+            // The clients were refused and STOPPING=1 went out (or is about to): no report.
+            self.handover = None;
+            return;
+        }
+        let serving = self
+            .generations
+            .get(&n)
+            .is_some_and(|g| matches!(g.phase, Phase::Active { .. }));
+        if !serving {
+            self.handover = None;
+            let why = "stopped serving right after it took over";
+            self.end_failed_reload(n, why);
+            self.answer_waiters(
+                n,
+                Message::Error {
+                    reason: format!("generation {n} {why}"),
+                },
+            );
+            return;
+        }
+        let generations = &self.generations;
+        let Some(h) = &mut self.handover else {
+            return;
+        };
+        h.awaiting.retain(|old| {
+            generations.get(old).is_some_and(|g| {
+                g.peer.is_some()
+                    && matches!(g.phase, Phase::Probation { .. } | Phase::Draining { .. })
+            })
+        });
+        if h.awaiting.is_empty() {
+            self.complete_handover();
+        } else if h.deadline <= now {
+            let late: Vec<String> = h.awaiting.iter().map(ToString::to_string).collect();
+            let (who, they) = match late.len() {
+                1 => ("generation", "it"),
+                _ => ("generations", "they"),
+            };
+            report!(
+                warn,
+                "{who} {} did not confirm within {STEP_ASIDE_TIMEOUT:?} that {they} stopped accepting: reporting generation {n} serving anyway; until then, {they} may still take some new connections",
+                late.join(", ")
+            );
+            self.complete_handover();
+        }
+    }
+
+    /// Reports the pending takeover: `Upgraded` to the control clients that asked for it,
+    /// `READY=1` to systemd.
+    fn complete_handover(&mut self) {
+        let Some(h) = self.handover.take() else {
+            return;
+        };
+        let n = h.generation;
         self.answer_waiters(n, Message::Upgraded { generation: n });
         let pid = self.generations.get(&n).and_then(|g| g.pid);
         let outcome = if self.reload == Some(n) {
             self.reload = None;
             format!(
                 "; last upgrade: generation {n} ready in {} ms",
-                took.as_millis()
+                h.took.as_millis()
             )
         } else {
             String::new()
@@ -605,13 +729,15 @@ impl Machine {
         let status = format!(
             "generation {n}{} serving; {} draining{outcome}",
             pid_note(pid),
-            superseded.len()
+            h.superseded
         );
         self.out.push(Action::Notify(Supervisor::Ready { status }));
     }
 
     /// An upgrade begins: systemd hears `RELOADING=1` now and `READY=1` once it has an outcome.
     fn begin_reload(&mut self, n: Gen, how: &str) {
+        // The previous upgrade's READY=1 goes out before this one's RELOADING=1.
+        self.complete_handover();
         self.reload = Some(n);
         self.out.push(Action::Notify(Supervisor::Reloading {
             status: format!("upgrading: generation {n} starting ({how})"),

@@ -449,6 +449,7 @@ impl<'a> Front<'a> {
             Event::Ready { peer } => self.feed(Input::Ready { peer }),
             Event::Upgrade { peer } => self.feed(Input::UpgradeRequested { peer }),
             Event::StopRequested { peer } => self.feed(Input::StopRequested { peer }),
+            Event::SteppedAside { peer } => self.feed(Input::SteppedAside { peer }),
             Event::Gone { peer, why } => {
                 self.peers.remove(&peer);
                 self.feed(Input::PeerGone { peer, why });

@@ -37,6 +37,10 @@ pub(crate) enum Event {
     StopRequested {
         peer: PeerId,
     },
+    /// A superseded generation accepts no new connection any more.
+    SteppedAside {
+        peer: PeerId,
+    },
     /// The task ended; `why` is for the log.
     Gone {
         peer: PeerId,
@@ -215,6 +219,11 @@ async fn serve(
                 Some(Message::StopRequested) if role == Role::Generation && !stop_asked => {
                     stop_asked = true;
                     let _ = cx.events.send(Event::StopRequested { peer });
+                }
+                // Once per probation or supersession, and a generation can be reinstated and
+                // superseded again: not a one-shot like the requests above.
+                Some(Message::SteppedAside) if role == Role::Generation => {
+                    let _ = cx.events.send(Event::SteppedAside { peer });
                 }
                 Some(other) => {
                     return Err(io::Error::new(

@@ -24,6 +24,10 @@ use rustix::process::{Pid, Signal};
 /// Upper bound for anything a test waits for; generous because CI machines are slow and noisy.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The control protocol version this build speaks (`src/protocol.rs`), for the tests that
+/// write raw frames.
+pub const PROTOCOL_VERSION: u8 = 4;
+
 /// Path of an example binary, next to the test binaries.
 ///
 /// `cargo test --all-targets` compiles the examples only as test harnesses (with hashed

@@ -126,11 +126,28 @@ impl World {
         })
     }
 
-    /// Spawn (already requested), Hello and Ready for `generation`.
+    /// Spawn (already requested), Hello and Ready for `generation`, and the generations it
+    /// superseded stepping aside.
     fn bring_up(&mut self, generation: Gen) {
         self.spawned(generation);
         self.hello(generation, defaults());
-        self.ready(generation);
+        let out = self.ready(generation);
+        self.step_aside(&out);
+    }
+
+    /// Every generation that `out` tells to stop accepting says it did.
+    fn step_aside(&mut self, out: &[Action]) -> Vec<Action> {
+        let mut all = Vec::new();
+        for action in out {
+            if let Action::Send {
+                peer,
+                message: Message::Probation | Message::Superseded,
+            } = action
+            {
+                all.extend(self.feed(Input::SteppedAside { peer: *peer }));
+            }
+        }
+        all
     }
 
     /// A control client that said Hello; returns its peer.
@@ -241,11 +258,31 @@ fn a_control_client_waits_for_the_outcome_of_its_upgrade() {
     w.spawned(2);
     w.hello(2, defaults());
     let out = w.ready(2);
-    assert!(out.contains(&Action::Send {
-        peer: client,
-        message: Message::Upgraded { generation: 2 }
-    }));
-    assert!(out.contains(&Action::Close(client)));
+    assert!(
+        !out.iter().any(
+            |a| matches!(a, Action::Send { peer, .. } | Action::Close(peer) if *peer == client)
+        ),
+        "no answer before generation 1 says it stopped accepting: {out:?}"
+    );
+    assert_eq!(
+        w.notified.last(),
+        Some(&Supervisor::Reloading {
+            status: "upgrading: generation 2 starting (requested)".to_owned()
+        })
+    );
+    assert_eq!(w.m.next_deadline(), Some(w.now + STEP_ASIDE_TIMEOUT));
+    let out = w.step_aside(&out);
+    assert_eq!(
+        out,
+        vec![
+            Action::Send {
+                peer: client,
+                message: Message::Upgraded { generation: 2 }
+            },
+            Action::Close(client)
+        ]
+    );
+    assert!(matches!(w.notified.last(), Some(Supervisor::Ready { .. })));
     w.exited(1, "exit status: 0");
 
     // A failing build: the client hears why, and generation 2 keeps serving.
@@ -264,6 +301,128 @@ fn a_control_client_waits_for_the_outcome_of_its_upgrade() {
     assert!(reason.contains("exit status: 3"), "{reason}");
     assert!(is_active(w.phase(2)));
     assert_eq!(w.m.next_deadline(), None, "a rollback schedules no respawn");
+}
+
+/// An upgrade asked for by a control client, with generation 2 ready and generation 1 told
+/// to stop accepting but not confirmed yet.
+fn awaiting_step_aside(timeouts: Timeouts) -> (World, PeerId) {
+    let mut w = World::new(timeouts);
+    w.feed(Input::Start);
+    w.spawned(1);
+    w.hello(1, timeouts);
+    w.ready(1);
+    let client = w.control_client();
+    w.feed(Input::UpgradeRequested { peer: client });
+    w.spawned(2);
+    w.hello(2, timeouts);
+    w.notified.clear();
+    let out = w.ready(2);
+    assert!(error_to(&out, client).is_none() && !out.contains(&Action::Close(client)));
+    assert!(w.notified.is_empty(), "{:?}", w.notified);
+    (w, client)
+}
+
+fn upgraded_to(out: &[Action], to: PeerId, generation: Gen) -> bool {
+    out.contains(&Action::Send {
+        peer: to,
+        message: Message::Upgraded { generation },
+    }) && out.contains(&Action::Close(to))
+}
+
+#[test]
+fn a_generation_that_never_confirms_delays_the_report_by_the_timeout_at_most() {
+    let (mut w, client) = awaiting_step_aside(defaults());
+    assert_eq!(w.m.next_deadline(), Some(w.now + STEP_ASIDE_TIMEOUT));
+    assert_eq!(w.tick_after(STEP_ASIDE_TIMEOUT - MS), vec![]);
+    let out = w.tick_after(MS);
+    assert!(upgraded_to(&out, client, 2), "{out:?}");
+    assert!(
+        matches!(&w.notified[..], [Supervisor::Ready { status }] if status.contains("generation 2"))
+    );
+    // A late confirmation changes nothing.
+    let one = w.peer_of(1);
+    assert_eq!(w.feed(Input::SteppedAside { peer: one }), vec![]);
+}
+
+#[test]
+fn a_superseded_generation_that_exits_or_goes_silent_needs_no_confirmation() {
+    let (mut w, client) = awaiting_step_aside(defaults());
+    let out = w.exited(1, "exit status: 0");
+    assert!(upgraded_to(&out, client, 2), "{out:?}");
+
+    let (mut w, client) = awaiting_step_aside(defaults());
+    let one = w.peer_of(1);
+    let out = w.feed(Input::PeerGone {
+        peer: one,
+        why: "end of stream".to_owned(),
+    });
+    assert!(upgraded_to(&out, client, 2), "{out:?}");
+}
+
+#[test]
+fn only_the_superseded_generation_can_confirm() {
+    let (mut w, client) = awaiting_step_aside(defaults());
+    let two = w.peer_of(2);
+    assert_eq!(w.feed(Input::SteppedAside { peer: two }), vec![]);
+    let other = w.control_client();
+    assert_eq!(w.feed(Input::SteppedAside { peer: other }), vec![]);
+    assert_eq!(w.feed(Input::SteppedAside { peer: 999_999 }), vec![]);
+    let one = w.peer_of(1);
+    let out = w.feed(Input::SteppedAside { peer: one });
+    assert!(upgraded_to(&out, client, 2), "{out:?}");
+}
+
+#[test]
+fn a_new_build_dying_before_the_report_fails_the_upgrade() {
+    let probation = Timeouts {
+        probation: 10 * SEC,
+        ..defaults()
+    };
+    let (mut w, client) = awaiting_step_aside(probation);
+    let one = w.peer_of(1);
+    let out = w.exited(2, "exit status: 4");
+    assert!(reinstated_to(&out, one), "{out:?}");
+    let reason = error_to(&out, client).expect("the client hears the upgrade failed");
+    assert!(reason.contains("generation 2 stopped serving"), "{reason}");
+    assert!(
+        matches!(
+            &w.notified[..],
+            [Supervisor::Status { .. }, Supervisor::Ready { status }]
+                if status.starts_with("generation 1") && status.contains("last upgrade failed")
+        ),
+        "{:?}",
+        w.notified
+    );
+    assert_eq!(w.m.next_deadline(), None);
+}
+
+#[test]
+fn a_new_upgrade_reports_the_pending_one_first() {
+    let (mut w, client) = awaiting_step_aside(defaults());
+    let out = w.feed(Input::Hangup);
+    assert!(upgraded_to(&out, client, 2), "{out:?}");
+    assert!(out.contains(&Action::Spawn(3)));
+    assert!(
+        matches!(
+            &w.notified[..],
+            [Supervisor::Ready { .. }, Supervisor::Reloading { .. }]
+        ),
+        "{:?}",
+        w.notified
+    );
+}
+
+#[test]
+fn a_stop_before_the_report_refuses_the_client_and_reports_nothing_more() {
+    let (mut w, client) = awaiting_step_aside(defaults());
+    let out = w.feed(Input::Terminate { signal: "SIGTERM" });
+    let reason = error_to(&out, client).expect("refused");
+    assert!(reason.contains("shutting down"), "{reason}");
+    assert!(
+        matches!(&w.notified[..], [Supervisor::Stopping { .. }]),
+        "{:?}",
+        w.notified
+    );
 }
 
 #[test]
@@ -803,7 +962,8 @@ fn systemd_hears_ready_then_a_reloading_ready_pair_per_upgrade_then_stopping() {
     w.notified.clear();
     // A build started by hand is an upgrade too.
     let (peer, _) = w.hand_started(4242, defaults());
-    w.feed(Input::Ready { peer });
+    let out = w.feed(Input::Ready { peer });
+    w.step_aside(&out);
     assert!(
         matches!(
             &w.notified[..],
@@ -848,6 +1008,8 @@ enum Op {
     StopRequested(usize),
     /// A live spawned process exits with status 0 on its own.
     CleanExit(usize),
+    /// A peer says it stepped aside (whether or not it was told to).
+    SteppedAside(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -866,6 +1028,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::FailNextSpawn),
         1 => any::<usize>().prop_map(Op::StopRequested),
         1 => any::<usize>().prop_map(Op::CleanExit),
+        3 => any::<usize>().prop_map(Op::SteppedAside),
     ]
 }
 
@@ -890,6 +1053,9 @@ struct Model {
     stop_notified: bool,
     /// The last generation brought back from probation.
     reinstated: Option<Gen>,
+    /// Serving generations told to stop accepting (`Probation`, or `Superseded` while
+    /// active), when, and on which peer, until they say they did.
+    told_aside: BTreeMap<Gen, (Instant, PeerId)>,
 }
 
 impl Model {
@@ -914,6 +1080,7 @@ impl Model {
             reloading: false,
             stop_notified: false,
             reinstated: None,
+            told_aside: BTreeMap::new(),
         };
         model.input(Input::Start);
         model
@@ -932,6 +1099,19 @@ impl Model {
             _ => None,
         };
         let was_starting = self.w.m.starting().is_some();
+        // A new upgrade, or a newer generation ready, reports the previous takeover as it
+        // stands, confirmed or not.
+        let may_begin_upgrade = matches!(
+            input,
+            Input::Hangup
+                | Input::UpgradeRequested { .. }
+                | Input::Hello { .. }
+                | Input::StopRequested { .. }
+        );
+        let getting_ready = match input {
+            Input::Ready { peer } => self.w.m.by_peer(peer),
+            _ => None,
+        };
         let before_exit = self.exited.is_some();
         let mut queue = vec![input];
         while let Some(input) = queue.pop() {
@@ -1028,6 +1208,46 @@ impl Model {
                         );
                         self.reinstated = Some(n);
                     }
+                    Action::Send {
+                        peer,
+                        message: Message::Probation | Message::Superseded,
+                    } => {
+                        assert!(
+                            self.open_peers.contains_key(&peer),
+                            "{action:?} to a closed peer"
+                        );
+                        if let Some(n) = self.w.m.by_peer(peer)
+                            && is_active(before.get(&n).copied())
+                        {
+                            self.told_aside.insert(n, (self.w.now, peer));
+                        }
+                    }
+                    Action::Send {
+                        peer,
+                        message: Message::Upgraded { generation },
+                    } => {
+                        assert!(
+                            self.open_peers.contains_key(&peer),
+                            "{action:?} to a closed peer"
+                        );
+                        // Reported only once every generation it superseded stepped aside, is
+                        // out of touch or gone, or the timeout passed.
+                        for (old, (since, old_peer)) in &self.told_aside {
+                            let still_there = self.open_peers.contains_key(old_peer)
+                                && matches!(
+                                    self.w.m.phases().get(old),
+                                    Some(Phase::Probation { .. } | Phase::Draining { .. })
+                                );
+                            assert!(
+                                !still_there
+                                    || may_begin_upgrade
+                                    || getting_ready.is_some_and(|n| n != generation)
+                                    || self.w.now - *since >= STEP_ASIDE_TIMEOUT,
+                                "generation {generation} reported upgraded while generation {old} has not stepped aside ({:?} after it was told)",
+                                self.w.now - *since
+                            );
+                        }
+                    }
                     Action::SendListeners { peer, .. } | Action::Send { peer, .. } => {
                         assert!(
                             self.open_peers.contains_key(&peer),
@@ -1093,6 +1313,14 @@ impl Model {
                     "generation {n} waits with no deadline: {phase:?}, next {next:?}"
                 );
             }
+        }
+        // A pending report is bounded by a deadline.
+        if let Some(h) = &self.w.m.handover {
+            assert!(
+                next.is_some_and(|next| next <= h.deadline),
+                "the report of generation {} waits with no deadline",
+                h.generation
+            );
         }
         // Every spawned process that was not reaped is still tracked.
         for n in self.live.keys() {
@@ -1208,6 +1436,12 @@ impl Model {
             Op::StopRequested(i) => {
                 if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
                     self.input(Input::StopRequested { peer });
+                }
+            }
+            Op::SteppedAside(i) => {
+                if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
+                    self.told_aside.retain(|_, (_, p)| *p != peer);
+                    self.input(Input::SteppedAside { peer });
                 }
             }
         }
@@ -1339,6 +1573,7 @@ fn taken_over() -> World {
     w.hello(2, with_probation());
     w.advance(300 * MS);
     let out = w.ready(2);
+    w.step_aside(&out);
     let one = w.peer_of(1);
     assert!(
         out.contains(&Action::Send {
