@@ -230,8 +230,7 @@ pub(crate) async fn bind_unix(
                     ),
                 ));
             }
-            let probe =
-                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::UnixStream::connect(path)).await;
+            let probe = probe_unix(path).await;
             match probe {
                 Ok(Err(e))
                     if matches!(
@@ -271,6 +270,34 @@ pub(crate) async fn bind_unix(
             .map_err(|e| context(e, &format!("set mode {mode:o} on")))?;
     }
     Ok(listener)
+}
+
+/// Connects to the socket file at `path` to see whether anyone accepts on it. A refusal is
+/// asked again a few times over about 100 ms, and only a socket refused every time counts as
+/// stale: Linux refuses only a socket nobody listens on, but macOS and the BSDs also refuse
+/// while a live server's accept queue is full, and replacing that server's file would cut it
+/// off. (Asked on every platform, so that the Linux tests run this path too; it only costs a
+/// stale file's replacement about 100 ms.)
+#[cfg(unix)]
+async fn probe_unix(
+    path: &std::path::Path,
+) -> Result<io::Result<tokio::net::UnixStream>, tokio::time::error::Elapsed> {
+    const REFUSALS: u32 = 4;
+    let mut refused = 0;
+    loop {
+        let probe =
+            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::UnixStream::connect(path)).await;
+        match &probe {
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                refused += 1;
+                if refused == REFUSALS {
+                    return probe;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            _ => return probe,
+        }
+    }
 }
 
 #[cfg(unix)]

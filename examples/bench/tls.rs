@@ -163,8 +163,15 @@ async fn rate(
     Ok(total as f64 / elapsed)
 }
 
-/// One connection, one `GET /`, closed; TLS when `config` is given.
+/// One connection, one `GET /`, closed; TLS when `config` is given. A request that takes
+/// longer than 10 s counts as failed, so a stuck server fails the bench instead of hanging it.
 async fn get(addr: SocketAddr, config: Option<&Arc<ClientConfig>>) -> bool {
+    tokio::time::timeout(std::time::Duration::from_secs(10), get_once(addr, config))
+        .await
+        .unwrap_or(false)
+}
+
+async fn get_once(addr: SocketAddr, config: Option<&Arc<ClientConfig>>) -> bool {
     let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
         return false;
     };

@@ -125,10 +125,14 @@ pub(crate) async fn run(
 /// killed, its generations close their copies of the sockets as they notice.
 async fn bind_retrying(target: &Target, unix_mode: Option<u32>) -> io::Result<Socket> {
     let deadline = Instant::now() + ADDR_IN_USE_RETRY;
+    // Each try at a Unix socket path probes whoever holds it with a connection: back off, so a
+    // foreign server sees about ten, not sixty.
+    let mut pause = Duration::from_millis(50);
     loop {
         match bind_target(target, unix_mode).await {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(400));
             }
             other => return other,
         }
