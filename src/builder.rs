@@ -8,8 +8,8 @@ use tokio::time::Instant;
 
 use crate::addr::ToListenAddr;
 use crate::config::{
-    Config, deadline_after, derive_name, env_duration, env_off, env_upgrade, program_name,
-    validate_name,
+    Config, deadline_after, derive_name, env_duration, env_off, env_unix_mode, env_upgrade,
+    program_name, validate_name,
 };
 use crate::handoff::{self, Endpoint};
 use crate::listener::RiseFrontListener;
@@ -102,7 +102,8 @@ where
 /// reaches for during an incident: `RISEFRONT_READY_TIMEOUT`, `RISEFRONT_DRAIN_TIMEOUT`,
 /// `RISEFRONT_HANDSHAKE_TIMEOUT`, `RISEFRONT_IDLE_GRACE`, `RISEFRONT_STOP_DELAY`,
 /// `RISEFRONT_PROBATION` and `RISEFRONT_CLOSE_SPREAD` take values
-/// such as `500ms`, `30s`, `2m` or a plain number of seconds, and `RISEFRONT=off` means
+/// such as `500ms`, `30s`, `2m` or a plain number of seconds, `RISEFRONT_UNIX_MODE` an octal
+/// mode such as `660` (see [`unix_mode`](Self::unix_mode)), and `RISEFRONT=off` means
 /// [`standalone`](Self::standalone).
 ///
 /// An environment variable beats the value set in code. Each process reads its own
@@ -332,7 +333,7 @@ impl Builder {
     /// permission). The mode is set right after the socket is bound; to have no instant with
     /// a wider mode, set a umask, or put the socket in a directory only the intended clients
     /// can enter. Sockets systemd passes keep the mode systemd gave them (`SocketMode=`).
-    /// Ignored for TCP addresses.
+    /// Ignored for TCP addresses. `RISEFRONT_UNIX_MODE=660` (octal) overrides it at run time.
     ///
     /// ```no_run
     /// # async fn run() -> std::io::Result<()> {
@@ -444,7 +445,7 @@ impl Builder {
                 .or_else(|| self.control_dir.clone()),
             standalone: self.standalone || env_off()?,
             manual_ready: self.manual_ready,
-            unix_mode: self.unix_mode,
+            unix_mode: env_unix_mode()?.or(self.unix_mode),
         })
     }
 }

@@ -205,6 +205,31 @@ pub(crate) fn env_duration(var: &str) -> io::Result<Option<Duration>> {
     })
 }
 
+/// `RISEFRONT_UNIX_MODE`: the socket files' mode, in octal (`660`, `0660` or `0o660`).
+pub(crate) fn env_unix_mode() -> io::Result<Option<u32>> {
+    const VAR: &str = "RISEFRONT_UNIX_MODE";
+    let Ok(value) = std::env::var(VAR) else {
+        return Ok(None);
+    };
+    parse_mode(&value).map(Some).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("risefront: {VAR}={value:?} is not a file mode in octal (examples: 660, 0600)"),
+        )
+    })
+}
+
+pub(crate) fn parse_mode(s: &str) -> Option<u32> {
+    let s = s.trim();
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 5 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o7777)
+}
+
 pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
@@ -232,6 +257,25 @@ mod tests {
                 None => Named::Tcp(a.parse().unwrap()),
             })
             .collect()
+    }
+
+    #[test]
+    fn unix_modes_are_octal_and_bounded() {
+        assert_eq!(parse_mode("660"), Some(0o660));
+        assert_eq!(parse_mode(" 0600 "), Some(0o600));
+        assert_eq!(parse_mode("0o2770"), Some(0o2770));
+        for bad in [
+            "",
+            "0o",
+            "rw-rw----",
+            "680",
+            "-1",
+            "17777",
+            "0x1ff",
+            "0777777",
+        ] {
+            assert_eq!(parse_mode(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -104,7 +104,12 @@ async fn a_stale_socket_file_is_replaced() {
     let socket = scratch.0.join("http.sock");
     // What a killed server leaves: the file, and nothing listening on it.
     drop(UnixListener::bind(&socket).expect("bind"));
-    let service = spawn_on_socket(&example("hello"), &socket);
+    // The operator's mode for the new file, from the environment.
+    let service = Service::spawn_with_args(
+        &example("hello"),
+        &[("RISEFRONT_UNIX_MODE", "0600")],
+        &[format!("unix:{}", socket.display())],
+    );
     service.wait_generation(1).await;
     let (status, body) = get_from(&Target::Unix(socket.clone()), "/")
         .await
@@ -112,6 +117,8 @@ async fn a_stale_socket_file_is_replaced() {
     assert_eq!(status, 200);
     assert_eq!(parse_hello(&body).map(|h| h.generation), Some(1), "{body}");
     service.wait_log("replacing the stale socket file").await;
+    let mode = std::fs::metadata(&socket).expect("socket").mode() & 0o777;
+    assert_eq!(mode, 0o600, "RISEFRONT_UNIX_MODE=0600 gave {mode:o}");
 }
 
 #[tokio::test]
