@@ -194,29 +194,38 @@ fn env_switch(var: &str, yes: &[&str], no: &[&str], hint: &str) -> io::Result<bo
 }
 
 pub(crate) fn env_duration(var: &str) -> io::Result<Option<Duration>> {
+    env_parsed(
+        var,
+        parse_duration,
+        "a duration (examples: 500ms, 30s, 2m, 1.5)",
+    )
+}
+
+/// `var` parsed by `parse` if set; an error that names the variable and says what `what` it
+/// should be if it does not parse.
+fn env_parsed<T>(
+    var: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+    what: &str,
+) -> io::Result<Option<T>> {
     let Ok(value) = std::env::var(var) else {
         return Ok(None);
     };
-    parse_duration(&value).map(Some).ok_or_else(|| {
+    parse(&value).map(Some).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("risefront: {var}={value:?} is not a duration (examples: 500ms, 30s, 2m, 1.5)"),
+            format!("risefront: {var}={value:?} is not {what}"),
         )
     })
 }
 
 /// `RISEFRONT_UNIX_MODE`: the socket files' mode, in octal (`660`, `0660` or `0o660`).
 pub(crate) fn env_unix_mode() -> io::Result<Option<u32>> {
-    const VAR: &str = "RISEFRONT_UNIX_MODE";
-    let Ok(value) = std::env::var(VAR) else {
-        return Ok(None);
-    };
-    parse_mode(&value).map(Some).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("risefront: {VAR}={value:?} is not a file mode in octal (examples: 660, 0600)"),
-        )
-    })
+    env_parsed(
+        "RISEFRONT_UNIX_MODE",
+        parse_mode,
+        "a file mode in octal (examples: 660, 0600)",
+    )
 }
 
 pub(crate) fn parse_mode(s: &str) -> Option<u32> {

@@ -363,16 +363,23 @@ impl Drop for Resume {
     }
 }
 
+/// A service whose generation 1 is held by SIGSTOP (until the `Resume` is dropped): it can
+/// neither accept nor read what the front tells it.
+#[cfg(unix)]
+async fn with_generation_1_stopped() -> (Service, Resume) {
+    let service = Service::start().await;
+    let g1 = service.hello().await;
+    common::signal_pid(g1.pid, Signal::STOP);
+    (service, Resume(g1.pid))
+}
+
 #[cfg(unix)]
 #[tokio::test]
 async fn upgrade_returns_once_the_old_generation_stopped_accepting() {
     // A deploy script that checks the new build right after `--upgrade` must never reach the
     // old one. Generation 1, stopped with SIGSTOP, cannot say it stepped aside: `--upgrade`
     // must wait for it (a front that answered at once would let it accept again on SIGCONT).
-    let service = Service::start().await;
-    let g1 = service.hello().await;
-    common::signal_pid(g1.pid, Signal::STOP);
-    let resume = Resume(g1.pid);
+    let (service, resume) = with_generation_1_stopped().await;
     let upgrade = service.upgrade_command();
     tokio::pin!(upgrade);
     tokio::select! {
@@ -402,10 +409,7 @@ async fn upgrade_returns_once_the_old_generation_stopped_accepting() {
 #[cfg(unix)]
 #[tokio::test]
 async fn upgrade_is_reported_anyway_when_the_old_generation_stays_stuck() {
-    let service = Service::start().await;
-    let g1 = service.hello().await;
-    common::signal_pid(g1.pid, Signal::STOP);
-    let _resume = Resume(g1.pid);
+    let (service, _resume) = with_generation_1_stopped().await;
     let output = service.upgrade_command().await;
     assert!(output.status.success(), "{output:?}");
     service
