@@ -1,7 +1,7 @@
 //! TLS end to end, with the `tls` example and certificates made at test time: no request fails
-//! across upgrades over HTTP/1.1 and HTTP/2 (ALPN), a client that sends nothing does not
-//! stall accepting, certificates rotate by upgrade, and the handshake rate is measured
-//! against plain TCP.
+//! across upgrades over HTTP/1.1 and HTTP/2 (ALPN), the drain deadline cuts only what
+//! outlives it, a client that sends nothing does not stall accepting, certificates rotate by
+//! upgrade, and the handshake rate is measured against plain TCP.
 
 mod common;
 
@@ -162,6 +162,64 @@ async fn silent_clients_do_not_stall_accepting() {
         tls::get(service.addr, &client, "/").await.map(|g| g.status),
         Ok(200)
     );
+}
+
+/// The drain rules over TLS and HTTP/2, two streams on one connection: at the takeover the
+/// stream that ends within the drain timeout completes on generation 1, the one that outlives
+/// it is cut at the deadline, and GracefulServer's summary counts one connection forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_deadline_cuts_what_outlives_it_over_tls_http2() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let (cert, key) = tls::service_env(&dir.0, &ca.server_cert(1));
+    let http2 = ca.client(&[b"h2"]);
+    // Probation off: the deadline runs from the takeover.
+    let env = [
+        ("RISEFRONT_DRAIN_TIMEOUT", "1s"),
+        ("RISEFRONT_PROBATION", "0"),
+    ];
+    let service = tls::start(&cert, &key, &env, &http2).await;
+    let g1 = tls::wait_generation(&service, &http2, 1).await;
+    let stream = tls::connect(service.addr, &http2).await.expect("connect");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let send = |path: &'static str| {
+        let mut sender = sender.clone();
+        tokio::spawn(async move {
+            let request = hyper::Request::get(format!("https://{}{path}", tls::HOST))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            common::read_response(response).await
+        })
+    };
+    let short = send("/slow?ms=400");
+    let long = send("/slow?ms=8000");
+    service.wait_log("slow request: answering in 400 ms").await;
+    service.wait_log("slow request: answering in 8000 ms").await;
+
+    let output = service.upgrade_command().await;
+    assert!(output.status.success(), "{output:?}");
+    let (status, body) = short
+        .await
+        .expect("task")
+        .expect("the short stream completes");
+    assert_eq!((status, parse_hello(&body)), (200, Some(g1)));
+    assert!(
+        long.await.expect("task").is_err(),
+        "the long stream is cut at the deadline"
+    );
+    common::wait_gone(g1.pid).await;
+    service.wait_log("forced=1").await;
 }
 
 /// New certificate files plus an upgrade: new connections get the new certificate, a request
