@@ -170,6 +170,11 @@ struct Generation {
     lost: Option<String>,
     /// It asked to be replaced (it was sent SIGTERM from outside).
     stop_requested: bool,
+    /// How many `Probation` and `Superseded` messages it was sent, and how many `SteppedAside`
+    /// it answered: it answers each in order, so a confirmation that was on its way before it
+    /// was reinstated and superseded again is not taken for the latest one.
+    told_aside: u32,
+    stepped_aside: u32,
 }
 
 /// A takeover whose report waits for the generations it superseded to step aside.
@@ -399,6 +404,8 @@ impl Machine {
                 reason: reason.to_owned(),
                 lost: None,
                 stop_requested: false,
+                told_aside: 0,
+                stepped_aside: 0,
             },
         );
         self.out.push(Action::Spawn(n));
@@ -539,6 +546,8 @@ impl Machine {
                         reason: String::new(),
                         lost: None,
                         stop_requested: false,
+                        told_aside: 0,
+                        stepped_aside: 0,
                     },
                 );
                 tracing::info!(
@@ -606,6 +615,7 @@ impl Machine {
                 g.phase = phase;
                 if let Some(p) = g.peer {
                     self.out.push(Action::Send { peer: p, message });
+                    g.told_aside = g.told_aside.saturating_add(1);
                     awaiting.insert(*old);
                 }
                 superseded.push(*old);
@@ -642,6 +652,18 @@ impl Machine {
         let Some(old) = self.by_peer(peer) else {
             return;
         };
+        let Some(g) = self.generations.get_mut(&old) else {
+            return;
+        };
+        if g.stepped_aside >= g.told_aside {
+            // Nothing asked: an answer is not banked for a later message.
+            return;
+        }
+        g.stepped_aside += 1;
+        if g.stepped_aside < g.told_aside {
+            // The answer to an earlier message: the latest one is still unread.
+            return;
+        }
         if let Some(h) = &mut self.handover
             && h.awaiting.remove(&old)
         {
@@ -1170,6 +1192,7 @@ impl Machine {
                 peer,
                 message: Message::Superseded,
             });
+            g.told_aside = g.told_aside.saturating_add(1);
         }
     }
 

@@ -426,6 +426,35 @@ fn a_stop_before_the_report_refuses_the_client_and_reports_nothing_more() {
 }
 
 #[test]
+fn an_answer_to_an_earlier_probation_does_not_count_for_the_latest() {
+    // Generation 1 on probation has not read it yet; generation 2 dies, so 1 is reinstated;
+    // generation 3 takes over and 1 is on probation again. Its first answer is to the first
+    // probation, which it read before the rest: only its second one lets the upgrade report.
+    let probation = Timeouts {
+        probation: 10 * SEC,
+        ..defaults()
+    };
+    let (mut w, _) = awaiting_step_aside(probation);
+    let one = w.peer_of(1);
+    let out = w.exited(2, "exit status: 4");
+    assert!(reinstated_to(&out, one), "{out:?}");
+    let client = w.control_client();
+    w.feed(Input::UpgradeRequested { peer: client });
+    w.spawned(3);
+    w.hello(3, probation);
+    let out = w.ready(3);
+    assert!(out.contains(&Action::Send {
+        peer: one,
+        message: Message::Probation
+    }));
+    assert_eq!(w.feed(Input::SteppedAside { peer: one }), vec![]);
+    let out = w.feed(Input::SteppedAside { peer: one });
+    assert!(upgraded_to(&out, client, 3), "{out:?}");
+    // Answers beyond what was asked are not kept for later.
+    assert_eq!(w.feed(Input::SteppedAside { peer: one }), vec![]);
+}
+
+#[test]
 fn a_second_upgrade_while_one_is_starting_is_refused_with_a_reason() {
     let mut w = serving();
     w.feed(Input::Hangup);
@@ -1054,8 +1083,12 @@ struct Model {
     /// The last generation brought back from probation.
     reinstated: Option<Gen>,
     /// Serving generations told to stop accepting (`Probation`, or `Superseded` while
-    /// active), when, and on which peer, until they say they did.
-    told_aside: BTreeMap<Gen, (Instant, PeerId)>,
+    /// active): when, on which peer, and the how-manieth such message to that peer it was.
+    told_aside: BTreeMap<Gen, (Instant, PeerId, u32)>,
+    /// `Probation` and `Superseded` messages sent to each peer, and `SteppedAside` answers
+    /// counted against them (each answers the oldest unanswered; none is banked).
+    tells: BTreeMap<PeerId, u32>,
+    answers: BTreeMap<PeerId, u32>,
 }
 
 impl Model {
@@ -1081,6 +1114,8 @@ impl Model {
             stop_notified: false,
             reinstated: None,
             told_aside: BTreeMap::new(),
+            tells: BTreeMap::new(),
+            answers: BTreeMap::new(),
         };
         model.input(Input::Start);
         model
@@ -1216,10 +1251,13 @@ impl Model {
                             self.open_peers.contains_key(&peer),
                             "{action:?} to a closed peer"
                         );
+                        let tells = self.tells.entry(peer).or_default();
+                        *tells += 1;
+                        let nth = *tells;
                         if let Some(n) = self.w.m.by_peer(peer)
                             && is_active(before.get(&n).copied())
                         {
-                            self.told_aside.insert(n, (self.w.now, peer));
+                            self.told_aside.insert(n, (self.w.now, peer, nth));
                         }
                     }
                     Action::Send {
@@ -1232,8 +1270,10 @@ impl Model {
                         );
                         // Reported only once every generation it superseded stepped aside, is
                         // out of touch or gone, or the timeout passed.
-                        for (old, (since, old_peer)) in &self.told_aside {
-                            let still_there = self.open_peers.contains_key(old_peer)
+                        for (old, (since, old_peer, nth)) in &self.told_aside {
+                            let answered = self.answers.get(old_peer).copied().unwrap_or(0);
+                            let still_there = answered < *nth
+                                && self.open_peers.contains_key(old_peer)
                                 && matches!(
                                     self.w.m.phases().get(old),
                                     Some(Phase::Probation { .. } | Phase::Draining { .. })
@@ -1440,7 +1480,9 @@ impl Model {
             }
             Op::SteppedAside(i) => {
                 if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
-                    self.told_aside.retain(|_, (_, p)| *p != peer);
+                    let tells = self.tells.get(&peer).copied().unwrap_or(0);
+                    let answers = self.answers.entry(peer).or_default();
+                    *answers = (*answers + 1).min(tells);
                     self.input(Input::SteppedAside { peer });
                 }
             }
