@@ -182,14 +182,13 @@ struct Generation {
 struct Handover {
     /// The generation that took over.
     generation: Gen,
-    /// Superseded generations that have not said they stopped accepting.
-    awaiting: std::collections::BTreeSet<Gen>,
+    /// The generations it superseded; those still connected wait for their answers (see
+    /// `Generation::told_aside`).
+    superseded: Vec<Gen>,
     /// Reported anyway from then on.
     deadline: Instant,
     /// How long the new generation took to become ready, for the report.
     took: Duration,
-    /// How many generations it superseded.
-    superseded: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -594,7 +593,6 @@ impl Machine {
             self.release(now, previous);
         }
         let mut superseded = Vec::new();
-        let mut awaiting = std::collections::BTreeSet::new();
         for (old, g) in &mut self.generations {
             if matches!(g.phase, Phase::Active { .. }) {
                 let probation = g.timeouts.probation;
@@ -616,7 +614,6 @@ impl Machine {
                 if let Some(p) = g.peer {
                     self.out.push(Action::Send { peer: p, message });
                     g.told_aside = g.told_aside.saturating_add(1);
-                    awaiting.insert(*old);
                 }
                 superseded.push(*old);
             }
@@ -641,10 +638,9 @@ impl Machine {
         );
         self.handover = Some(Handover {
             generation: n,
-            awaiting,
+            superseded,
             deadline: deadline_after(now, STEP_ASIDE_TIMEOUT),
             took,
-            superseded: superseded.len(),
         });
     }
 
@@ -659,19 +655,10 @@ impl Machine {
             // Nothing asked: an answer is not banked for a later message.
             return;
         }
+        // Until it has answered the latest message, it has not read it yet.
         g.stepped_aside += 1;
-        if g.stepped_aside < g.told_aside {
-            // The answer to an earlier message: the latest one is still unread.
-            return;
-        }
-        if let Some(h) = &mut self.handover
-            && h.awaiting.remove(&old)
-        {
-            tracing::debug!(
-                generation = old,
-                "generation {old} stepped aside for generation {}",
-                h.generation
-            );
+        if g.stepped_aside == g.told_aside {
+            tracing::debug!(generation = old, "generation {old} stepped aside");
         }
     }
 
@@ -703,20 +690,26 @@ impl Machine {
             );
             return;
         }
-        let generations = &self.generations;
-        let Some(h) = &mut self.handover else {
+        let Some(h) = &self.handover else {
             return;
         };
-        h.awaiting.retain(|old| {
-            generations.get(old).is_some_and(|g| {
-                g.peer.is_some()
-                    && matches!(g.phase, Phase::Probation { .. } | Phase::Draining { .. })
+        // Still superseded and connected, with a message unanswered; one that is gone, out of
+        // touch or reinstated is not waited for.
+        let late: Vec<String> = h
+            .superseded
+            .iter()
+            .filter(|old| {
+                self.generations.get(old).is_some_and(|g| {
+                    g.peer.is_some()
+                        && g.stepped_aside < g.told_aside
+                        && matches!(g.phase, Phase::Probation { .. } | Phase::Draining { .. })
+                })
             })
-        });
-        if h.awaiting.is_empty() {
+            .map(ToString::to_string)
+            .collect();
+        if late.is_empty() {
             self.complete_handover();
         } else if h.deadline <= now {
-            let late: Vec<String> = h.awaiting.iter().map(ToString::to_string).collect();
             let (who, they) = match late.len() {
                 1 => ("generation", "it"),
                 _ => ("generations", "they"),
@@ -751,7 +744,7 @@ impl Machine {
         let status = format!(
             "generation {n}{} serving; {} draining{outcome}",
             pid_note(pid),
-            h.superseded
+            h.superseded.len()
         );
         self.out.push(Action::Notify(Supervisor::Ready { status }));
     }

@@ -184,6 +184,9 @@ async fn serve(
         (role == Role::Control).then(|| deadline_after(Instant::now(), handshake));
     let mut asked = false;
     let mut stop_asked = false;
+    // `Probation` and `Superseded` sent and not yet answered with `SteppedAside`: no more
+    // answers than that are relayed, so a confused peer cannot flood the front with them.
+    let mut unanswered: u32 = 0;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -201,6 +204,9 @@ async fn serve(
                         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
                 }
                 Some(Command::Send(message)) => {
+                    if matches!(message, Message::Probation | Message::Superseded) {
+                        unanswered = unanswered.saturating_add(1);
+                    }
                     timeout(handshake, channel.send(&message))
                         .await
                         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
@@ -222,7 +228,8 @@ async fn serve(
                 }
                 // Once per probation or supersession, and a generation can be reinstated and
                 // superseded again: not a one-shot like the requests above.
-                Some(Message::SteppedAside) if role == Role::Generation => {
+                Some(Message::SteppedAside) if role == Role::Generation && unanswered > 0 => {
+                    unanswered -= 1;
                     let _ = cx.events.send(Event::SteppedAside { peer });
                 }
                 Some(other) => {
