@@ -121,20 +121,12 @@ pub async fn connect(
     addr: SocketAddr,
     config: &Arc<ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, String> {
-    let attempt = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+    let tcp = async {
+        let tcp = TcpStream::connect(addr).await?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(HOST).map_err(|e| e.to_string())?;
-        TlsConnector::from(Arc::clone(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS handshake: {e}"))
+        Ok(tcp)
     };
-    tokio::time::timeout(PATIENCE, attempt)
-        .await
-        .unwrap_or_else(|_| Err("TLS connect timed out".to_owned()))
+    handshake(tcp, config).await
 }
 
 /// TLS to the Unix socket at `path` as `localhost`, bounded in time.
@@ -143,10 +135,19 @@ pub async fn connect_unix(
     path: &Path,
     config: &Arc<ClientConfig>,
 ) -> Result<TlsStream<tokio::net::UnixStream>, String> {
+    handshake(tokio::net::UnixStream::connect(path), config).await
+}
+
+/// Connects with `connect`, then the TLS handshake as `localhost`, all bounded in time.
+async fn handshake<S>(
+    connect: impl Future<Output = io::Result<S>>,
+    config: &Arc<ClientConfig>,
+) -> Result<TlsStream<S>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let attempt = async {
-        let stream = tokio::net::UnixStream::connect(path)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let stream = connect.await.map_err(|e| format!("connect: {e}"))?;
         let name = ServerName::try_from(HOST).map_err(|e| e.to_string())?;
         TlsConnector::from(Arc::clone(config))
             .connect(name, stream)
