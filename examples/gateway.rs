@@ -1,7 +1,8 @@
 //! A tower-based gateway: a `ServiceBuilder` stack (tracing, overload shedding, concurrency
 //! limit, timeout) in front of a small axum router, served by `risefront::GracefulServer`.
 //!
-//! Same command line and answers as the `hello` example.
+//! Same command line and answers as the `hello` example, and `GET /peer`: the client's address,
+//! as an axum handler extracts it (`ConnectInfo<risefront::Addr>`).
 
 mod support;
 
@@ -9,8 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
+use axum::extract::{ConnectInfo, RawQuery};
 use axum::http::StatusCode;
-use axum::{BoxError, Router, extract::RawQuery, routing::get};
+use axum::{BoxError, Router, routing::get};
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
@@ -28,15 +30,24 @@ async fn serve(addrs: &[String]) -> std::io::Result<()> {
 
     let body = support::greeting(&listener);
     let slow_body = body.clone();
-    let router = Router::new()
-        .route("/", get(move || async move { body }))
-        .route(
-            "/slow",
-            get(move |RawQuery(query): RawQuery| async move {
-                tokio::time::sleep(support::slow_delay(query.as_deref())).await;
-                slow_body
-            }),
-        );
+    let router =
+        Router::new()
+            .route("/", get(move || async move { body }))
+            .route(
+                "/slow",
+                get(move |RawQuery(query): RawQuery| async move {
+                    tokio::time::sleep(support::slow_delay(query.as_deref())).await;
+                    slow_body
+                }),
+            )
+            .route(
+                "/peer",
+                get(
+                    |ConnectInfo(client): ConnectInfo<risefront::Addr>| async move {
+                        format!("{client}\n")
+                    },
+                ),
+            );
 
     let gateway = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
@@ -50,7 +61,7 @@ async fn serve(addrs: &[String]) -> std::io::Result<()> {
     // Returns once drained; the summary is logged by risefront.
     risefront::GracefulServer::new()
         .serve(listener, gateway)
-        .await?;
+        .await;
     Ok(())
 }
 

@@ -10,6 +10,11 @@
 //! after `n` milliseconds; `GET /healthz` answers `ok` (200), or `stopping` (503) once the
 //! service is stopping ([`risefront::is_stopping`]), for load balancers. Try it: run it, `curl localhost:8080`, run it again in another
 //! terminal (or `kill -HUP <front pid>`, or `hello --upgrade`), and `curl` again.
+//!
+//! It serves with `axum::serve`, as the README's first snippet; `HELLO_SERVER=graceful` serves
+//! the same app with `risefront::GracefulServer`, whose keep-alive connections move to the new
+//! generation at a takeover instead of reconnecting (`curl localhost:8080 localhost:8080`
+//! across an upgrade shows two generations on one connection).
 
 mod support;
 
@@ -53,6 +58,9 @@ async fn serve(addrs: &[String]) -> std::io::Result<()> {
         // Connection: close on responses written after the takeover...
         .layer(risefront::DrainLayer::new());
 
+    if std::env::var_os("HELLO_SERVER").is_some() {
+        return support::serve_axum(listener, app).await;
+    }
     axum::serve(listener, app)
         // ...and hyper's graceful shutdown only after the idle grace.
         .with_graceful_shutdown(risefront::superseded())

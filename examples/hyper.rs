@@ -1,7 +1,8 @@
 //! A plain hyper `service_fn`, served by `risefront::GracefulServer`: HTTP/1 and HTTP/2 on one
 //! port, draining wired to the takeover, no shutdown code here.
 //!
-//! Same command line and answers as the `hello` example.
+//! Same command line and answers as the `hello` example; also `GET /peer` (the client's
+//! address, from the request's extensions) and `GET /big?kb=<n>` (`n` KiB of `x`).
 
 mod support;
 
@@ -31,7 +32,7 @@ async fn serve(addrs: &[String]) -> std::io::Result<()> {
     // Returns once drained; the summary is logged by risefront.
     risefront::GracefulServer::new()
         .serve_hyper(listener, service)
-        .await?;
+        .await;
     Ok(())
 }
 
@@ -45,6 +46,24 @@ async fn handle(
         "/slow" => {
             tokio::time::sleep(support::slow_delay(request.uri().query())).await;
             ok()
+        }
+        "/peer" => match request.extensions().get::<risefront::Addr>() {
+            Some(client) => Response::new(Full::new(Bytes::from(format!("{client}\n")))),
+            None => {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"no address\n")));
+                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                response
+            }
+        },
+        "/big" => {
+            let kb: usize = request
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("kb="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1)
+                .min(64 * 1024);
+            Response::new(Full::new(Bytes::from(vec![b'x'; kb * 1024])))
         }
         _ => {
             let mut response = Response::new(Full::new(Bytes::from_static(b"not found\n")));

@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::{Router, extract::RawQuery, http::StatusCode, routing::get};
-use risefront::tls::{DEFAULT_HANDSHAKE_TIMEOUT, TlsListener};
+use risefront::tls::{DEFAULT_TLS_HANDSHAKE_TIMEOUT, TlsListener};
 use tokio_rustls::rustls;
 
 #[tokio::main]
@@ -56,8 +56,8 @@ async fn serve(command_line: support::TlsCommandLine) -> std::io::Result<()> {
     let handshake_timeout = std::env::var("HELLO_TLS_HANDSHAKE_TIMEOUT_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
-        .map_or(DEFAULT_HANDSHAKE_TIMEOUT, Duration::from_millis);
-    let listener = TlsListener::new(listener, config).handshake_timeout(handshake_timeout);
+        .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, Duration::from_millis);
+    let listener = TlsListener::new(listener, config).tls_handshake_timeout(handshake_timeout);
     let app = Router::new()
         .route("/", get(move || async move { body }))
         .route(
@@ -83,8 +83,6 @@ async fn serve(command_line: support::TlsCommandLine) -> std::io::Result<()> {
     // superseded (axum::serve only once `superseded()` fires, after the idle grace), adds
     // `Connection: close` for HTTP/1 by itself, and bounds the drain with its deadline.
     // It logs its own summary when drained.
-    risefront::GracefulServer::new()
-        .serve(listener, app)
-        .await?;
+    risefront::GracefulServer::new().serve(listener, app).await;
     Ok(())
 }

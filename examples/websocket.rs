@@ -57,9 +57,8 @@ async fn serve(addrs: &[String]) -> std::io::Result<()> {
         // Connection: close after the takeover, but never on a WebSocket handshake.
         .layer(risefront::DrainLayer::new());
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(risefront::superseded())
-        .await?;
+    // `axum::serve` with `superseded()` (or GracefulServer with `HELLO_SERVER=graceful`).
+    support::serve_axum(listener, app).await?;
     // Upgraded connections are no longer the server's: wait for them (the drain deadline
     // bounds the wait) before returning ends the process.
     risefront::drained().await;

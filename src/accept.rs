@@ -17,7 +17,7 @@ use crate::listener::{Connection, RiseFrontListener};
 ///
 /// ```no_run
 /// async fn run(listener: impl risefront::Accept, app: axum::Router) -> std::io::Result<()> {
-///     let summary = risefront::GracefulServer::new().serve(listener, app).await?;
+///     let summary = risefront::GracefulServer::new().serve(listener, app).await;
 ///     eprintln!("{summary}");
 ///     Ok(())
 /// }
@@ -25,8 +25,9 @@ use crate::listener::{Connection, RiseFrontListener};
 pub trait Accept: Send {
     /// The connection, as the server reads and writes it.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// The client's address.
-    type Addr: Send + 'static;
+    /// The client's address. [`GracefulServer`](crate::GracefulServer) puts it in each
+    /// request's extensions (and, with the `axum` feature, `ConnectInfo` of it).
+    type Addr: Clone + Send + Sync + 'static;
 
     /// Waits for the next connection; `None` once the generation stopped accepting.
     ///

@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::error::BindError;
+
 /// The prefix that makes an address string a Unix domain socket path.
 pub(crate) const UNIX_PREFIX: &str = "unix:";
 
@@ -42,6 +44,7 @@ pub enum ListenAddr {
 
 impl ListenAddr {
     /// A Unix domain socket at `path`.
+    #[must_use]
     pub fn unix(path: impl Into<PathBuf>) -> Self {
         ListenAddr::Unix(path.into())
     }
@@ -65,6 +68,20 @@ impl ListenAddr {
     /// The TCP port, if this is a TCP address.
     pub fn port(&self) -> Option<u16> {
         self.tcp().map(|addr| addr.port())
+    }
+
+    /// Whether a connection whose local address is `local` could have been accepted on this
+    /// listening address: the same path, or the same port on this IP (any IP for a wildcard
+    /// address such as `0.0.0.0:8080`).
+    pub(crate) fn covers(&self, local: &ListenAddr) -> bool {
+        match (self, local) {
+            (ListenAddr::Tcp(ours), ListenAddr::Tcp(theirs)) => {
+                ours.port() == theirs.port()
+                    && (ours.ip().is_unspecified() || ours.ip() == theirs.ip())
+            }
+            (ListenAddr::Unix(ours), ListenAddr::Unix(theirs)) => ours == theirs,
+            _ => false,
+        }
     }
 }
 
@@ -93,12 +110,11 @@ impl FromStr for ListenAddr {
             return Ok(ListenAddr::Unix(path));
         }
         s.parse().map(ListenAddr::Tcp).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "risefront: cannot parse address {s:?}: {e} (expected IP:PORT or unix:PATH)"
-                ),
-            )
+            BindError::InvalidAddress {
+                address: s.to_owned(),
+                reason: format!("{e} (expected IP:PORT or unix:PATH)"),
+            }
+            .into()
         })
     }
 }
@@ -115,21 +131,21 @@ impl PartialEq<SocketAddr> for ListenAddr {
     }
 }
 
-/// `Some(path)` for `unix:PATH`; an error for `unix:` with no path.
-fn unix_path(s: &str) -> io::Result<Option<PathBuf>> {
+/// `Some(path)` for `unix:PATH`; for `unix:` with no path, an error saying so.
+fn unix_path(s: &str) -> Result<Option<PathBuf>, BindError> {
     let Some(path) = s.strip_prefix(UNIX_PREFIX) else {
         return Ok(None);
     };
     if path.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "risefront: cannot use address {s:?}: no path after \"unix:\" (expected unix:/run/app/http.sock)"
-            ),
-        ));
+        return Err(BindError::InvalidAddress {
+            address: s.to_owned(),
+            reason: NO_UNIX_PATH.to_owned(),
+        });
     }
     Ok(Some(PathBuf::from(path)))
 }
+
+const NO_UNIX_PATH: &str = "no path after \"unix:\" (expected unix:/run/app/http.sock)";
 
 /// A client's address, as given to axum's `ConnectInfo`.
 ///
@@ -281,8 +297,8 @@ pub(crate) mod sealed {
         Socket(Vec<SocketAddr>),
         /// A Unix domain socket path.
         Unix(PathBuf),
-        /// Not an address at all (`unix:` with no path), with the reason.
-        Invalid(String),
+        /// Not an address at all (`unix:` with no path): the address and what is wrong.
+        Invalid { address: String, reason: String },
     }
 
     pub trait Sealed {
@@ -306,7 +322,10 @@ impl Sealed for str {
         match unix_path(self) {
             Ok(Some(path)) => Spec::Unix(path),
             Ok(None) => Spec::Host(self.to_owned()),
-            Err(e) => Spec::Invalid(e.to_string()),
+            Err(_) => Spec::Invalid {
+                address: self.to_owned(),
+                reason: NO_UNIX_PATH.to_owned(),
+            },
         }
     }
 }
@@ -377,12 +396,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_listening_address_covers_the_connections_it_accepts() {
+        let any: ListenAddr = "0.0.0.0:8080".parse().unwrap();
+        let lo: ListenAddr = "127.0.0.1:8080".parse().unwrap();
+        let other_ip: ListenAddr = "127.0.0.2:8080".parse().unwrap();
+        let other_port: ListenAddr = "127.0.0.1:8081".parse().unwrap();
+        assert!(any.covers(&lo));
+        assert!(any.covers(&other_ip));
+        assert!(!any.covers(&other_port));
+        assert!(lo.covers(&lo));
+        assert!(!lo.covers(&other_ip));
+        let sock = ListenAddr::unix("/run/a.sock");
+        assert!(sock.covers(&ListenAddr::unix("/run/a.sock")));
+        assert!(!sock.covers(&ListenAddr::unix("/run/b.sock")));
+        assert!(!sock.covers(&lo));
+        assert!(!lo.covers(&sock));
+    }
+
+    #[test]
     fn unix_strings_are_paths_and_others_are_hosts() {
         assert!(
             matches!("unix:/run/a.sock".spec(), Spec::Unix(p) if p == Path::new("/run/a.sock"))
         );
         assert!(matches!("unix:rel.sock".spec(), Spec::Unix(p) if p == Path::new("rel.sock")));
-        assert!(matches!("unix:".spec(), Spec::Invalid(why) if why.contains("no path")));
+        assert!(
+            matches!("unix:".spec(), Spec::Invalid { reason, .. } if reason.contains("no path"))
+        );
         assert!(matches!("localhost:80".spec(), Spec::Host(h) if h == "localhost:80"));
         assert!(matches!(String::from("unix:/x").spec(), Spec::Unix(_)));
         assert!(matches!((&&"unix:/x").spec(), Spec::Unix(_)));

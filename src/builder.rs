@@ -8,8 +8,9 @@ use tokio::time::Instant;
 
 use crate::addr::ToListenAddr;
 use crate::config::{
-    Config, deadline_after, derive_name, env_duration, env_off, env_unix_mode, env_upgrade,
-    program_name, validate_name,
+    Config, DRAIN_TIMEOUT_VAR, READY_TIMEOUT_VAR, control_handshake_var, deadline_after,
+    derive_name, env_duration, env_handoff, env_off, env_tls_handshake_timeout, env_unix_mode,
+    env_upgrade, nonzero_timeout, program_name, validate_name, warn_unknown_vars,
 };
 use crate::handoff::{self, Endpoint};
 use crate::listener::RiseFrontListener;
@@ -100,11 +101,21 @@ where
 ///
 /// Timeouts can be overridden at run time without rebuilding, which is what an operator
 /// reaches for during an incident: `RISEFRONT_READY_TIMEOUT`, `RISEFRONT_DRAIN_TIMEOUT`,
-/// `RISEFRONT_HANDSHAKE_TIMEOUT`, `RISEFRONT_IDLE_GRACE`, `RISEFRONT_STOP_DELAY`,
+/// `RISEFRONT_CONTROL_HANDSHAKE_TIMEOUT`, `RISEFRONT_IDLE_GRACE`, `RISEFRONT_STOP_DELAY`,
 /// `RISEFRONT_PROBATION` and `RISEFRONT_CLOSE_SPREAD` take values
 /// such as `500ms`, `30s`, `2m` or a plain number of seconds, `RISEFRONT_UNIX_MODE` an octal
-/// mode such as `660` (see [`unix_mode`](Self::unix_mode)), and `RISEFRONT=off` means
-/// [`standalone`](Self::standalone).
+/// mode such as `660` (see [`unix_mode`](Self::unix_mode)), `RISEFRONT_HANDOFF=off` turns off
+/// the [connection handoff](Self::connection_handoff), `RISEFRONT_DIR` sets the
+/// [control directory](Self::control_dir), and `RISEFRONT=off` means
+/// [`standalone`](Self::standalone). `RISEFRONT_TLS_HANDSHAKE_TIMEOUT` sets the TLS listener's
+/// handshake timeout (the `tls` feature). `RISEFRONT_HANDSHAKE_TIMEOUT`, the control
+/// handshake's former name, is still read, with a warning.
+///
+/// `bind` checks them all: a value that does not parse, or a ready, drain or handshake
+/// timeout of zero (set here or in a variable), is an error naming the setting
+/// ([`BindError::InvalidSetting`](crate::BindError::InvalidSetting)), and any other
+/// `RISEFRONT_*` variable is logged as a warning (with the known name it is probably a typo
+/// of), since it would be ignored.
 ///
 /// An environment variable beats the value set in code. Each process reads its own
 /// environment: a generation the front starts inherits the front's, while a build started by
@@ -131,7 +142,7 @@ pub struct Builder {
     name: Option<String>,
     ready_timeout: Duration,
     drain_timeout: Duration,
-    handshake_timeout: Duration,
+    control_handshake_timeout: Duration,
     idle_grace: Duration,
     stop_delay: Duration,
     probation: Duration,
@@ -140,6 +151,7 @@ pub struct Builder {
     standalone: bool,
     manual_ready: bool,
     unix_mode: Option<u32>,
+    handoff: bool,
 }
 
 impl Default for Builder {
@@ -149,8 +161,9 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// A builder with the defaults: name derived from the addresses, 60 s ready timeout,
-    /// 30 s drain timeout, 5 s handshake timeout, 500 ms idle grace, no stop delay, 10 s
+    /// A builder with the defaults: name derived from the program and the addresses (see
+    /// [`name`](Self::name)), 60 s ready timeout, 30 s drain timeout, 5 s control handshake
+    /// timeout, 500 ms idle grace, no stop delay, 10 s
     /// probation, 250 ms close spread.
     #[must_use]
     pub fn new() -> Self {
@@ -158,7 +171,7 @@ impl Builder {
             name: None,
             ready_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(5),
+            control_handshake_timeout: Duration::from_secs(5),
             idle_grace: Duration::from_millis(500),
             stop_delay: Duration::ZERO,
             probation: Duration::from_secs(10),
@@ -167,13 +180,27 @@ impl Builder {
             standalone: false,
             manual_ready: false,
             unix_mode: None,
+            handoff: true,
         }
     }
 
-    /// Names the service. Processes with the same name share one front; the default is derived
-    /// from the sorted addresses, so two services on one machine never collide.
+    /// Names the service. Processes with the same name share one front.
     ///
-    /// Letters, digits, `.`, `_` and `-` only (the name becomes a file name).
+    /// The default is the program's whole file name (from `argv[0]`, so a symlink's own name,
+    /// extension included but for Windows' `.exe`), a `-`, and the sorted addresses: `hello` on `127.0.0.1:8080` is
+    /// `hello-127.0.0.1_8080`. It is exact: `app.old` and `app-canary` are other services than
+    /// `app`, and a name that cannot be written as is (characters other than letters, digits,
+    /// `.`, `_` and `-`, or over 64 in all) becomes a readable prefix and a hash of the exact
+    /// name and addresses, never a truncation. With port 0 among the addresses (any free port),
+    /// the name carries the front's pid: two services asking for port 0 are two services. So a
+    /// new build of the same program joins from any path, while another program on a taken
+    /// address is refused ([`BindError::InUseByService`](crate::BindError::InUseByService))
+    /// instead of taking it over. Set a name to let programs of different file names share one
+    /// service.
+    ///
+    /// Letters, digits, `.`, `_` and `-` only, at most 64, not starting with `.` (the name
+    /// becomes a file name); [`bind`](Self::bind) refuses others with
+    /// [`BindError::InvalidServiceName`](crate::BindError::InvalidServiceName).
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -182,6 +209,8 @@ impl Builder {
 
     /// How long a new generation may take from start to ready before the front kills it and
     /// keeps the old one serving.
+    /// Default 60 s; zero is refused at [`bind`](Self::bind).
+    /// `RISEFRONT_READY_TIMEOUT` overrides it.
     #[must_use]
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
@@ -189,17 +218,35 @@ impl Builder {
     }
 
     /// How long a superseded generation may take to finish its requests before it exits anyway.
+    /// Default 30 s; zero is refused at [`bind`](Self::bind). `RISEFRONT_DRAIN_TIMEOUT`
+    /// overrides it.
     #[must_use]
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
     }
 
-    /// How long a control peer has to introduce itself before it is dropped.
+    /// How long a peer of the control channel (a new generation, an [`upgrade`] client) has
+    /// to introduce itself before it is dropped, and how long a new process waits for the
+    /// front's answer. Default 5 s; zero is refused at `bind`.
+    /// `RISEFRONT_CONTROL_HANDSHAKE_TIMEOUT` overrides it.
+    ///
+    /// Not the TLS handshake: that is `TlsListener::tls_handshake_timeout` (the `tls` feature),
+    /// `RISEFRONT_TLS_HANDSHAKE_TIMEOUT`.
     #[must_use]
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+    pub fn control_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.control_handshake_timeout = timeout;
         self
+    }
+
+    /// The former name of [`control_handshake_timeout`](Self::control_handshake_timeout).
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `control_handshake_timeout` (the TLS one is `TlsListener::tls_handshake_timeout`)"
+    )]
+    #[must_use]
+    pub fn handshake_timeout(self, timeout: Duration) -> Self {
+        self.control_handshake_timeout(timeout)
     }
 
     /// How long after a takeover [`superseded`](crate::superseded) waits before it resolves
@@ -207,6 +254,19 @@ impl Builder {
     ///
     /// hyper closes idle keep-alive connections the instant graceful shutdown starts, racing
     /// clients that are sending on them right now; the grace lets those requests land first.
+    /// [`GracefulServer`](crate::GracefulServer) does not close idle connections under their
+    /// clients at all, and has no grace unless [`GracefulServer::idle_grace`](crate::GracefulServer::idle_grace)
+    /// sets one.
+    ///
+    /// By design, with a server that uses hyper's graceful shutdown (`axum::serve` with
+    /// [`superseded`](crate::superseded)): a connection accepted before the takeover whose
+    /// first request comes only after the grace is closed unanswered, since hyper cancels
+    /// connections it has not read from when its shutdown starts. Clients that open
+    /// connections ahead of their requests (pre-connecting pools) see that request fail. A
+    /// longer grace moves the line; `GracefulServer` has none: it moves such a connection to
+    /// the new generation (plain TCP, with connection handoff) or answers its first request.
+    ///
+    /// Default 500 ms; `RISEFRONT_IDLE_GRACE` overrides it.
     #[must_use]
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;
@@ -248,8 +308,12 @@ impl Builder {
     /// does not exit. If the generation that took over dies inside the window (a panic on the
     /// first real request, an out-of-memory kill), the front reinstates this one: it accepts
     /// again within milliseconds, [`is_draining`](crate::is_draining) turns false, and the
-    /// failed build is not started again until the next upgrade. After the window it finishes
-    /// draining and exits as usual; its [`superseded`](crate::superseded) and
+    /// failed build is not started again until the next upgrade. A generation that hangs
+    /// instead (stopped, a deadlocked runtime) counts as dead: during the window the front
+    /// asks it every second whether it is alive, and one that leaves a question unanswered
+    /// for 3 s is killed once this one is reinstated. After the window, and once the new
+    /// generation answered a question asked after it, this one finishes draining and exits as
+    /// usual; its [`superseded`](crate::superseded) and
     /// [`drained`](crate::drained) resolve only then. The cost is one idle process for the
     /// window. The value that counts is the superseded generation's own.
     ///
@@ -291,6 +355,25 @@ impl Builder {
     #[must_use]
     pub fn close_spread(mut self, window: Duration) -> Self {
         self.close_spread = window;
+        self
+    }
+
+    /// Whether idle HTTP/1 keep-alive connections move to the generation that takes over
+    /// (default: yes). `RISEFRONT_HANDOFF=off` (or `on`) overrides it.
+    ///
+    /// At a takeover, a [`GracefulServer`](crate::GracefulServer) hands each plain HTTP/1
+    /// connection, at its next idle point (between requests, never in the middle of one), to
+    /// the new generation with the bytes it already read of the next request: the client keeps
+    /// its connection and never sees the upgrade. What cannot move is closed as before
+    /// (`Connection: close` on its next response, GOAWAY for HTTP/2): TLS, HTTP/2, upgraded
+    /// connections (WebSocket), and every connection served by `axum::serve` or another
+    /// server. The new generation takes handed-over connections from its listener's `accept`
+    /// like new ones, whatever server it runs. Turned off, this generation neither sends nor
+    /// takes any. On Windows, too: connections travel as `WSADuplicateSocketW` protocol info
+    /// over a private pipe between the two generations.
+    #[must_use]
+    pub fn connection_handoff(mut self, enabled: bool) -> Self {
+        self.handoff = enabled;
         self
     }
 
@@ -356,6 +439,13 @@ impl Builder {
     /// generation by running this program again with the same arguments, and never returns
     /// from this call: it exits when told to stop (SIGTERM, SIGINT, Ctrl-C). Errors are
     /// returned only before that point, for example when an address is already in use.
+    ///
+    /// # Errors
+    ///
+    /// For the causes a program may handle (an address in use, a refused control directory,
+    /// a bad address or setting, `bind` called twice, a front of another release) the
+    /// `io::Error` carries a [`BindError`](crate::BindError) saying which, with what it is
+    /// about; other failures (a system call, a timeout) are plain `io::Error`s with context.
     pub async fn bind<I, A>(self, addrs: I) -> io::Result<RiseFrontListener>
     where
         I: IntoIterator<Item = A>,
@@ -422,6 +512,9 @@ impl Builder {
     }
 
     fn config(&self, addrs: &[Target]) -> io::Result<Config> {
+        warn_unknown_vars();
+        // Read by `TlsListener`, after `bind`: a bad value must stop the start here.
+        env_tls_handshake_timeout()?;
         let name = match &self.name {
             Some(name) => validate_name(name)?,
             None => {
@@ -431,10 +524,24 @@ impl Builder {
         };
         Ok(Config {
             name,
-            ready_timeout: env_duration("RISEFRONT_READY_TIMEOUT")?.unwrap_or(self.ready_timeout),
-            drain_timeout: env_duration("RISEFRONT_DRAIN_TIMEOUT")?.unwrap_or(self.drain_timeout),
-            handshake_timeout: env_duration("RISEFRONT_HANDSHAKE_TIMEOUT")?
-                .unwrap_or(self.handshake_timeout),
+            ready_timeout: nonzero_timeout(
+                READY_TIMEOUT_VAR,
+                "Builder::ready_timeout",
+                self.ready_timeout,
+                "every new generation would fail its start",
+            )?,
+            drain_timeout: nonzero_timeout(
+                DRAIN_TIMEOUT_VAR,
+                "Builder::drain_timeout",
+                self.drain_timeout,
+                "every superseded generation would be cut off with its requests",
+            )?,
+            handshake_timeout: nonzero_timeout(
+                control_handshake_var(),
+                "Builder::control_handshake_timeout",
+                self.control_handshake_timeout,
+                "every control peer would be dropped before it says hello",
+            )?,
             idle_grace: env_duration("RISEFRONT_IDLE_GRACE")?.unwrap_or(self.idle_grace),
             stop_delay: env_duration("RISEFRONT_STOP_DELAY")?.unwrap_or(self.stop_delay),
             probation: env_duration("RISEFRONT_PROBATION")?.unwrap_or(self.probation),
@@ -446,6 +553,7 @@ impl Builder {
             standalone: self.standalone || env_off()?,
             manual_ready: self.manual_ready,
             unix_mode: env_unix_mode()?.or(self.unix_mode),
+            handoff: env_handoff()?.unwrap_or(self.handoff),
         })
     }
 }

@@ -121,10 +121,39 @@ impl Channel {
             generation,
             sockets: vec![Vec::new(); listeners.len()],
         };
-        let mut frame = Vec::new();
-        protocol::encode(&msg, &mut frame)?;
         let fds: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
-        self.write_frame(&frame, &fds).await
+        self.send_with_fds(&msg, &fds).await
+    }
+
+    /// Sends `msg` with `fds` riding on it (`SCM_RIGHTS`); the receiver claims them with
+    /// [`take_fds`](Self::take_fds) once it has read the message.
+    #[cfg(unix)]
+    pub(crate) async fn send_with_fds(
+        &mut self,
+        msg: &Message,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        let mut frame = Vec::new();
+        protocol::encode(msg, &mut frame)?;
+        self.write_frame(&frame, fds).await
+    }
+
+    /// Claims the first `count` descriptors received and not claimed yet: those that rode on
+    /// the message just read. Descriptors arrive in the order their frames were sent, and
+    /// with the first byte of their frame, so a whole frame's are always in by the time the
+    /// frame is decoded (those of the next frame may be in too).
+    #[cfg(unix)]
+    pub(crate) fn take_fds(&mut self, count: usize) -> io::Result<Vec<OwnedFd>> {
+        if self.fds.len() < count {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "risefront: control peer announced {count} descriptors but passed {}",
+                    self.fds.len()
+                ),
+            ));
+        }
+        Ok(self.fds.drain(..count).collect())
     }
 
     /// Claims the sockets announced by a `Listeners` frame: on Unix the descriptors that
@@ -141,7 +170,10 @@ impl Channel {
                 ),
             ));
         }
-        self.fds.drain(..).map(Socket::try_from).collect()
+        self.take_fds(count)?
+            .into_iter()
+            .map(Socket::try_from)
+            .collect()
     }
 
     /// Sends the generation number and, as the frame's blobs, each listening socket duplicated

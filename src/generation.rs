@@ -7,10 +7,11 @@ use tokio::time::timeout;
 
 use crate::channel::Channel;
 use crate::config::Config;
+use crate::error::BindError;
 use crate::handoff::Stream;
 use crate::listener::RiseFrontListener;
 use crate::process::{Process, process};
-use crate::protocol::{Message, Role};
+use crate::protocol::{Message, Program, Role, VERSION, other_version};
 
 /// Joins the front on `stream`: introduces ourselves, receives our generation number and the
 /// listening sockets, and keeps the channel open in the background for the rest of our life.
@@ -24,6 +25,8 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
                 ready_timeout: config.ready_timeout,
                 drain_timeout: config.drain_timeout,
                 probation: config.probation,
+                // Without it (a program that cannot say where it is) the front starts its own.
+                program: Program::of_this_process().ok(),
             })
             .await;
         match (sent, channel.recv().await) {
@@ -43,17 +46,27 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
                     config.handshake_timeout
                 ),
             )
-        })??;
+        })?
+        .map_err(|e| match other_version(&e) {
+            Some(front) => BindError::ProtocolMismatch {
+                service: config.name.clone(),
+                front,
+                ours: VERSION,
+            }
+            .into(),
+            None => e,
+        })?;
     let (generation, sockets) = match reply {
         Some(Message::Listeners {
             generation,
             sockets,
         }) => (generation, sockets),
         Some(Message::Error { reason }) => {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!("risefront: the front refused this generation: {reason}"),
-            ));
+            return Err(BindError::FrontRefused {
+                service: config.name.clone(),
+                reason,
+            }
+            .into());
         }
         Some(other) => {
             return Err(io::Error::new(
@@ -143,6 +156,27 @@ async fn talk_to_front(mut channel: Channel, process: &'static Process, generati
                     }
                 }
                 Ok(Some(Message::Reinstated)) => process.reinstate(),
+                // Answered from this task, which runs only if the runtime does: a stopped or
+                // deadlocked generation stays silent, and the front reinstates its predecessor.
+                Ok(Some(Message::Ping)) => {
+                    if let Err(e) = channel.send(&Message::Pong).await {
+                        process.start_draining(&format!("lost the front ({e})"));
+                        return;
+                    }
+                }
+                Ok(Some(Message::HandoffTo { pid, pipe })) => {
+                    match crate::transfer::pair_end(&mut channel, pipe, pid, false) {
+                        Ok(pair) => crate::transfer::hand_to(pair, pid),
+                        // Connections are then closed as without a handoff.
+                        Err(e) => tracing::warn!(generation, "connection handoff unavailable: {e}"),
+                    }
+                }
+                Ok(Some(Message::HandoffFrom { pid, pipe })) => {
+                    match crate::transfer::pair_end(&mut channel, pipe, pid, true) {
+                        Ok(pair) => crate::transfer::receive_from(pair),
+                        Err(e) => tracing::warn!(generation, "connection handoff unavailable: {e}"),
+                    }
+                }
                 Ok(Some(Message::Shutdown)) => {
                     process.set_stopping();
                     process.start_draining("was asked to stop by the front");

@@ -1,8 +1,10 @@
 //! [`DrainLayer`]: `Connection: close` on HTTP/1 responses once the generation is draining,
 //! except on protocol upgrades (WebSocket), whose `Connection: upgrade` must stand.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::header::{CONNECTION, HeaderValue, UPGRADE};
@@ -85,7 +87,21 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let closable = closable(&request);
-        DrainFuture::new(self.inner.call(request), closable)
+        let will_move = request.extensions().get::<WillMove>().cloned();
+        DrainFuture::new(self.inner.call(request), closable, will_move)
+    }
+}
+
+/// Put in a request's extensions by a server that can move its connection to the next
+/// generation ([`GracefulServer`](crate::GracefulServer)): asked when the response is written,
+/// it says whether the connection is to move after this response rather than close. Such a
+/// connection must not be told to close, or its client would leave it.
+#[derive(Clone)]
+pub(crate) struct WillMove(pub(crate) Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl fmt::Debug for WillMove {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("WillMove").field(&(self.0)()).finish()
     }
 }
 
@@ -110,12 +126,18 @@ pub struct DrainFuture<F> {
     #[pin]
     inner: F,
     closable: bool,
+    will_move: Option<WillMove>,
 }
 
 impl<F> DrainFuture<F> {
-    /// `closable`: whether the response may get `Connection: close` (see [`closable`]).
-    pub(crate) fn new(inner: F, closable: bool) -> Self {
-        DrainFuture { inner, closable }
+    /// `closable`: whether the response may get `Connection: close` (see [`closable`]);
+    /// `will_move`: whether its connection moves to the next generation instead.
+    pub(crate) fn new(inner: F, closable: bool, will_move: Option<WillMove>) -> Self {
+        DrainFuture {
+            inner,
+            closable,
+            will_move,
+        }
     }
 }
 
@@ -132,6 +154,7 @@ where
         // started before the takeover and ends after it must still close its connection.
         if *this.closable
             && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            && !this.will_move.as_ref().is_some_and(|moves| (moves.0)())
             && process().close_now()
         {
             response

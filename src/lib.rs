@@ -1,6 +1,7 @@
 //! Zero-downtime upgrades for Rust TCP servers: a new build takes over the listening sockets
 //! of the running one, and the old one finishes its requests and exits. Clients see no refused
-//! connection and no failed request.
+//! connection and no failed request, and keep-alive clients keep their connections: they move
+//! to the new build.
 //!
 //! ```no_run
 //! #[tokio::main]
@@ -8,13 +9,25 @@
 //!     // The first process becomes the "front": it binds the sockets and runs generations of
 //!     // this same program; every generation gets the sockets back from this call.
 //!     let listener = risefront::bind(["127.0.0.1:8080"]).await?;
-//!     let app = axum::Router::new()
-//!         .route("/", axum::routing::get(|| async { "hello" }))
-//!         .layer(risefront::DrainLayer::new()); // Connection: close once superseded
-//!     axum::serve(listener, app)
-//!         .with_graceful_shutdown(risefront::superseded()) // fires after the idle grace
-//!         .await
+//!     let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+//!     // Drains at a takeover; idle keep-alive connections move to the new generation.
+//!     risefront::GracefulServer::new().serve(listener, app).await;
+//!     Ok(())
 //! }
+//! ```
+//!
+//! `axum::serve` works too; its keep-alive clients reconnect at each upgrade instead:
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let listener = risefront::bind(["127.0.0.1:8080"]).await?;
+//! let app = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "hello" }))
+//!     .layer(risefront::DrainLayer::new()); // Connection: close once superseded
+//! axum::serve(listener, app)
+//!     .with_graceful_shutdown(risefront::superseded()) // fires after the idle grace
+//!     .await
+//! # }
 //! ```
 //!
 //! Upgrade by starting the new binary with the same addresses, by `kill -HUP <front pid>`
@@ -27,7 +40,14 @@
 //! # How a takeover stays invisible
 //!
 //! Old and new generation accept on the same kernel sockets, so no connection is refused at
-//! any instant. When the new one is ready the old one stops accepting at once, but
+//! any instant. When the new one is ready the old one stops accepting at once, and
+//! [`GracefulServer`] hands each idle HTTP/1 keep-alive connection to the new generation, at
+//! its next idle point and with the bytes it already read of the next request (see
+//! [`Builder::connection_handoff`]): the client keeps its connection and never races a close.
+//! The new generation's listener yields such connections from `accept` like new ones.
+//!
+//! What cannot move (TLS, HTTP/2, upgraded connections, anything `axum::serve` serves) drains:
+//! `Connection: close` on the next HTTP/1 response, GOAWAY for HTTP/2. With `axum::serve`,
 //! [`superseded`] resolves only after a short idle grace: hyper's graceful shutdown cancels
 //! connections it has not read from yet and closes idle keep-alive connections immediately,
 //! and both fail requests that are already on the wire. With the grace and [`DrainLayer`]'s
@@ -43,16 +63,30 @@
 //!
 //! [`GracefulServer`] serves HTTP/1 and HTTP/2 on a [`RiseFrontListener`] with any tower
 //! service (or hyper service via [`GracefulServer::serve_hyper`]) and drains by itself:
-//! GOAWAY for HTTP/2, `Connection: close` for HTTP/1, idle keep-alive closed after the grace,
-//! everything left closed at the drain deadline.
+//! HTTP/1 connections move to the new generation (or get `Connection: close` when they
+//! cannot), GOAWAY for HTTP/2, everything left closed at the drain deadline.
 //!
 //! ```no_run
 //! # async fn run(router: axum::Router) -> std::io::Result<()> {
 //! let listener = risefront::bind(["127.0.0.1:8080"]).await?;
-//! let summary = risefront::GracefulServer::new().serve(listener, router).await?;
+//! let summary = risefront::GracefulServer::new().serve(listener, router).await;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # What fires when
+//!
+//! Each is a value the app awaits or reads; calling one does nothing by itself.
+//!
+//! | | at a takeover (a newer generation serves) | at a stop (SIGTERM, Ctrl-C, `systemctl stop`) |
+//! | --- | --- | --- |
+//! | [`is_stopping`] (flag) | stays false: the service goes on | true from the signal, through the stop delay: answer 503 on health checks |
+//! | [`draining`] (future), [`is_draining`] (flag) | at once, as the listener stops accepting (also when going on probation) | once the stop delay is over, as the listener stops accepting |
+//! | [`superseded`] (future) | after the idle grace, or once no connection is left (after the probation window, if any): a server's graceful-shutdown signal | the same, from the end of the stop delay |
+//! | [`drained`] (future) | once no connection is left, upgraded ones included: what `main` awaits before it returns | the same |
+//!
+//! [`ready`] (and [`RiseFrontListener::ready`]) is the other direction: the app tells the front
+//! that this generation may take over, when it needs more than a polled listener to say so.
 //!
 //! # TLS
 //!
@@ -68,8 +102,8 @@
 //! is still alive (a `tracing-appender` guard, say) do not run then:
 //!
 //! - the front, when the service stops (it never returns from [`bind`]);
-//! - a superseded or stopped generation that did not pass [`superseded`] to its server, once
-//!   its last connection closed (after its probation window, if superseded);
+//! - a superseded or stopped generation whose server does not poll [`superseded`], once its
+//!   last connection closed (after its probation window, if superseded);
 //! - any generation at its drain deadline (plus one second for one that did), and on a second
 //!   stop signal while draining;
 //! - a program run with `RISEFRONT_UPGRADE=1`, after reporting the upgrade's outcome.
@@ -100,6 +134,7 @@ mod addr;
 mod builder;
 mod channel;
 mod config;
+mod error;
 mod front;
 mod generation;
 mod handoff;
@@ -109,6 +144,7 @@ mod net;
 mod notice;
 mod process;
 mod protocol;
+mod replay;
 mod server;
 mod signal;
 mod socket;
@@ -116,15 +152,17 @@ mod systemd;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
+mod transfer;
 mod upgrade;
 
 pub use accept::Accept;
 pub use addr::{Addr, ListenAddr, ToListenAddr, UnixPeer};
 pub use builder::{Builder, bind, upgrade};
+pub use error::BindError;
 pub use layer::{DrainFuture, DrainLayer, DrainService};
 pub use listener::{Connection, RiseFrontListener};
 pub use process::{drained, draining, is_draining, is_stopping, ready, superseded};
-pub use server::{GracefulServer, ServeSummary};
+pub use server::{Executor, GracefulServer, ServeSummary};
 pub use upgrade::UpgradeError;
 
 /// The control-protocol decoder, for the fuzz targets in `fuzz/` only (`cargo fuzz` builds

@@ -4,6 +4,7 @@
 //! no per-connection cost, real client addresses. When the generation is superseded its
 //! duplicates are closed at once, so the kernel hands every new connection to the successor.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
@@ -21,6 +22,7 @@ use crate::addr::{Addr, ListenAddr};
 use crate::config::Config;
 use crate::net::{Target, bind_target};
 use crate::process::{self, Gate};
+use crate::replay::Replay;
 use crate::socket::{Accepting, Socket, Stream};
 
 /// Accepts connections on the sockets handed over by the front.
@@ -75,6 +77,11 @@ struct Slot {
 
 struct SlotInner {
     listeners: Vec<Accepting>,
+    /// Where the listeners accept, to route handed-over connections.
+    local: Vec<ListenAddr>,
+    /// Connections a superseded generation handed over, yielded before new ones (and even
+    /// once closed: they were taken and must be served).
+    handed: VecDeque<Connection>,
     closed: bool,
     /// On probation: accept nothing, but keep the sockets for a possible reinstatement.
     paused: bool,
@@ -114,6 +121,26 @@ impl Gate for Slot {
             waker.wake();
         }
     }
+
+    fn covers(&self, local: &ListenAddr) -> bool {
+        self.lock().local.iter().any(|ours| ours.covers(local))
+    }
+
+    /// Under the lock that pausing and closing take: a generation that stepped aside takes
+    /// nothing more, so the sender goes on serving what it offered.
+    fn adopt(&self, stream: Stream, peer: Addr, unread: Vec<u8>) -> bool {
+        let mut inner = self.lock();
+        if inner.closed || inner.paused {
+            return false;
+        }
+        inner
+            .handed
+            .push_back(Connection::adopted(stream, peer, unread));
+        if let Some(waker) = inner.waker.take() {
+            waker.wake();
+        }
+        true
+    }
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
@@ -125,10 +152,12 @@ impl RiseFrontListener {
     }
 
     fn with_readiness(listeners: Vec<Accepting>, generation: u64, manual_ready: bool) -> Self {
-        let local = listeners.iter().filter_map(Accepting::local_addr).collect();
+        let local: Vec<ListenAddr> = listeners.iter().filter_map(Accepting::local_addr).collect();
         let slot = Arc::new(Slot {
             inner: Mutex::new(SlotInner {
                 listeners,
+                local: local.clone(),
+                handed: VecDeque::new(),
                 closed: false,
                 paused: false,
                 waker: None,
@@ -213,6 +242,7 @@ impl RiseFrontListener {
     /// # Ok(())
     /// # }
     /// ```
+    #[must_use = "the listeners are closed when dropped"]
     pub fn split(self) -> Vec<RiseFrontListener> {
         let manual_ready = self.waiting_ready;
         let listeners = std::mem::take(&mut self.slot.lock().listeners);
@@ -239,7 +269,9 @@ impl RiseFrontListener {
         if self.waiting_ready {
             let mut inner = self.slot.lock();
             // Checked under the slot's lock, which `mark_ready` takes to wake us: no lost wakeup.
-            if !process::process().is_ready() {
+            // Closed before it was ready (it lost the front, say), readiness no longer matters:
+            // the listener ends below.
+            if !inner.closed && !process::process().is_ready() {
                 inner.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
@@ -253,6 +285,10 @@ impl RiseFrontListener {
             }
             let error = {
                 let mut inner = self.slot.lock();
+                if let Some(moved) = inner.handed.pop_front() {
+                    let peer = moved.peer;
+                    return Poll::Ready(Some((moved, peer)));
+                }
                 if inner.closed {
                     return Poll::Ready(None);
                 }
@@ -384,6 +420,9 @@ pub struct Connection {
     #[pin]
     stream: Stream,
     peer: Addr,
+    /// What the generation that handed this connection over had read from it and no request
+    /// consumed yet (the start of the client's next request): read before the socket.
+    unread: Replay,
     /// Set once our side is shut down: how long we keep reading before the socket is closed.
     linger: Option<Linger>,
 }
@@ -408,7 +447,36 @@ impl Connection {
         Connection {
             stream,
             peer,
+            unread: Replay::default(),
             linger: None,
+        }
+    }
+
+    /// A connection handed over by a superseded generation, with the bytes it had read.
+    pub(crate) fn adopted(stream: Stream, peer: Addr, unread: Vec<u8>) -> Self {
+        let mut connection = Connection::new(stream, peer);
+        connection.unread = Replay::new(unread);
+        connection
+    }
+
+    /// Takes what is left of the bytes handed over with this connection and not read yet, to
+    /// hand them over in turn.
+    pub(crate) fn take_replay(&mut self) -> Vec<u8> {
+        self.unread.take()
+    }
+
+    /// The socket, to hand this connection over.
+    #[cfg(unix)]
+    pub(crate) fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.stream)
+    }
+
+    /// The protocol info that lets process `pid` open a copy of this connection's socket, to
+    /// hand it over.
+    #[cfg(windows)]
+    pub(crate) fn duplicate_for(&self, pid: u32) -> io::Result<Vec<u8>> {
+        match &self.stream {
+            Stream::Tcp(stream) => crate::handoff::duplicate_socket(stream, pid),
         }
     }
 
@@ -463,7 +531,11 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.project().stream.poll_read(cx, buf)
+        let this = self.project();
+        if this.unread.read_into(buf) {
+            return Poll::Ready(Ok(()));
+        }
+        this.stream.poll_read(cx, buf)
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::addr::sealed::Spec;
 use crate::addr::{ListenAddr, ToListenAddr};
+use crate::error::BindError;
 use crate::socket::Socket;
 
 /// One address given to `bind`, resolved.
@@ -81,24 +82,24 @@ where
                 Target::Tcp(lookup(&shown, tokio::net::lookup_host((host.as_str(), port))).await?)
             }
             Spec::Socket(candidates) if candidates.is_empty() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "risefront: cannot use an empty list of socket addresses",
-                ));
+                return Err(BindError::InvalidAddress {
+                    address: "[]".to_owned(),
+                    reason: "an empty list of socket addresses".to_owned(),
+                }
+                .into());
             }
             Spec::Socket(candidates) => Target::Tcp(candidates),
             Spec::Unix(path) => unix_target(path)?,
-            Spec::Invalid(why) => return Err(io::Error::new(io::ErrorKind::InvalidInput, why)),
+            Spec::Invalid { address, reason } => {
+                return Err(BindError::InvalidAddress { address, reason }.into());
+            }
         };
         if !out.contains(&target) {
             out.push(target);
         }
     }
     if out.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "risefront: bind needs at least one address",
-        ));
+        return Err(BindError::NoAddress.into());
     }
     Ok(out)
 }
@@ -126,22 +127,22 @@ fn unix_target(path: PathBuf) -> io::Result<Target> {
 
 #[cfg(windows)]
 fn unix_target(path: PathBuf) -> io::Result<Target> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!(
-            "risefront: cannot listen on unix:{}: Unix domain sockets are not supported on Windows (yet); use a TCP address",
-            path.display()
-        ),
-    ))
+    Err(BindError::UnsupportedAddress {
+        address: format!("unix:{}", path.display()),
+        reason: "Unix domain sockets are not supported on Windows (yet); use a TCP address"
+            .to_owned(),
+    }
+    .into())
 }
 
 fn bad_address(shown: &str, why: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!(
-            "risefront: cannot use address {shown:?}: {why} (expected HOST:PORT, for example 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080 or localhost:8080, or unix:PATH)"
+    BindError::InvalidAddress {
+        address: shown.to_owned(),
+        reason: format!(
+            "{why} (expected HOST:PORT, for example 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080 or localhost:8080, or unix:PATH)"
         ),
-    )
+    }
+    .into()
 }
 
 /// Binds one target: the first TCP candidate that works, or the Unix socket path (with
@@ -169,6 +170,15 @@ pub(crate) async fn bind_first(candidates: &[SocketAddr]) -> io::Result<TcpListe
     for addr in candidates {
         match bind(*addr) {
             Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                last = Some(
+                    BindError::AddressInUse {
+                        address: addr.to_string(),
+                        source: e,
+                    }
+                    .into(),
+                );
+            }
             Err(e) => {
                 last = Some(io::Error::new(
                     e.kind(),
@@ -253,12 +263,14 @@ pub(crate) async fn bind_unix(
                 }
                 // Connected, queue full, or too slow to say: someone listens on it.
                 Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!(
-                            "risefront: {shown} is in use: another process accepts connections on it; stop it, or remove the file if that process is yours and gone"
+                    return Err(BindError::AddressInUse {
+                        address: shown.to_string(),
+                        source: io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            "another process accepts connections on it; stop it, or remove the file if that process is yours and gone",
                         ),
-                    ));
+                    }
+                    .into());
                 }
             }
         }
@@ -302,14 +314,35 @@ async fn probe_unix(
 
 #[cfg(unix)]
 fn listen_unix(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
-    use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+    use rustix::net::SocketAddrUnix;
 
-    let fd = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None)?;
-    // Generations get the socket over the channel, never by inheritance.
-    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+    let fd = unix_socket()?;
     rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
     rustix::net::listen(&fd, BACKLOG as i32)?;
     Ok(fd.into())
+}
+
+/// A new Unix stream socket, close-on-exec from birth: generations get it over the control
+/// channel, never by inheritance, and a flag set after `socket` returned would leave a moment
+/// in which a process spawned by another thread inherits it.
+#[cfg(unix)]
+fn unix_socket() -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::{AddressFamily, SocketType};
+
+    #[cfg(not(target_vendor = "apple"))]
+    return Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?);
+    // macOS has no SOCK_CLOEXEC: the flag follows at once, as std's own sockets do there.
+    #[cfg(target_vendor = "apple")]
+    {
+        let fd = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None)?;
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+        Ok(fd)
+    }
 }
 
 /// The inode of the socket file the front bound, so that it removes the file when the
@@ -447,6 +480,13 @@ mod tests {
         assert!(path.is_absolute() && path.ends_with("rel.sock"), "{path:?}");
         let err = resolve(["unix:"]).await.expect_err("no path");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn unix_sockets_are_born_close_on_exec() {
+        let fd = unix_socket().expect("socket");
+        let flags = rustix::io::fcntl_getfd(&fd).expect("flags");
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
     }
 
     #[tokio::test]

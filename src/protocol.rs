@@ -15,7 +15,8 @@
 //! |------|--------------|--------------------------------------------------------------------|
 //! | 1    | `Hello`      | pid `u32`, role `u8` (1 generation, 2 control), ready and drain    |
 //! |      |              | timeouts and probation window in ms `u64` each (the sender's own,  |
-//! |      |              | saturated)                                                         |
+//! |      |              | saturated), `u16` len + the program it runs (0: not said; see      |
+//! |      |              | `program.rs`)                                                      |
 //! | 2    | `Listeners`  | generation `u64`, count `u16` (≤ 1024), count × (`u16` len, bytes) |
 //! | 3    | `Ready`      |                                                                    |
 //! | 4    | `Superseded` |                                                                    |
@@ -29,6 +30,22 @@
 //! | 12   | `Probation`  |                                                                    |
 //! | 13   | `Reinstated` |                                                                    |
 //! | 14   | `SteppedAside` |                                                                  |
+//! | 15   | `HandoffTo`  | other generation's pid `u32`, `u16` len, pipe name (UTF-8)         |
+//! | 16   | `HandoffFrom` | other generation's pid `u32`, `u16` len, pipe name (UTF-8)        |
+//! | 17   | `Connections` | count `u16` (≤ [`MAX_BATCH`]), count × (`u16` len, socket bytes, |
+//! |      |              | `u16` len, unread bytes)                                           |
+//! | 18   | `Received`   | count `u16` (≤ [`MAX_BATCH`]), count × `u8` (1 taken, 0 refused)   |
+//! | 19   | `Ping`       |                                                                    |
+//! | 20   | `Pong`       |                                                                    |
+//!
+//! `HandoffTo` and `HandoffFrom` introduce a superseded generation to the one that took over.
+//! On Unix each carries one end of a socket pair the front made (`SCM_RIGHTS`) and an empty
+//! pipe name; on Windows they name a private pipe, which the new generation creates and the
+//! old one connects to, each checking the other's pid, and the old one duplicates connections
+//! for the new one's pid (`WSADuplicateSocketW`).
+//! `Connections` and `Received` travel on that pair, never on the control channel: idle
+//! HTTP/1 connections move from the old generation to the new one over it (see
+//! `src/transfer`).
 //!
 //! Why it is shaped this way:
 //!
@@ -56,8 +73,11 @@ use std::{error, fmt, io, str};
 /// enforces a new build's own deadlines rather than its own, and the `StopRequested` and
 /// `Stopping` messages. Version 3 added the sender's probation window to `Hello`, and the
 /// `Probation` and `Reinstated` messages. Version 4 added `SteppedAside`, which the front
-/// waits for before it reports an upgrade done.
-pub(crate) const VERSION: u8 = 4;
+/// waits for before it reports an upgrade done. Version 5 added the connection handoff:
+/// `HandoffTo`, `HandoffFrom`, `Connections` and `Received`, and the liveness check of a
+/// generation that took over from one on probation: `Ping` and `Pong`. Version 6 added the
+/// program a generation runs to `Hello`, so that the front starts the newest build.
+pub(crate) const VERSION: u8 = 6;
 
 /// Largest frame body accepted (after the 4-byte length prefix).
 pub(crate) const MAX_FRAME: usize = 64 * 1024;
@@ -71,6 +91,15 @@ const BODY_HEADER: usize = 2;
 /// make us reserve room for 65535 entries. No real service has this many
 /// listeners.
 const MAX_SOCKETS: usize = 1024;
+
+/// Longest pipe name a handoff introduction may carry (Windows caps pipe names at 256
+/// characters).
+const MAX_PIPE_NAME: usize = 512;
+
+/// Most connections one `Connections` frame moves (and so most descriptors it carries): far
+/// below the 253 that `SCM_RIGHTS` takes in one message, and what the control channel's
+/// receive buffer has room for.
+pub(crate) const MAX_BATCH: usize = 64;
 
 /// Longest `Error` reason that fits both its `u16` length and one frame.
 const MAX_REASON: usize = {
@@ -99,6 +128,12 @@ const KIND_BUSY: u8 = 11;
 const KIND_PROBATION: u8 = 12;
 const KIND_REINSTATED: u8 = 13;
 const KIND_STEPPED_ASIDE: u8 = 14;
+const KIND_HANDOFF_TO: u8 = 15;
+const KIND_HANDOFF_FROM: u8 = 16;
+const KIND_CONNECTIONS: u8 = 17;
+const KIND_RECEIVED: u8 = 18;
+const KIND_PING: u8 = 19;
+const KIND_PONG: u8 = 20;
 
 /// Who is on the other end of a control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +171,9 @@ pub(crate) enum Message {
         ready_timeout: Duration,
         drain_timeout: Duration,
         probation: Duration,
+        /// The program a generation runs (none from a control client, or one too large to
+        /// describe): what the front starts next while this generation serves.
+        program: Option<Program>,
     },
     /// Front -> generation: your generation number and one opaque blob per
     /// listening socket (empty on Unix, where the descriptors ride on this
@@ -176,6 +214,36 @@ pub(crate) enum Message {
     /// from now on. The front reports an upgrade done only after this (or a short timeout),
     /// so whoever hears "upgraded" can count on new connections reaching the new generation.
     SteppedAside,
+    /// Front -> a generation about to be told `Probation` or `Superseded` (or still
+    /// draining): hand your idle connections to the generation that took over (process `pid`), on the socket
+    /// riding on this frame (Unix) or the pipe `pipe` it creates (Windows).
+    HandoffTo { pid: u32, pipe: String },
+    /// Front -> the generation that took over: connections from the generation `pid` arrive on
+    /// the socket riding on this frame (Unix) or on the pipe `pipe`, to create (Windows).
+    HandoffFrom { pid: u32, pipe: String },
+    /// Old generation -> new, on a handoff socket: connections to serve from now on.
+    Connections { moved: Vec<Moved> },
+    /// New generation -> old, on a handoff socket: for each connection of the oldest
+    /// unanswered `Connections`, in order, whether it was taken (the sender never touches it
+    /// again) or refused (the sender goes on serving it).
+    Received { taken: Vec<bool> },
+    /// Front -> the generation that took over from one on probation: say you are alive.
+    /// A build that hangs after taking over (stopped, deadlocked runtime) keeps the traffic
+    /// and answers nothing; the front then treats it as dead and reinstates its predecessor.
+    Ping,
+    /// Generation -> front: the answer to the oldest unanswered `Ping`.
+    Pong,
+}
+
+/// One connection in a `Connections` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Moved {
+    /// Empty on Unix, where the descriptor rides on the frame (in order, one per connection);
+    /// `WSAPROTOCOL_INFOW` bytes on Windows.
+    pub(crate) socket: Vec<u8>,
+    /// Bytes the old generation read from the connection that no request consumed yet (the
+    /// start of the client's next request): the new generation reads them first.
+    pub(crate) unread: Vec<u8>,
 }
 
 impl Message {
@@ -194,6 +262,12 @@ impl Message {
             Message::Probation => KIND_PROBATION,
             Message::Reinstated => KIND_REINSTATED,
             Message::SteppedAside => KIND_STEPPED_ASIDE,
+            Message::HandoffTo { .. } => KIND_HANDOFF_TO,
+            Message::HandoffFrom { .. } => KIND_HANDOFF_FROM,
+            Message::Connections { .. } => KIND_CONNECTIONS,
+            Message::Received { .. } => KIND_RECEIVED,
+            Message::Ping => KIND_PING,
+            Message::Pong => KIND_PONG,
             Message::Error { .. } => KIND_ERROR,
         }
     }
@@ -237,6 +311,15 @@ impl fmt::Display for ProtocolError {
 
 impl error::Error for ProtocolError {}
 
+/// The protocol version of a peer whose frame `e` could not be read for that reason: a peer
+/// of another release, not a broken one.
+pub(crate) fn other_version(e: &io::Error) -> Option<u8> {
+    match e.get_ref()?.downcast_ref::<ProtocolError>()? {
+        ProtocolError::UnsupportedVersion { got } => Some(*got),
+        _ => None,
+    }
+}
+
 impl From<ProtocolError> for io::Error {
     fn from(err: ProtocolError) -> Self {
         io::Error::new(io::ErrorKind::InvalidData, err)
@@ -277,12 +360,16 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
             ready_timeout,
             drain_timeout,
             probation,
+            program,
         } => {
             out.extend_from_slice(&pid.to_be_bytes());
             out.push(role.to_wire());
             out.extend_from_slice(&millis(*ready_timeout).to_be_bytes());
             out.extend_from_slice(&millis(*drain_timeout).to_be_bytes());
             out.extend_from_slice(&millis(*probation).to_be_bytes());
+            let program = program_wire(program.as_ref());
+            put_u16_len(out, program.len())?;
+            out.extend_from_slice(&program);
         }
         Message::Listeners {
             generation,
@@ -301,6 +388,24 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
             put_u16_len(out, reason.len())?;
             out.extend_from_slice(reason.as_bytes());
         }
+        Message::Connections { moved } => {
+            put_u16_len(out, moved.len())?;
+            for m in moved {
+                put_u16_len(out, m.socket.len())?;
+                out.extend_from_slice(&m.socket);
+                put_u16_len(out, m.unread.len())?;
+                out.extend_from_slice(&m.unread);
+            }
+        }
+        Message::Received { taken } => {
+            put_u16_len(out, taken.len())?;
+            out.extend(taken.iter().map(|t| u8::from(*t)));
+        }
+        Message::HandoffTo { pid, pipe } | Message::HandoffFrom { pid, pipe } => {
+            out.extend_from_slice(&pid.to_be_bytes());
+            put_u16_len(out, pipe.len())?;
+            out.extend_from_slice(pipe.as_bytes());
+        }
         Message::Ready
         | Message::Superseded
         | Message::Upgrade
@@ -309,7 +414,9 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
         | Message::Stopping
         | Message::Probation
         | Message::Reinstated
-        | Message::SteppedAside => {}
+        | Message::SteppedAside
+        | Message::Ping
+        | Message::Pong => {}
     }
     Ok(())
 }
@@ -323,7 +430,9 @@ fn millis(d: Duration) -> u64 {
 /// Length of the frame body `msg` encodes to, if it is one we may send.
 fn body_len(msg: &Message) -> Result<usize, ProtocolError> {
     let payload = match msg {
-        Message::Hello { .. } => 4 + 1 + 8 + 8 + 8,
+        Message::Hello { program, .. } => {
+            4 + 1 + 8 + 8 + 8 + 2 + program_wire(program.as_ref()).len()
+        }
         Message::Listeners { sockets, .. } => {
             if sockets.len() > MAX_SOCKETS {
                 return Err(ProtocolError::Malformed("too many sockets"));
@@ -334,6 +443,28 @@ fn body_len(msg: &Message) -> Result<usize, ProtocolError> {
         }
         Message::Upgraded { .. } => 8,
         Message::Error { reason } | Message::Busy { reason } => 2 + truncate_reason(reason).len(),
+        Message::Connections { moved } => {
+            if moved.len() > MAX_BATCH {
+                return Err(ProtocolError::Malformed("too many connections"));
+            }
+            moved.iter().fold(2, |acc: usize, m| {
+                acc.saturating_add(4)
+                    .saturating_add(m.socket.len())
+                    .saturating_add(m.unread.len())
+            })
+        }
+        Message::Received { taken } => {
+            if taken.len() > MAX_BATCH {
+                return Err(ProtocolError::Malformed("too many connections"));
+            }
+            2 + taken.len()
+        }
+        Message::HandoffTo { pipe, .. } | Message::HandoffFrom { pipe, .. } => {
+            if pipe.len() > MAX_PIPE_NAME {
+                return Err(ProtocolError::Malformed("pipe name too long"));
+            }
+            4 + 2 + pipe.len()
+        }
         Message::Ready
         | Message::Superseded
         | Message::Upgrade
@@ -342,7 +473,9 @@ fn body_len(msg: &Message) -> Result<usize, ProtocolError> {
         | Message::Stopping
         | Message::Probation
         | Message::Reinstated
-        | Message::SteppedAside => 0,
+        | Message::SteppedAside
+        | Message::Ping
+        | Message::Pong => 0,
     };
     let len = payload.saturating_add(BODY_HEADER);
     if len > MAX_FRAME {
@@ -409,12 +542,18 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
             let ready_timeout = u64::from_be_bytes(r.take("truncated hello")?);
             let drain_timeout = u64::from_be_bytes(r.take("truncated hello")?);
             let probation = u64::from_be_bytes(r.take("truncated hello")?);
+            let len = usize::from(u16::from_be_bytes(r.take("truncated hello")?));
+            let program = match r.bytes(len, "truncated hello")? {
+                [] => None,
+                described => Some(Program::from_wire(described)?),
+            };
             Message::Hello {
                 pid,
                 role,
                 ready_timeout: Duration::from_millis(ready_timeout),
                 drain_timeout: Duration::from_millis(drain_timeout),
                 probation: Duration::from_millis(probation),
+                program,
             }
         }
         KIND_LISTENERS => {
@@ -445,6 +584,51 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
         KIND_PROBATION => Message::Probation,
         KIND_REINSTATED => Message::Reinstated,
         KIND_STEPPED_ASIDE => Message::SteppedAside,
+        KIND_HANDOFF_TO | KIND_HANDOFF_FROM => {
+            let pid = u32::from_be_bytes(r.take("truncated handoff")?);
+            let pipe = read_string(&mut r)?;
+            if pipe.len() > MAX_PIPE_NAME {
+                return Err(ProtocolError::Malformed("pipe name too long"));
+            }
+            if kind == KIND_HANDOFF_TO {
+                Message::HandoffTo { pid, pipe }
+            } else {
+                Message::HandoffFrom { pid, pipe }
+            }
+        }
+        KIND_PING => Message::Ping,
+        KIND_PONG => Message::Pong,
+        KIND_CONNECTIONS => {
+            let count = usize::from(u16::from_be_bytes(r.take("truncated connections")?));
+            if count > MAX_BATCH {
+                return Err(ProtocolError::Malformed("too many connections"));
+            }
+            let mut moved = Vec::with_capacity(count);
+            for _ in 0..count {
+                let len = usize::from(u16::from_be_bytes(r.take("truncated connection")?));
+                let socket = r.bytes(len, "truncated connection")?.to_vec();
+                let len = usize::from(u16::from_be_bytes(r.take("truncated connection")?));
+                let unread = r.bytes(len, "truncated connection")?.to_vec();
+                moved.push(Moved { socket, unread });
+            }
+            Message::Connections { moved }
+        }
+        KIND_RECEIVED => {
+            let count = usize::from(u16::from_be_bytes(r.take("truncated received")?));
+            if count > MAX_BATCH {
+                return Err(ProtocolError::Malformed("too many connections"));
+            }
+            let taken = r
+                .bytes(count, "truncated received")?
+                .iter()
+                .map(|b| match b {
+                    0 => Ok(false),
+                    1 => Ok(true),
+                    _ => Err(ProtocolError::Malformed("bad received flag")),
+                })
+                .collect::<Result<_, _>>()?;
+            Message::Received { taken }
+        }
         KIND_BUSY => Message::Busy {
             reason: read_string(&mut r)?,
         },
@@ -459,6 +643,11 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
         return Err(ProtocolError::Malformed("trailing bytes"));
     }
     Ok(msg)
+}
+
+/// A program's wire form; empty when there is none to describe or it is too large to.
+fn program_wire(program: Option<&Program>) -> Vec<u8> {
+    program.and_then(Program::to_wire).unwrap_or_default()
 }
 
 /// A `u16`-length-prefixed UTF-8 string.
@@ -554,636 +743,9 @@ impl FrameDecoder {
     }
 }
 
+mod program;
+
+pub(crate) use program::Program;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::collection::vec;
-    use proptest::prelude::*;
-
-    fn frame(msg: &Message) -> Vec<u8> {
-        let mut out = Vec::new();
-        encode(msg, &mut out).unwrap();
-        out
-    }
-
-    /// A correctly delimited frame with arbitrary contents.
-    fn raw(version: u8, kind: u8, payload: &[u8]) -> Vec<u8> {
-        let len = u32::try_from(BODY_HEADER + payload.len()).unwrap();
-        let mut out = len.to_be_bytes().to_vec();
-        out.push(version);
-        out.push(kind);
-        out.extend_from_slice(payload);
-        out
-    }
-
-    fn every_variant() -> Vec<Message> {
-        vec![
-            Message::Hello {
-                pid: 4242,
-                role: Role::Generation,
-                ready_timeout: Duration::from_secs(60),
-                drain_timeout: Duration::from_millis(1500),
-                probation: Duration::from_secs(10),
-            },
-            Message::Hello {
-                pid: u32::MAX,
-                role: Role::Control,
-                ready_timeout: Duration::ZERO,
-                drain_timeout: Duration::from_millis(u64::MAX),
-                probation: Duration::ZERO,
-            },
-            Message::Listeners {
-                generation: 0,
-                sockets: vec![],
-            },
-            Message::Listeners {
-                generation: 3,
-                sockets: vec![vec![], vec![], vec![]],
-            },
-            Message::Listeners {
-                generation: u64::MAX,
-                sockets: vec![vec![1, 2, 3], vec![], vec![0xff; 628]],
-            },
-            Message::Ready,
-            Message::Superseded,
-            Message::Upgrade,
-            Message::Upgraded { generation: 7 },
-            Message::Shutdown,
-            Message::StopRequested,
-            Message::Stopping,
-            Message::Probation,
-            Message::Reinstated,
-            Message::SteppedAside,
-            Message::Busy {
-                reason: "generation 3 is starting".to_owned(),
-            },
-            Message::Error {
-                reason: String::new(),
-            },
-            Message::Error {
-                reason: "bind: адрес уже используется 🔥 — 端口".to_owned(),
-            },
-        ]
-    }
-
-    fn drain(dec: &mut FrameDecoder, into: &mut Vec<Message>) {
-        while let Some(msg) = dec.next_message().unwrap() {
-            into.push(msg);
-        }
-    }
-
-    #[test]
-    fn round_trips_every_variant() {
-        for msg in every_variant() {
-            let bytes = frame(&msg);
-            assert_eq!(decode(&bytes), Ok(Some((msg, bytes.len()))));
-        }
-    }
-
-    #[test]
-    fn wire_format_is_fixed() {
-        let cases: [(Message, &[u8]); 6] = [
-            (
-                Message::Hello {
-                    pid: 0x0102_0304,
-                    role: Role::Generation,
-                    ready_timeout: Duration::from_millis(0x0506),
-                    drain_timeout: Duration::from_millis(7),
-                    probation: Duration::from_millis(0x0809),
-                },
-                &[
-                    0, 0, 0, 31, 4, 1, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0,
-                    7, 0, 0, 0, 0, 0, 0, 8, 9,
-                ],
-            ),
-            (
-                Message::Hello {
-                    pid: 9,
-                    role: Role::Control,
-                    ready_timeout: Duration::MAX,
-                    drain_timeout: Duration::ZERO,
-                    probation: Duration::ZERO,
-                },
-                &[
-                    0, 0, 0, 31, 4, 1, 0, 0, 0, 9, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                    0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                ],
-            ),
-            (
-                Message::Listeners {
-                    generation: 5,
-                    sockets: vec![vec![0xaa], vec![]],
-                },
-                &[
-                    0, 0, 0, 17, 4, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
-                ],
-            ),
-            (
-                Message::Upgraded {
-                    generation: 0x0102_0304_0506_0708,
-                },
-                &[0, 0, 0, 10, 4, 6, 1, 2, 3, 4, 5, 6, 7, 8],
-            ),
-            (
-                Message::Error {
-                    reason: "hé".to_owned(),
-                },
-                &[0, 0, 0, 7, 4, 8, 0, 3, b'h', 0xc3, 0xa9],
-            ),
-            (Message::Ready, &[0, 0, 0, 2, 4, 3]),
-        ];
-        for (msg, bytes) in cases {
-            assert_eq!(frame(&msg), bytes, "{msg:?}");
-        }
-        let bare = [
-            (Message::Superseded, 4),
-            (Message::Upgrade, 5),
-            (Message::Shutdown, 7),
-            (Message::StopRequested, 9),
-            (Message::Stopping, 10),
-            (Message::Probation, 12),
-            (Message::Reinstated, 13),
-            (Message::SteppedAside, 14),
-        ];
-        for (msg, kind) in bare {
-            assert_eq!(frame(&msg), [0, 0, 0, 2, VERSION, kind]);
-        }
-    }
-
-    #[test]
-    fn oversized_prefix_is_refused_before_the_body() {
-        assert_eq!(
-            decode(&[0xff, 0xff, 0xff, 0xff]),
-            Err(ProtocolError::TooLarge { len: 0xffff_ffff })
-        );
-        let just_over = u32::try_from(MAX_FRAME + 1).unwrap().to_be_bytes();
-        assert_eq!(
-            decode(&just_over),
-            Err(ProtocolError::TooLarge { len: MAX_FRAME + 1 })
-        );
-        let at_limit = u32::try_from(MAX_FRAME).unwrap().to_be_bytes();
-        assert_eq!(decode(&at_limit), Ok(None));
-    }
-
-    #[test]
-    fn largest_frame_fits_and_one_more_byte_does_not() {
-        // Body: version, kind, generation, count, one blob length, the blob.
-        let room = MAX_FRAME - (2 + 8 + 2 + 2);
-        let msg = Message::Listeners {
-            generation: 1,
-            sockets: vec![vec![7; room]],
-        };
-        let bytes = frame(&msg);
-        assert_eq!(bytes.len(), LEN_PREFIX + MAX_FRAME);
-        assert_eq!(decode(&bytes), Ok(Some((msg, bytes.len()))));
-
-        let mut out = vec![0xee];
-        let too_big = Message::Listeners {
-            generation: 1,
-            sockets: vec![vec![7; room + 1]],
-        };
-        assert_eq!(
-            encode(&too_big, &mut out),
-            Err(ProtocolError::TooLarge { len: MAX_FRAME + 1 })
-        );
-        assert_eq!(out, [0xee], "a failed encode must leave `out` alone");
-    }
-
-    #[test]
-    fn listeners_too_large_are_refused_not_truncated() {
-        let mut out = Vec::new();
-        let huge_blob = Message::Listeners {
-            generation: 1,
-            sockets: vec![vec![0; 100_000]],
-        };
-        assert!(matches!(
-            encode(&huge_blob, &mut out),
-            Err(ProtocolError::TooLarge { .. })
-        ));
-        let many_blobs = Message::Listeners {
-            generation: 1,
-            sockets: vec![vec![0; 1000]; 100],
-        };
-        assert!(matches!(
-            encode(&many_blobs, &mut out),
-            Err(ProtocolError::TooLarge { .. })
-        ));
-        let too_many = Message::Listeners {
-            generation: 1,
-            sockets: vec![vec![]; MAX_SOCKETS + 1],
-        };
-        assert_eq!(
-            encode(&too_many, &mut out),
-            Err(ProtocolError::Malformed("too many sockets"))
-        );
-        assert!(out.is_empty());
-
-        let most = Message::Listeners {
-            generation: 1,
-            sockets: vec![vec![]; MAX_SOCKETS],
-        };
-        let bytes = frame(&most);
-        assert_eq!(decode(&bytes), Ok(Some((most, bytes.len()))));
-    }
-
-    #[test]
-    fn long_reason_is_truncated_at_a_char_boundary() {
-        // "a" then 3-byte chars: the byte limit lands inside a char.
-        let reason = format!("a{}", "€".repeat(30_000));
-        assert!(!reason.is_char_boundary(MAX_REASON));
-        let bytes = frame(&Message::Error {
-            reason: reason.clone(),
-        });
-        assert!(bytes.len() <= LEN_PREFIX + MAX_FRAME);
-        let Ok(Some((Message::Error { reason: got }, used))) = decode(&bytes) else {
-            panic!("truncated reason did not decode");
-        };
-        assert_eq!(used, bytes.len());
-        assert!(reason.starts_with(&got));
-        assert!(got.len() <= MAX_REASON && got.len() > MAX_REASON - 4);
-
-        let exact = "x".repeat(MAX_REASON);
-        let bytes = frame(&Message::Error {
-            reason: exact.clone(),
-        });
-        assert_eq!(bytes.len(), LEN_PREFIX + MAX_FRAME);
-        assert_eq!(
-            decode(&bytes).unwrap().unwrap().0,
-            Message::Error { reason: exact }
-        );
-    }
-
-    #[test]
-    fn wrong_version_is_reported_before_kind() {
-        assert_eq!(
-            decode(&raw(7, KIND_HELLO, &[0, 0, 0, 1, 1])),
-            Err(ProtocolError::UnsupportedVersion { got: 7 })
-        );
-        assert_eq!(
-            decode(&raw(0, 200, &[])),
-            Err(ProtocolError::UnsupportedVersion { got: 0 })
-        );
-    }
-
-    #[test]
-    fn unknown_kind() {
-        for kind in [0, 15, 255] {
-            assert_eq!(
-                decode(&raw(VERSION, kind, &[])),
-                Err(ProtocolError::UnknownMessage { kind })
-            );
-        }
-    }
-
-    #[test]
-    fn truncated_payload_inside_a_complete_frame() {
-        let cases: [(u8, &[u8], &str); 6] = [
-            (KIND_HELLO, &[0, 0, 0, 1], "truncated hello"),
-            (
-                KIND_LISTENERS,
-                &[0, 0, 0, 0, 0, 0, 0, 1, 0],
-                "truncated listeners",
-            ),
-            (
-                KIND_LISTENERS,
-                &[0, 0, 0, 0, 0, 0, 0, 1, 0, 1],
-                "truncated socket",
-            ),
-            (
-                KIND_LISTENERS,
-                &[0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 4, 1, 2, 3],
-                "truncated socket",
-            ),
-            (KIND_UPGRADED, &[0, 0, 0, 0, 0, 0, 0], "truncated upgraded"),
-            (KIND_ERROR, &[0, 5, b'a', b'b'], "truncated string"),
-        ];
-        for (kind, payload, what) in cases {
-            assert_eq!(
-                decode(&raw(VERSION, kind, payload)),
-                Err(ProtocolError::Malformed(what)),
-                "kind {kind}"
-            );
-        }
-    }
-
-    #[test]
-    fn trailing_bytes() {
-        let cases: [(u8, &[u8]); 4] = [
-            (KIND_READY, &[0]),
-            (
-                KIND_HELLO,
-                &[
-                    0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0,
-                    0, 0, 1, 9,
-                ],
-            ),
-            (KIND_UPGRADED, &[0, 0, 0, 0, 0, 0, 0, 1, 0]),
-            (KIND_ERROR, &[0, 1, b'a', b'b']),
-        ];
-        for (kind, payload) in cases {
-            assert_eq!(
-                decode(&raw(VERSION, kind, payload)),
-                Err(ProtocolError::Malformed("trailing bytes")),
-                "kind {kind}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_version_1_hello_is_refused_by_version_not_misread() {
-        // What a generation built against risefront's first protocol sends.
-        assert_eq!(
-            decode(&raw(1, KIND_HELLO, &[0, 0, 0, 9, 1])),
-            Err(ProtocolError::UnsupportedVersion { got: 1 })
-        );
-    }
-
-    #[test]
-    fn bad_role() {
-        for role in [0, 3, 255] {
-            assert_eq!(
-                decode(&raw(VERSION, KIND_HELLO, &[0, 0, 0, 1, role])),
-                Err(ProtocolError::Malformed("bad role"))
-            );
-        }
-    }
-
-    #[test]
-    fn invalid_utf8() {
-        assert_eq!(
-            decode(&raw(VERSION, KIND_ERROR, &[0, 2, 0xc3, 0x28])),
-            Err(ProtocolError::Malformed("invalid utf-8"))
-        );
-    }
-
-    #[test]
-    fn too_many_sockets_on_the_wire() {
-        let mut payload = vec![0; 8];
-        payload.extend_from_slice(&u16::try_from(MAX_SOCKETS + 1).unwrap().to_be_bytes());
-        payload.extend(std::iter::repeat_n(0, 2 * (MAX_SOCKETS + 1)));
-        assert_eq!(
-            decode(&raw(VERSION, KIND_LISTENERS, &payload)),
-            Err(ProtocolError::Malformed("too many sockets"))
-        );
-    }
-
-    #[test]
-    fn frames_shorter_than_their_header() {
-        let short = Err(ProtocolError::Malformed("frame shorter than its header"));
-        assert_eq!(decode(&[0, 0, 0, 0]), short);
-        assert_eq!(decode(&[0, 0, 0, 1]), short, "known from the prefix alone");
-        assert_eq!(decode(&[0, 0, 0, 1, VERSION]), short);
-    }
-
-    #[test]
-    fn every_prefix_of_a_frame_is_incomplete() {
-        for msg in every_variant() {
-            let bytes = frame(&msg);
-            for end in 0..bytes.len() {
-                assert_eq!(decode(&bytes[..end]), Ok(None), "{msg:?} cut at {end}");
-            }
-        }
-    }
-
-    #[test]
-    fn decode_takes_only_the_first_frame() {
-        let first = frame(&Message::Ready);
-        let mut bytes = first.clone();
-        bytes.extend(frame(&Message::Upgraded { generation: 2 }));
-        assert_eq!(decode(&bytes), Ok(Some((Message::Ready, first.len()))));
-    }
-
-    #[test]
-    fn decoder_byte_at_a_time_matches_all_at_once() {
-        let msgs = every_variant();
-        let mut stream = Vec::new();
-        for msg in &msgs {
-            encode(msg, &mut stream).unwrap();
-        }
-
-        let mut whole = FrameDecoder::new();
-        whole.push(&stream).unwrap();
-        let mut at_once = Vec::new();
-        drain(&mut whole, &mut at_once);
-        assert!(whole.is_empty());
-
-        let mut trickle = FrameDecoder::default();
-        let mut one_by_one = Vec::new();
-        for byte in &stream {
-            trickle.push(std::slice::from_ref(byte)).unwrap();
-            drain(&mut trickle, &mut one_by_one);
-        }
-        assert!(trickle.is_empty());
-
-        assert_eq!(at_once, msgs);
-        assert_eq!(one_by_one, msgs);
-    }
-
-    #[test]
-    fn decoder_reports_a_partial_frame() {
-        let mut dec = FrameDecoder::new();
-        assert!(dec.is_empty());
-        let bytes = frame(&Message::Shutdown);
-        dec.push(&bytes[..3]).unwrap();
-        assert!(!dec.is_empty());
-        assert_eq!(dec.next_message(), Ok(None));
-        dec.push(&bytes[3..]).unwrap();
-        assert!(!dec.is_empty(), "a whole frame not yet returned counts");
-        assert_eq!(dec.next_message(), Ok(Some(Message::Shutdown)));
-        assert!(dec.is_empty());
-    }
-
-    #[test]
-    fn decoder_refuses_to_buffer_beyond_its_bound() {
-        let mut dec = FrameDecoder::new();
-        assert_eq!(
-            dec.push(&vec![0; DECODER_CAPACITY + 1]),
-            Err(ProtocolError::TooLarge {
-                len: DECODER_CAPACITY + 1
-            })
-        );
-        assert!(dec.is_empty(), "a refused push buffers nothing");
-
-        dec.push(&vec![0; DECODER_CAPACITY - 1]).unwrap();
-        dec.push(&[0]).unwrap();
-        assert_eq!(
-            dec.push(&[0]),
-            Err(ProtocolError::TooLarge {
-                len: DECODER_CAPACITY + 1
-            })
-        );
-    }
-
-    #[test]
-    fn decoder_bound_admits_a_valid_stream_read_in_big_chunks() {
-        // Worst case for the bound: a maximal frame missing its last byte is
-        // pending when a maximal read arrives.
-        let big = Message::Error {
-            reason: "z".repeat(MAX_REASON),
-        };
-        let mut stream = Vec::new();
-        for _ in 0..5 {
-            encode(&big, &mut stream).unwrap();
-            encode(&Message::Ready, &mut stream).unwrap();
-        }
-        let mut dec = FrameDecoder::new();
-        let mut got = Vec::new();
-        let (first, rest) = stream.split_at(LEN_PREFIX + MAX_FRAME - 1);
-        dec.push(first).unwrap();
-        drain(&mut dec, &mut got);
-        for chunk in rest.chunks(LEN_PREFIX + MAX_FRAME) {
-            dec.push(chunk).unwrap();
-            drain(&mut dec, &mut got);
-        }
-        assert!(dec.is_empty());
-        assert_eq!(got.len(), 10);
-        assert!(
-            got.chunks(2)
-                .all(|pair| pair == [big.clone(), Message::Ready])
-        );
-    }
-
-    #[test]
-    fn decoder_refuses_a_hostile_prefix_at_once_and_keeps_refusing() {
-        let mut dec = FrameDecoder::new();
-        dec.push(&[0xff, 0xff, 0xff, 0xff]).unwrap();
-        let err = Err(ProtocolError::TooLarge { len: 0xffff_ffff });
-        assert_eq!(dec.next_message(), err);
-        assert_eq!(dec.next_message(), err);
-    }
-
-    #[test]
-    fn error_messages_say_what_failed() {
-        assert_eq!(
-            ProtocolError::TooLarge { len: 0xffff_ffff }.to_string(),
-            "control frame of 4294967295 bytes exceeds the 65536-byte limit"
-        );
-        assert_eq!(
-            ProtocolError::UnsupportedVersion { got: 7 }.to_string(),
-            "peer speaks risefront protocol version 7, this build speaks 4"
-        );
-        assert_eq!(
-            ProtocolError::UnknownMessage { kind: 42 }.to_string(),
-            "unknown control message kind 42"
-        );
-        assert_eq!(
-            ProtocolError::Malformed("bad role").to_string(),
-            "malformed control frame: bad role"
-        );
-    }
-
-    #[test]
-    fn converts_to_invalid_data_io_error() {
-        let err = io::Error::from(ProtocolError::UnsupportedVersion { got: 1 });
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert_eq!(
-            err.to_string(),
-            "peer speaks risefront protocol version 1, this build speaks 4"
-        );
-        let inner = err
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<ProtocolError>());
-        assert_eq!(inner, Some(&ProtocolError::UnsupportedVersion { got: 1 }));
-    }
-
-    fn arb_message() -> impl Strategy<Value = Message> {
-        let role = prop_oneof![Just(Role::Generation), Just(Role::Control)];
-        prop_oneof![
-            (any::<u32>(), role, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(pid, role, ready, drain, probation)| {
-                    Message::Hello {
-                        pid,
-                        role,
-                        ready_timeout: Duration::from_millis(ready),
-                        drain_timeout: Duration::from_millis(drain),
-                        probation: Duration::from_millis(probation),
-                    }
-                }
-            ),
-            (any::<u64>(), vec(vec(any::<u8>(), 0..64), 0..8)).prop_map(|(generation, sockets)| {
-                Message::Listeners {
-                    generation,
-                    sockets,
-                }
-            }),
-            Just(Message::Ready),
-            Just(Message::Superseded),
-            Just(Message::Upgrade),
-            any::<u64>().prop_map(|generation| Message::Upgraded { generation }),
-            Just(Message::Shutdown),
-            Just(Message::StopRequested),
-            Just(Message::Stopping),
-            Just(Message::Probation),
-            Just(Message::Reinstated),
-            Just(Message::SteppedAside),
-            any::<String>().prop_map(|reason| Message::Busy { reason }),
-            any::<String>().prop_map(|reason| Message::Error { reason }),
-        ]
-    }
-
-    proptest! {
-        #[test]
-        fn decode_never_panics(bytes in vec(any::<u8>(), 0..4096)) {
-            if let Ok(Some((_, used))) = decode(&bytes) {
-                prop_assert!(used <= bytes.len());
-            }
-        }
-
-        /// Random bytes almost always die at the length check; this reaches
-        /// the payload parsers.
-        #[test]
-        fn decode_never_panics_on_well_delimited_garbage(
-            version in prop_oneof![Just(VERSION), any::<u8>()],
-            kind in 0u8..10,
-            payload in vec(any::<u8>(), 0..512),
-        ) {
-            let bytes = raw(version, kind, &payload);
-            if let Ok(Some((_, used))) = decode(&bytes) {
-                prop_assert_eq!(used, bytes.len());
-            }
-        }
-
-        #[test]
-        fn encode_then_decode_round_trips(msg in arb_message()) {
-            let bytes = frame(&msg);
-            prop_assert!(bytes.len() <= LEN_PREFIX + MAX_FRAME);
-            prop_assert_eq!(decode(&bytes), Ok(Some((msg, bytes.len()))));
-        }
-
-        #[test]
-        fn decoder_yields_the_same_messages_under_any_chunking(
-            msgs in vec(arb_message(), 1..8),
-            sizes in vec(1usize..64, 1..16),
-        ) {
-            let mut stream = Vec::new();
-            for msg in &msgs {
-                encode(msg, &mut stream).unwrap();
-            }
-            let mut dec = FrameDecoder::new();
-            let mut got = Vec::new();
-            let mut rest = stream.as_slice();
-            for size in sizes.iter().cycle() {
-                if rest.is_empty() {
-                    break;
-                }
-                let (chunk, tail) = rest.split_at((*size).min(rest.len()));
-                rest = tail;
-                dec.push(chunk).unwrap();
-                drain(&mut dec, &mut got);
-            }
-            prop_assert!(dec.is_empty());
-            prop_assert_eq!(got, msgs);
-        }
-
-        #[test]
-        fn decoder_never_panics(chunks in vec(vec(any::<u8>(), 0..512), 0..8)) {
-            let mut dec = FrameDecoder::new();
-            for chunk in &chunks {
-                if dec.push(chunk).is_err() {
-                    break;
-                }
-                while let Ok(Some(_)) = dec.next_message() {}
-            }
-        }
-    }
-}
+mod tests;

@@ -137,6 +137,53 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
+    /// A connection another generation handed over (its descriptor, passed with
+    /// `SCM_RIGHTS`), registered with the current tokio runtime, and its client's address.
+    /// Anything but a connected stream socket of either kind is refused.
+    #[cfg(unix)]
+    pub(crate) fn from_moved(fd: std::os::fd::OwnedFd) -> io::Result<(Stream, Addr)> {
+        use rustix::net::{AddressFamily, SocketType, sockopt};
+        let refuse = |why: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("risefront: a handed-over descriptor is not a client connection: {why}"),
+            )
+        };
+        if sockopt::socket_type(&fd)? != SocketType::STREAM {
+            return Err(refuse("not a stream socket"));
+        }
+        // Only a connected socket has a peer (a listening one has none): portable, unlike
+        // SO_ACCEPTCONN, which macOS lacks.
+        if rustix::net::getpeername(&fd).is_err() {
+            return Err(refuse("not connected"));
+        }
+        let family = rustix::net::getsockname(&fd)?.address_family();
+        if family == AddressFamily::UNIX {
+            let stream = std::os::unix::net::UnixStream::from(fd);
+            stream.set_nonblocking(true)?;
+            let stream = UnixStream::from_std(stream)?;
+            let peer = UnixPeer::of(&stream);
+            Ok((Stream::Unix(stream), Addr::Unix(peer)))
+        } else if family == AddressFamily::INET || family == AddressFamily::INET6 {
+            let stream = std::net::TcpStream::from(fd);
+            stream.set_nonblocking(true)?;
+            let peer = stream.peer_addr()?;
+            Ok((Stream::Tcp(TcpStream::from_std(stream)?), Addr::Tcp(peer)))
+        } else {
+            Err(refuse(&format!("address family {family:?}")))
+        }
+    }
+
+    /// A connection another generation handed over (opened from the protocol info it made
+    /// for this process with `WSADuplicateSocketW`), registered with the current tokio
+    /// runtime, and its client's address.
+    #[cfg(windows)]
+    pub(crate) fn from_duplicate(stream: std::net::TcpStream) -> io::Result<(Stream, Addr)> {
+        stream.set_nonblocking(true)?;
+        let peer = stream.peer_addr()?;
+        Ok((Stream::Tcp(TcpStream::from_std(stream)?), Addr::Tcp(peer)))
+    }
+
     /// `TCP_NODELAY`, as HTTP servers want; best effort: a socket that refuses it still works.
     pub(crate) fn set_nodelay(&self) {
         match self {
@@ -157,6 +204,16 @@ impl Stream {
                     io::Error::new(io::ErrorKind::NotFound, "risefront: unnamed Unix socket")
                 })
             }),
+        }
+    }
+}
+
+#[cfg(unix)]
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
         }
     }
 }
@@ -219,5 +276,39 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handed_over_descriptor_must_be_a_connected_stream() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        let (stream, addr) = Stream::from_moved(accepted.into()).unwrap();
+        assert_eq!(addr, Addr::Tcp(peer));
+        assert_eq!(addr, Addr::Tcp(client.local_addr().unwrap()));
+        assert!(matches!(stream, Stream::Tcp(_)));
+
+        let listening = Stream::from_moved(listener.into()).map(|_| ()).unwrap_err();
+        assert!(
+            listening.to_string().contains("not connected"),
+            "{listening}"
+        );
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let datagram = Stream::from_moved(udp.into()).map(|_| ()).unwrap_err();
+        assert!(
+            datagram.to_string().contains("not a stream socket"),
+            "{datagram}"
+        );
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(Stream::from_moved(file.into()).is_err());
+
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (stream, addr) = Stream::from_moved(a.into()).unwrap();
+        assert!(matches!((stream, addr), (Stream::Unix(_), Addr::Unix(_))));
     }
 }

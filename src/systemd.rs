@@ -45,18 +45,16 @@ pub(crate) fn notify(event: &Supervisor) {
 }
 
 /// Hands the listening sockets to systemd's fd store (`FDSTORE=1`), when the unit has one
-/// (`FileDescriptorStoreMax=`, which systemd announces as `$FDSTORE`). A front restarted
-/// after a crash gets them back through socket activation, so the listen queue never closes:
-/// connections made while no front runs wait in the kernel's backlog instead of being refused.
+/// (`FileDescriptorStoreMax=`, which systemd 254 and later announce as `$FDSTORE`; on older
+/// ones, which have the store but do not announce it, `RISEFRONT_FDSTORE=1` says it is
+/// there). A front restarted after a crash gets them back through socket activation, so the
+/// listen queue never closes: connections made while no front runs wait in the kernel's
+/// backlog instead of being refused.
 pub(crate) fn store_listeners(listeners: &[crate::socket::Socket]) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsFd;
-        let store = std::env::var("FDSTORE")
-            .ok()
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-        if std::env::var_os(NOTIFY_SOCKET).is_none() || store == 0 {
+        if std::env::var_os(NOTIFY_SOCKET).is_none() || !has_fd_store() {
             return;
         }
         for listener in listeners {
@@ -79,6 +77,27 @@ pub(crate) fn store_listeners(listeners: &[crate::socket::Socket]) {
     let _ = listeners;
 }
 
+/// Whether the unit has an fd store: systemd says so (`$FDSTORE`, 254+), or the unit does
+/// (`RISEFRONT_FDSTORE=1`, for 252 and 253, whose store works but is not announced).
+#[cfg(target_os = "linux")]
+fn has_fd_store() -> bool {
+    let announced = std::env::var("FDSTORE")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n > 0);
+    announced || fd_store_opt_in(std::env::var("RISEFRONT_FDSTORE").ok().as_deref())
+}
+
+/// `RISEFRONT_FDSTORE`'s value read as a yes; anything else (unset included) is a no.
+#[cfg(target_os = "linux")]
+fn fd_store_opt_in(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        ["1", "on", "yes", "true"]
+            .iter()
+            .any(|yes| v.trim().eq_ignore_ascii_case(yes))
+    })
+}
+
 #[cfg(target_os = "linux")]
 fn send(event: &Supervisor) -> std::io::Result<()> {
     use sd_notify::NotifyState;
@@ -97,5 +116,27 @@ fn send(event: &Supervisor) -> std::io::Result<()> {
             sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status(&line(status))])
         }
         Supervisor::Status { status } => sd_notify::notify(&[NotifyState::Status(&line(status))]),
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fd_store_opt_in_reads_yes_only() {
+        for yes in ["1", "on", "ON", "yes", "true", " 1 "] {
+            assert!(fd_store_opt_in(Some(yes)), "{yes:?}");
+        }
+        for no in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("off"),
+            Some("no"),
+            Some("2"),
+        ] {
+            assert!(!fd_store_opt_in(no), "{no:?}");
+        }
     }
 }

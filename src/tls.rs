@@ -19,7 +19,7 @@
 //! let config = risefront::tls::server_config_from_pem("cert.pem", "key.pem")?;
 //! let listener = risefront::bind(["0.0.0.0:8443"]).await?;
 //! let listener = risefront::tls::TlsListener::new(listener, config);
-//! risefront::GracefulServer::new().serve(listener, app).await?;
+//! risefront::GracefulServer::new().serve(listener, app).await;
 //! # Ok(())
 //! # }
 //! ```
@@ -43,15 +43,20 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use crate::accept::Accept;
 use crate::addr::Addr;
+use crate::config::env_tls_handshake_timeout;
 use crate::listener::{Connection, RiseFrontListener};
 
 /// How long a client may take to complete its TLS handshake, unless
-/// [`TlsListener::handshake_timeout`] says otherwise.
+/// [`TlsListener::tls_handshake_timeout`] or `RISEFRONT_TLS_HANDSHAKE_TIMEOUT` says otherwise.
 ///
 /// ```
-/// assert_eq!(risefront::tls::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), 10);
+/// assert_eq!(risefront::tls::DEFAULT_TLS_HANDSHAKE_TIMEOUT.as_secs(), 10);
 /// ```
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The former name of [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`].
+#[deprecated(since = "0.1.0", note = "renamed `DEFAULT_TLS_HANDSHAKE_TIMEOUT`")]
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = DEFAULT_TLS_HANDSHAKE_TIMEOUT;
 
 /// A [`RiseFrontListener`] that speaks TLS: accepts at once and leaves the handshake to each
 /// [`TlsConnection`].
@@ -76,7 +81,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// let config = risefront::tls::server_config_from_pem("cert.pem", "key.pem")?;
 /// let listener = risefront::bind(["127.0.0.1:8443"]).await?;
 /// let listener = risefront::tls::TlsListener::new(listener, config)
-///     .handshake_timeout(Duration::from_secs(5));
+///     .tls_handshake_timeout(Duration::from_secs(5));
 /// let app = Router::new().route(
 ///     "/",
 ///     get(|ConnectInfo(client): ConnectInfo<risefront::Addr>| async move {
@@ -92,6 +97,8 @@ pub struct TlsListener {
     inner: RiseFrontListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
+    /// `RISEFRONT_TLS_HANDSHAKE_TIMEOUT`, which beats the value set in code.
+    handshake_timeout_env: Option<Duration>,
 }
 
 impl TlsListener {
@@ -108,30 +115,50 @@ impl TlsListener {
     /// # Ok(())
     /// # }
     /// ```
+    #[must_use]
     pub fn new(listener: RiseFrontListener, config: impl Into<Arc<ServerConfig>>) -> Self {
         TlsListener {
             inner: listener,
             acceptor: TlsAcceptor::from(config.into()),
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            // `bind` already refused a value that does not parse or is zero.
+            handshake_timeout_env: env_tls_handshake_timeout().ok().flatten(),
         }
     }
 
-    /// How long a client may take, from being accepted, to complete its handshake; then its
-    /// connection fails with [`io::ErrorKind::TimedOut`] and is closed. Default
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    /// How long a client may take, from being accepted, to complete its TLS handshake; then
+    /// its connection fails with [`io::ErrorKind::TimedOut`] and is closed. Default
+    /// [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`] (10 s).
+    ///
+    /// `RISEFRONT_TLS_HANDSHAKE_TIMEOUT` (`500ms`, `5s`, ...) beats the value set here, as the
+    /// variables of [`Builder`](crate::Builder) beat its methods; [`bind`](crate::bind)
+    /// refuses a value that does not parse, or zero. Not the control channel's handshake:
+    /// that is [`Builder::control_handshake_timeout`](crate::Builder::control_handshake_timeout).
     ///
     /// ```no_run
     /// # async fn run(config: tokio_rustls::rustls::ServerConfig) -> std::io::Result<()> {
     /// let listener = risefront::bind(["127.0.0.1:8443"]).await?;
     /// let listener = risefront::tls::TlsListener::new(listener, config)
-    ///     .handshake_timeout(std::time::Duration::from_secs(3));
+    ///     .tls_handshake_timeout(std::time::Duration::from_secs(3));
     /// # Ok(())
     /// # }
     /// ```
     #[must_use]
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+    pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
+    }
+
+    /// The former name of [`tls_handshake_timeout`](Self::tls_handshake_timeout).
+    #[deprecated(since = "0.1.0", note = "renamed `tls_handshake_timeout`")]
+    #[must_use]
+    pub fn handshake_timeout(self, timeout: Duration) -> Self {
+        self.tls_handshake_timeout(timeout)
+    }
+
+    /// The handshake timeout in force: the variable's, else the one set in code.
+    fn effective_handshake_timeout(&self) -> Duration {
+        self.handshake_timeout_env.unwrap_or(self.handshake_timeout)
     }
 
     /// The plain listener, for its generation and addresses.
@@ -157,13 +184,14 @@ impl TlsListener {
         let Some((io, peer)) = ready!(self.inner.poll_accept(cx)) else {
             return Poll::Ready(None);
         };
+        let timeout = self.effective_handshake_timeout();
         let connection = TlsConnection {
             state: State::Handshaking {
                 accept: self.acceptor.accept(io),
-                deadline: Box::pin(tokio::time::sleep(self.handshake_timeout)),
+                deadline: Box::pin(tokio::time::sleep(timeout)),
             },
             peer,
-            timeout: self.handshake_timeout,
+            timeout,
         };
         Poll::Ready(Some((connection, peer)))
     }
@@ -189,7 +217,7 @@ impl fmt::Debug for TlsListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsListener")
             .field("inner", &self.inner)
-            .field("handshake_timeout", &self.handshake_timeout)
+            .field("tls_handshake_timeout", &self.effective_handshake_timeout())
             .finish_non_exhaustive()
     }
 }

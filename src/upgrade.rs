@@ -8,14 +8,16 @@ use tokio::time::timeout;
 
 use crate::channel::Channel;
 use crate::config::Config;
+use crate::error::BindError;
 use crate::handoff::Endpoint;
-use crate::protocol::{Message, Role};
+use crate::protocol::{Message, Role, VERSION, other_version};
 
 /// Why [`upgrade`](crate::upgrade) did not produce a new serving generation.
 ///
 /// A deploy script can tell "retry later" ([`Busy`](Self::Busy)) from "roll back"
 /// ([`Failed`](Self::Failed)) from "nothing to upgrade" ([`NoFront`](Self::NoFront)). It
-/// converts into an `io::Error` (kinds `NotFound`, `ResourceBusy`, `Other`), so `?` works in
+/// converts into an `io::Error` (kinds `NotFound`, `ResourceBusy`, `Other`, or the kind of the
+/// [`BindError`] or `io::Error` it carries), so `?` works in
 /// functions returning `io::Result`.
 ///
 /// # Example
@@ -55,6 +57,11 @@ pub enum UpgradeError {
         /// The front's words: which generation, and why.
         reason: String,
     },
+    /// Refused before the front was asked, or by a front of another release, for a cause
+    /// [`bind`](crate::bind) would also fail with: a bad address or setting, a control
+    /// directory that is not private, a front speaking another protocol version
+    /// ([`BindError::ProtocolMismatch`]).
+    Bind(BindError),
     /// Talking to the front failed.
     Io(io::Error),
 }
@@ -70,6 +77,7 @@ impl fmt::Display for UpgradeError {
                 write!(f, "risefront: no upgrade now, try again later: {reason}")
             }
             UpgradeError::Failed { reason } => write!(f, "risefront: upgrade failed: {reason}"),
+            UpgradeError::Bind(e) => e.fmt(f),
             UpgradeError::Io(e) => e.fmt(f),
         }
     }
@@ -78,6 +86,7 @@ impl fmt::Display for UpgradeError {
 impl error::Error for UpgradeError {
     fn source(&self) -> Option<&(dyn error::Error + 'static)> {
         match self {
+            UpgradeError::Bind(e) => Some(e),
             UpgradeError::Io(e) => Some(e),
             _ => None,
         }
@@ -85,8 +94,18 @@ impl error::Error for UpgradeError {
 }
 
 impl From<io::Error> for UpgradeError {
+    /// An `io::Error` carrying a [`BindError`] becomes [`UpgradeError::Bind`], so that the
+    /// causes `bind` names stay matchable here too.
     fn from(e: io::Error) -> Self {
-        UpgradeError::Io(e)
+        if !e.get_ref().is_some_and(|inner| inner.is::<BindError>()) {
+            return UpgradeError::Io(e);
+        }
+        let kind = e.kind();
+        match e.into_inner().map(|inner| inner.downcast::<BindError>()) {
+            Some(Ok(bind)) => UpgradeError::Bind(*bind),
+            Some(Err(other)) => UpgradeError::Io(io::Error::new(kind, other)),
+            None => UpgradeError::Io(kind.into()),
+        }
     }
 }
 
@@ -96,9 +115,10 @@ impl From<UpgradeError> for io::Error {
             UpgradeError::NoFront { .. } => io::ErrorKind::NotFound,
             UpgradeError::Busy { .. } => io::ErrorKind::ResourceBusy,
             UpgradeError::Failed { .. } => io::ErrorKind::Other,
-            UpgradeError::Io(inner) => inner.kind(),
+            UpgradeError::Bind(_) | UpgradeError::Io(_) => io::ErrorKind::Other,
         };
         match e {
+            UpgradeError::Bind(inner) => inner.into(),
             UpgradeError::Io(inner) => inner,
             other => io::Error::new(kind, other),
         }
@@ -113,28 +133,75 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> Result<u64,
         });
     };
     let mut channel = Channel::new(stream, false);
-    channel
-        .send(&Message::Hello {
-            pid: std::process::id(),
-            role: Role::Control,
-            ready_timeout: config.ready_timeout,
-            drain_timeout: config.drain_timeout,
-            probation: config.probation,
-        })
-        .await?;
-    channel.send(&Message::Upgrade).await?;
+    let hello = Message::Hello {
+        pid: std::process::id(),
+        role: Role::Control,
+        ready_timeout: config.ready_timeout,
+        drain_timeout: config.drain_timeout,
+        probation: config.probation,
+        program: None,
+    };
     // The front answers once the new generation is ready or has failed, which its own ready
     // deadline bounds; the margin covers a build whose ready timeout differs from ours.
     let wait = config
         .ready_timeout
         .saturating_add(config.handshake_timeout)
         .saturating_add(Duration::from_secs(5));
-    let answer = timeout(wait, channel.recv()).await.map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("risefront: the front did not report the upgrade's outcome within {wait:?}"),
-        )
-    })??;
+    ask(
+        &mut channel,
+        &hello,
+        wait,
+        config.handshake_timeout,
+        &config.name,
+    )
+    .await
+}
+
+/// Says `hello`, asks for an upgrade, and waits up to `wait` for the outcome.
+async fn ask(
+    channel: &mut Channel,
+    hello: &Message,
+    wait: Duration,
+    handshake: Duration,
+    service: &str,
+) -> Result<u64, UpgradeError> {
+    // A front of another release writes its frames in its own version.
+    let other_release = |e: io::Error| match other_version(&e) {
+        Some(front) => UpgradeError::Bind(BindError::ProtocolMismatch {
+            service: service.to_owned(),
+            front,
+            ours: VERSION,
+        }),
+        None => UpgradeError::from(e),
+    };
+    let sent = async {
+        channel.send(hello).await?;
+        channel.send(&Message::Upgrade).await
+    }
+    .await;
+    let answer = match sent {
+        Ok(()) => timeout(wait, channel.recv())
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "risefront: the front did not report the upgrade's outcome within {wait:?}"
+                    ),
+                )
+            })?
+            .map_err(other_release)?,
+        // A front that cannot read our Hello (a release speaking another protocol version)
+        // says why and hangs up, maybe before our request is written: what it said is the
+        // error worth reporting, not the broken pipe.
+        Err(e) => match timeout(handshake, channel.recv()).await {
+            Ok(Ok(Some(answer))) => Some(answer),
+            Ok(Err(unreadable)) if unreadable.kind() == io::ErrorKind::InvalidData => {
+                return Err(other_release(unreadable));
+            }
+            _ => return Err(UpgradeError::Io(e)),
+        },
+    };
     match answer {
         Some(Message::Upgraded { generation }) => Ok(generation),
         Some(Message::Busy { reason }) => Err(UpgradeError::Busy { reason }),
@@ -147,5 +214,70 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> Result<u64,
             io::ErrorKind::UnexpectedEof,
             "risefront: the front closed the connection before reporting the upgrade's outcome",
         ))),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// An `Error` frame as a front speaking protocol `version` writes it.
+    fn error_frame(version: u8, reason: &str) -> Vec<u8> {
+        let mut body = vec![version, 8];
+        body.extend(u16::try_from(reason.len()).expect("short").to_be_bytes());
+        body.extend(reason.as_bytes());
+        let mut frame = u32::try_from(body.len())
+            .expect("short")
+            .to_be_bytes()
+            .to_vec();
+        frame.extend(body);
+        frame
+    }
+
+    /// An older front cannot read our Hello, says so in its own version, and hangs up before
+    /// our request is written: the report is the version mismatch, not a broken pipe.
+    #[tokio::test]
+    async fn a_front_of_another_version_is_reported_as_such_not_as_a_broken_pipe() {
+        use std::io::Write;
+
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let older = crate::protocol::VERSION - 1;
+        (&theirs)
+            .write_all(&error_frame(older, "unsupported protocol version"))
+            .expect("the front's answer");
+        drop(theirs);
+        ours.set_nonblocking(true).expect("nonblocking");
+        let mut channel = Channel::new(
+            tokio::net::UnixStream::from_std(ours).expect("tokio"),
+            false,
+        );
+        let hello = Message::Hello {
+            pid: 1,
+            role: Role::Control,
+            ready_timeout: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(1),
+            probation: Duration::ZERO,
+            program: None,
+        };
+        let outcome = ask(
+            &mut channel,
+            &hello,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            "svc",
+        )
+        .await;
+        let Err(UpgradeError::Bind(BindError::ProtocolMismatch {
+            service,
+            front,
+            ours,
+        })) = &outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!((service.as_str(), *front, *ours), ("svc", older, VERSION));
+        let e = io::Error::from(outcome.expect_err("an error"));
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("protocol version"), "{e}");
     }
 }

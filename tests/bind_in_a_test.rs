@@ -1,5 +1,5 @@
 //! A test that calls `risefront::bind`, as a user's own test suite would. It does nothing unless
-//! `RISEFRONT_FIXTURE` is set: `tests/usage.rs` runs this binary with it, as a new user's
+//! `BIND_IN_A_TEST_MODE` is set: `tests/usage.rs` runs this binary with it, as a new user's
 //! `cargo test` would run theirs, and checks that it finishes and what it says.
 //!
 //! No tracing subscriber is installed here, on purpose: what the front must say reaches stderr
@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 
 #[tokio::test]
 async fn serves_inside_a_test() {
-    let Ok(mode) = std::env::var("RISEFRONT_FIXTURE") else {
+    let Ok(mode) = std::env::var("BIND_IN_A_TEST_MODE") else {
         return;
     };
     // A name per mode: the tests that run this binary run at once, and on Windows the control

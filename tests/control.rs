@@ -62,7 +62,7 @@ async fn expect_dropped(service: &Service, bytes: &[u8]) {
 async fn garbage_and_oversized_frames_are_dropped() {
     let service = Service::start_with(
         &common::example("hello"),
-        &[("RISEFRONT_HANDSHAKE_TIMEOUT", "2s")],
+        &[("RISEFRONT_CONTROL_HANDSHAKE_TIMEOUT", "2s")],
     )
     .await;
     let g1 = service.hello().await;
@@ -91,13 +91,14 @@ async fn a_peer_claiming_another_process_id_is_refused() {
     let g1 = service.hello().await;
 
     // A Hello that claims to be the active generation: our version, kind 1 (Hello), pid,
-    // role 1, ready and drain timeouts, probation window.
-    let mut hello = vec![0, 0, 0, 31, common::PROTOCOL_VERSION, 1];
+    // role 1, ready and drain timeouts, probation window, no program described.
+    let mut hello = vec![0, 0, 0, 33, common::PROTOCOL_VERSION, 1];
     hello.extend_from_slice(&g1.pid.to_be_bytes());
     hello.push(1);
     hello.extend_from_slice(&60_000u64.to_be_bytes());
     hello.extend_from_slice(&30_000u64.to_be_bytes());
     hello.extend_from_slice(&10_000u64.to_be_bytes());
+    hello.extend_from_slice(&0u16.to_be_bytes());
     let mut stream = connect(&service).await;
     stream.write_all(&hello).await.unwrap();
     let mut answer = Vec::new();

@@ -30,6 +30,10 @@ async fn upgrades_under_load(
     load.served_by(upgrades + 1, 20).await;
     let report = load.stop().await;
     println!("{name}: {}", report.summary(upgrades as usize));
+    if report.failed > 0 {
+        // Shown with the failure: what the service did around the failed requests.
+        println!("{name}: the service's log:\n{}", service.log());
+    }
     report
 }
 
@@ -49,15 +53,24 @@ fn assert_clean(name: &str, report: &Report, upgrades: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keep_alive_client_sees_every_takeover_as_connection_close() {
-    for name in ["hyper", "hello"] {
+async fn keep_alive_client_sees_every_takeover_as_connection_close_on_axum_serve() {
+    let report = upgrades_under_load("hello", &[], &[(Kind::KeepAlive, 1, "/")], 10).await;
+    assert_clean("hello", &report, 10);
+    assert!(
+        report.closes >= 10,
+        "hello: the keep-alive client saw {} Connection: close for 10 takeovers",
+        report.closes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_client_keeps_its_connection_across_takeovers_with_graceful_server() {
+    for name in ["hyper", "gateway"] {
         let report = upgrades_under_load(name, &[], &[(Kind::KeepAlive, 1, "/")], 10).await;
         assert_clean(name, &report, 10);
-        assert!(
-            report.closes >= 10,
-            "{name}: the keep-alive client saw {} Connection: close for 10 takeovers",
-            report.closes
-        );
+        // Every generation answered on the one connection, which moved at each takeover.
+        assert_eq!(report.closes, 0, "{name}: {}", report.summary(10));
+        assert_eq!(report.connects, 1, "{name}: {}", report.summary(10));
     }
 }
 
@@ -206,4 +219,34 @@ async fn the_plain_one_liner_exits_by_itself_once_superseded() {
         "the held connection ended with {closed:?}"
     );
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_first_used_after_the_idle_grace() {
+    use common::raw::TcpConn;
+    // Probation off: the idle grace runs from the takeover.
+    let env = [("RISEFRONT_PROBATION", "0")];
+    for (name, answered) in [("hello", false), ("hyper", true)] {
+        let service = Service::start_with(&example(name), &env).await;
+        let mut early = TcpConn::connect(service.addr).await;
+        let output = service.upgrade_command().await;
+        assert!(output.status.success(), "{name}: {output:?}");
+        service.wait_generation(2).await;
+        // Well past the 500 ms grace before the first request.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let response = early.get("/").await;
+        if answered {
+            // GracefulServer moved it (it had not said anything yet) and generation 2 answers.
+            let response = response.expect("answered");
+            assert_eq!(
+                common::parse_hello(&response.body).map(|h| h.generation),
+                Some(2),
+                "{name}"
+            );
+        } else {
+            // By design with hyper's graceful shutdown (documented at `Builder::idle_grace`):
+            // the unread connection was cancelled when the grace ended.
+            assert!(response.is_err(), "{name}: {response:?}");
+        }
+    }
 }

@@ -240,7 +240,7 @@ mod unix {
         let mut service = Service::start_with(
             &example("hello"),
             &[
-                ("RISEFRONT_HANDSHAKE_TIMEOUT", "10s"),
+                ("RISEFRONT_CONTROL_HANDSHAKE_TIMEOUT", "10s"),
                 // The front logs each Hello it has read at debug level.
                 ("RUST_LOG", "info,risefront::front=debug"),
             ],
@@ -274,7 +274,7 @@ mod unix {
             )),
             "{log}"
         );
-        assert!(log.contains("the front refused this generation"), "{log}");
+        assert!(log.contains("refused this generation"), "{log}");
         drop(clients);
     }
 
@@ -285,8 +285,11 @@ mod unix {
     async fn control_accepting_resumes_by_itself_after_running_out_of_descriptors() {
         use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
 
-        let service =
-            Service::start_with(&example("hello"), &[("RISEFRONT_HANDSHAKE_TIMEOUT", "60s")]).await;
+        let service = Service::start_with(
+            &example("hello"),
+            &[("RISEFRONT_CONTROL_HANDSHAKE_TIMEOUT", "60s")],
+        )
+        .await;
         let socket = service.control_endpoint().await;
         let front = Pid::from_raw(service.front_pid() as i32).expect("front pid");
         let open: Vec<u64> = std::fs::read_dir(format!("/proc/{}/fd", service.front_pid()))
@@ -324,6 +327,47 @@ mod unix {
         drop(silent);
     }
 
+    /// At a descriptor limit of 64, seventy control connections that never speak take every
+    /// descriptor the front has: the oldest must make room for the endpoint's next client and
+    /// for a spawn, or every SIGHUP and `--upgrade` fails until their handshake deadline.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn silent_connections_holding_every_descriptor_do_not_lock_out_upgrades() {
+        use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
+
+        // Only making room can help: the silent peers would wait a minute for their Hello.
+        let service = Service::start_with(
+            &example("hello"),
+            &[("RISEFRONT_CONTROL_HANDSHAKE_TIMEOUT", "60s")],
+        )
+        .await;
+        let socket = service.control_endpoint().await;
+        let front = Pid::from_raw(service.front_pid() as i32).expect("front pid");
+        let limit = Rlimit {
+            current: Some(64),
+            maximum: getrlimit(Resource::Nofile).maximum,
+        };
+        prlimit(Some(front), Resource::Nofile, limit).expect("lower the limit");
+        let mut silent = Vec::new();
+        for _ in 0..70 {
+            silent.push(UnixStream::connect(&socket).await.expect("connect"));
+        }
+        service.wait_log("accept failed").await;
+
+        service.signal_front(Signal::HUP);
+        service.wait_generation(2).await;
+        let output = service.upgrade_command().await;
+        assert!(output.status.success(), "{output:?}\n{}", service.log());
+        service.wait_generation(3).await;
+        let log = service.log();
+        assert!(!log.contains("rollback"), "{log}");
+        assert!(
+            log.contains("dropped the oldest that had not said hello"),
+            "{log}"
+        );
+        drop(silent);
+    }
+
     /// `Hello { pid: ours, role: control }` in this build's protocol version.
     fn control_hello() -> Vec<u8> {
         let mut payload = std::process::id().to_be_bytes().to_vec();
@@ -331,6 +375,8 @@ mod unix {
         payload.extend(60_000u64.to_be_bytes());
         payload.extend(30_000u64.to_be_bytes());
         payload.extend(10_000u64.to_be_bytes());
+        // No program described.
+        payload.extend(0u16.to_be_bytes());
         let mut out = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
         out.extend([common::PROTOCOL_VERSION, 1]);
         out.extend(payload);

@@ -30,6 +30,8 @@ fn hello(pid: u32, role: u8) -> Vec<u8> {
     payload.extend(60_000u64.to_be_bytes());
     payload.extend(30_000u64.to_be_bytes());
     payload.extend(10_000u64.to_be_bytes());
+    // No program described.
+    payload.extend(0u16.to_be_bytes());
     frame(1, &payload)
 }
 
@@ -71,8 +73,11 @@ async fn time_until_dropped(stream: &mut UnixStream) -> Duration {
 
 #[tokio::test]
 async fn slow_silent_and_flooding_peers_are_dropped_at_the_handshake_deadline() {
-    let service =
-        Service::start_with(&example("hello"), &[("RISEFRONT_HANDSHAKE_TIMEOUT", "1s")]).await;
+    let service = Service::start_with(
+        &example("hello"),
+        &[("RISEFRONT_CONTROL_HANDSHAKE_TIMEOUT", "1s")],
+    )
+    .await;
     let g1 = service.hello().await;
     let socket = service.control_endpoint().await;
     let (_, rss_before) = service.front_resources();
@@ -408,8 +413,11 @@ impl Drop for KillOnDrop {
 
 #[tokio::test]
 async fn no_message_lets_a_peer_redirect_traffic() {
-    let service =
-        Service::start_with(&example("hello"), &[("RISEFRONT_HANDSHAKE_TIMEOUT", "2s")]).await;
+    let service = Service::start_with(
+        &example("hello"),
+        &[("RISEFRONT_CONTROL_HANDSHAKE_TIMEOUT", "2s")],
+    )
+    .await;
     let g1 = service.hello().await;
     let socket = service.control_endpoint().await;
     let (fds_before, _) = service.front_resources();

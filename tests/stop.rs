@@ -1,6 +1,7 @@
 //! End-to-end: how the service stops. A generation stopped by anyone but the front is replaced
 //! before it stops accepting; a stop delay keeps the service accepting (with its health check
-//! failing) before it drains, with a front and standalone alike.
+//! failing) before it drains, with a front and standalone alike. Ctrl-C, which reaches the
+//! front and its generations at once, drains once; pressed twice, it exits at once.
 //!
 //! Unix only: these send SIGTERM to one chosen process, which a Windows console program has no
 //! equivalent for (Ctrl-C and Ctrl-Break reach a whole console process group).
@@ -12,6 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::load::{self, Kind};
+use common::raw::TcpConn;
 use common::{PATIENCE, Service, alive, example, signal_pid, wait_gone};
 use rustix::process::Signal;
 
@@ -190,4 +192,91 @@ async fn once_stopping_late_clients_are_refused_not_left_waiting() {
     assert!(matches!(answer, Ok((200, _))), "{answer:?}");
     let status = service.wait_front_exit();
     assert!(status.success(), "{status:?}");
+}
+
+/// `count` slow requests in flight on their own connections, each answered after `ms`.
+async fn slow_requests(service: &Service, count: usize, ms: u64) -> Vec<TcpConn> {
+    let mut conns = Vec::new();
+    for _ in 0..count {
+        let mut conn = TcpConn::connect(service.addr).await;
+        conn.send(&TcpConn::get_request(&format!("/slow?ms={ms}")))
+            .await
+            .expect("send");
+        conns.push(conn);
+    }
+    let started = format!("slow request: answering in {ms} ms");
+    let deadline = Instant::now() + PATIENCE;
+    while service.log().matches(&started).count() < count {
+        assert!(Instant::now() < deadline, "not all slow requests started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    conns
+}
+
+/// How many of the slow requests were answered, and the first failure.
+async fn answered(conns: Vec<TcpConn>) -> (usize, Option<String>) {
+    let mut ok = 0;
+    let mut failure = None;
+    for mut conn in conns {
+        match conn.response().await {
+            Ok(response) if response.status == 200 => ok += 1,
+            Ok(response) => failure = failure.or(Some(format!("status {}", response.status))),
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    (ok, failure)
+}
+
+fn signal_group(service: &Service, signal: Signal) {
+    if let Some(pgid) = rustix::process::Pid::from_raw(service.front_pid() as i32) {
+        let _ = rustix::process::kill_process_group(pgid, signal);
+    }
+}
+
+#[tokio::test]
+async fn ctrl_c_heard_by_the_generation_after_the_front_stopped_it_drains_once() {
+    // The order a busy machine makes likely: the front's stop reaches the generation before
+    // the generation's own copy of the same Ctrl-C. That copy is not a second keypress.
+    let mut service = Service::start().await;
+    let generation = service.hello().await;
+    let conns = slow_requests(&service, 40, 1500).await;
+    service.signal_front(Signal::INT);
+    service.wait_log("was asked to stop by the front").await;
+    signal_pid(generation.pid, Signal::INT);
+    let (ok, failure) = answered(conns).await;
+    assert_eq!(ok, 40, "{failure:?}\n{}", service.log());
+    assert!(service.log().contains("draining on"), "{}", service.log());
+    let status = service.wait_front_exit();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn ctrl_c_to_the_whole_process_group_cuts_no_request() {
+    let mut service = Service::start().await;
+    let conns = slow_requests(&service, 40, 1500).await;
+    // A terminal's Ctrl-C: the front and the generation get it at once.
+    signal_group(&service, Signal::INT);
+    let (ok, failure) = answered(conns).await;
+    assert_eq!(ok, 40, "{failure:?}\n{}", service.log());
+    let status = service.wait_front_exit();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn ctrl_c_pressed_twice_exits_at_once() {
+    let service = Service::start().await;
+    let generation = service.hello().await;
+    let conns = slow_requests(&service, 2, 60_000).await;
+    signal_group(&service, Signal::INT);
+    service.wait_log("was asked to stop by the front").await;
+    // Both copies of the first keypress arrived (in either order) before the second one.
+    let deadline = Instant::now() + PATIENCE;
+    while !service.log().contains("generation 1 got SIGINT") {
+        assert!(Instant::now() < deadline, "{}", service.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal_group(&service, Signal::INT);
+    wait_gone(generation.pid).await;
+    let (ok, _) = answered(conns).await;
+    assert_eq!(ok, 0, "the requests a second Ctrl-C cut were not answered");
 }

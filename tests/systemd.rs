@@ -416,3 +416,20 @@ async fn with_the_fd_store_a_front_killed_under_load_refuses_no_connection() {
     assert_eq!(report.refused, 0, "{}", report.summary(0));
     drop(service);
 }
+
+#[tokio::test]
+async fn risefront_fdstore_stores_the_sockets_where_systemd_does_not_announce_its_store() {
+    // systemd 252 and 253 keep an fd store (`FileDescriptorStoreMax=`) but do not set
+    // $FDSTORE: the unit says so with RISEFRONT_FDSTORE=1. Without either, nothing is stored.
+    for (opt_in, stored) in [(Some("1"), true), (None, false)] {
+        let notify = Notifications::new();
+        let mut env = vec![("NOTIFY_SOCKET", notify.path.as_str())];
+        if let Some(value) = opt_in {
+            env.push(("RISEFRONT_FDSTORE", value));
+        }
+        let _service = Service::start_with(&example("hello"), &env).await;
+        let (first, fds) = notify.next_with_fds();
+        assert_eq!(first.contains("FDSTORE=1"), stored, "{opt_in:?}: {first}");
+        assert_eq!(fds.len(), usize::from(stored), "{opt_in:?}: {first}");
+    }
+}

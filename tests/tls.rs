@@ -17,7 +17,7 @@ const UPGRADES: usize = 10;
 const SETTLED: u64 = 30;
 
 /// `UPGRADES` upgrades, alternating the ways there are, under `mix`; nothing may fail.
-async fn upgrades_under_load(mix: &[(Kind, usize, &str)]) {
+async fn upgrades_under_load(mix: &[(Kind, usize, &str)]) -> load::Report {
     let ca = Ca::new();
     let dir = TempDir::new();
     let (cert, key) = tls::service_env(&dir.0, &ca.server_cert(1));
@@ -38,6 +38,7 @@ async fn upgrades_under_load(mix: &[(Kind, usize, &str)]) {
         expected,
         "every generation served"
     );
+    report
 }
 
 /// TLS and a Unix socket compose: the `tls` example on `unix:PATH` answers HTTPS (HTTP/2 by
@@ -76,17 +77,24 @@ async fn tls_over_a_unix_socket_through_an_upgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_across_10_upgrades_over_tls_http1() {
-    upgrades_under_load(&[
+    let report = upgrades_under_load(&[
         (Kind::NewConnection, 8, "/"),
         (Kind::KeepAlive, 6, "/"),
         (Kind::KeepAlive, 2, "/slow?ms=200"),
     ])
     .await;
+    // A TLS session cannot move to another process: its keep-alive clients are told to
+    // close, the old way, at each takeover (8 of them, 10 takeovers).
+    assert!(
+        report.closes >= 8 * UPGRADES as u64 / 2,
+        "{}",
+        report.summary(UPGRADES)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_across_10_upgrades_over_tls_http2() {
-    upgrades_under_load(&[
+    let _ = upgrades_under_load(&[
         (Kind::Http2 { streams: 4 }, 6, "/"),
         (Kind::Http2 { streams: 2 }, 2, "/slow?ms=200"),
     ])
@@ -162,6 +170,38 @@ async fn silent_clients_do_not_stall_accepting() {
         tls::get(service.addr, &client, "/").await.map(|g| g.status),
         Ok(200)
     );
+}
+
+/// `RISEFRONT_TLS_HANDSHAKE_TIMEOUT` beats the value set in code, as `Builder`'s variables do:
+/// the example sets 60 s, the variable 500 ms, and a silent client is closed in about 500 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_handshake_variable_beats_the_code() {
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let (cert, key) = tls::service_env(&dir.0, &ca.server_cert(1));
+    let client = ca.client(&[b"http/1.1"]);
+    let env = [
+        ("HELLO_TLS_HANDSHAKE_TIMEOUT_MS", "60000"),
+        ("RISEFRONT_TLS_HANDSHAKE_TIMEOUT", "500ms"),
+    ];
+    let service = tls::start(&cert, &key, &env, &client).await;
+    let opened = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(service.addr)
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut byte)).await;
+    let closed = opened.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent client was not closed within 20 s: {read:?}"
+    );
+    assert!(
+        closed >= Duration::from_millis(400) && closed < Duration::from_secs(20),
+        "closed after {closed:?}"
+    );
+    let log = service.log();
+    assert!(!log.contains("is not a risefront setting"), "{log}");
 }
 
 /// The drain rules over TLS and HTTP/2, two streams on one connection: at the takeover the
@@ -354,4 +394,37 @@ fn a_missing_certificate_file_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{output:?}");
     assert!(stderr.contains("/nonexistent/cert.pem"), "{stderr}");
+}
+
+/// A TLS connection cannot move to another process. Idle at a takeover, it is not closed under
+/// its client, who may be sending on it right then: its next request, even long after the
+/// takeover, is answered by the old generation, with `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_is_closed_only_after_its_next_request() {
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let (cert, key) = tls::service_env(&dir.0, &ca.server_cert(1));
+    let client = ca.client(&[b"http/1.1"]);
+    let mut service = tls::start(&cert, &key, &[], &client).await;
+    let stream = tls::connect(service.addr, &client)
+        .await
+        .expect("TLS connect");
+    let mut conn = common::raw::RawConn::new(stream);
+    let first = conn.get("/").await.expect("answered");
+    assert_eq!(
+        common::parse_hello(&first.body).map(|h| h.generation),
+        Some(1)
+    );
+    tls::upgrade(&mut service, &client, Way::Command, 2).await;
+    // Well past the idle grace that used to close it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = conn
+        .get("/")
+        .await
+        .expect("answered, not closed under the client");
+    assert_eq!(
+        common::parse_hello(&second.body).map(|h| h.generation),
+        Some(1)
+    );
+    assert!(second.closes(), "{second:?}");
 }

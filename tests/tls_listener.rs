@@ -44,7 +44,7 @@ async fn tls_listener_in_one_process() {
         .await
         .expect("bind");
     let addr = listener.local_addrs()[0].tcp().expect("a TCP address");
-    let mut listener = TlsListener::new(listener, config).handshake_timeout(TIMEOUT);
+    let mut listener = TlsListener::new(listener, config).tls_handshake_timeout(TIMEOUT);
 
     // A client that sends nothing is accepted at once; its first read times out.
     let _silent = tokio::net::TcpStream::connect(addr).await.expect("connect");

@@ -45,6 +45,10 @@ async fn upgrades_under_load(exe: &Path, mix: &[(Kind, usize, &str)]) {
     load.served_by(UPGRADES as u64 + 1, SETTLED).await;
     let report = load.stop().await;
     println!("over a Unix socket: {}", report.summary(UPGRADES));
+    if report.failed > 0 {
+        // Shown with the failure: what the service did around the failed requests.
+        println!("the service's log:\n{}", service.log());
+    }
 
     assert_eq!(report.failed, 0, "{}", report.summary(UPGRADES));
     assert_eq!(report.refused, 0);

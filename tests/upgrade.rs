@@ -417,3 +417,59 @@ async fn upgrade_is_reported_anyway_when_the_old_generation_stays_stuck() {
         .await;
     assert_eq!(service.hello().await.generation, 2);
 }
+
+/// Where `pid`'s executable and working directory are (Linux's `/proc`).
+#[cfg(target_os = "linux")]
+fn runs(pid: u32) -> (std::path::PathBuf, std::path::PathBuf) {
+    let link = |what: &str| fs::read_link(format!("/proc/{pid}/{what}")).expect("read /proc");
+    (link("exe"), link("cwd"))
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_newest_build_is_what_reloads_and_respawns_start() {
+    let dir = common::TempDir::new();
+    let (v1, v2) = (dir.0.join("v1"), dir.0.join("v2"));
+    for release in [&v1, &v2] {
+        fs::create_dir(release).expect("release directory");
+        // The same file name: the same service.
+        fs::copy(common::example("hello"), release.join("hello")).expect("copy the build");
+    }
+    // Probation off: a crash is respawned, not answered by reinstating the previous build.
+    let mut service = Service::start_with(&v1.join("hello"), &[("RISEFRONT_PROBATION", "0")]).await;
+    let g1 = service.hello().await;
+    assert_eq!(runs(g1.pid).0, v1.join("hello"));
+
+    // v2 deployed by starting it by hand, from its own directory.
+    let pid = service.start_program_in(&v2.join("hello"), Some(&v2), &[]);
+    assert_eq!(service.wait_generation(2).await.pid, pid);
+
+    // A reload, then a crash: both start v2 again, in v2's directory, not the front's v1.
+    service.signal_front(Signal::HUP);
+    let g3 = service.wait_generation(3).await;
+    assert_eq!(
+        runs(g3.pid),
+        (v2.join("hello"), v2.clone()),
+        "{}",
+        service.log()
+    );
+    common::kill_pid(g3.pid);
+    let g4 = service.wait_generation_allowing_errors(4).await;
+    assert_eq!(
+        runs(g4.pid),
+        (v2.join("hello"), v2.clone()),
+        "{}",
+        service.log()
+    );
+
+    // v2's file gone: the front's own program, and the log says why.
+    fs::remove_file(v2.join("hello")).expect("remove v2");
+    service.signal_front(Signal::HUP);
+    let g5 = service.wait_generation(5).await;
+    assert_eq!(runs(g5.pid).0, v1.join("hello"));
+    assert!(
+        service.log().contains("is gone; starting"),
+        "{}",
+        service.log()
+    );
+}

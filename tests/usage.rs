@@ -37,7 +37,7 @@ fn run_fixture(mode: &str, dir: &std::path::Path) -> std::process::Output {
     let mut command = Command::new(fixture());
     command
         .arg("--test-threads=1")
-        .env("RISEFRONT_FIXTURE", mode)
+        .env("BIND_IN_A_TEST_MODE", mode)
         .env("XDG_RUNTIME_DIR", &run)
         .env_remove("RUST_LOG")
         .env_remove("RISEFRONT");
@@ -162,4 +162,95 @@ async fn a_start_that_fails_leaves_no_file_behind() {
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     drop(taken);
+}
+
+/// A zero ready timeout would fail every start: refused before anything starts, naming the
+/// variable.
+#[test]
+fn a_zero_ready_timeout_is_refused_naming_the_variable() {
+    let mut command = Command::new(example("hello"));
+    command
+        .arg("127.0.0.1:0")
+        .env_remove("RISEFRONT")
+        .env("RISEFRONT_READY_TIMEOUT", "0");
+    let output = run_bounded(command, PATIENCE);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("RISEFRONT_READY_TIMEOUT=\"0\" is zero"),
+        "{stderr}"
+    );
+}
+
+/// A misspelt variable would be ignored: the log says so and names the one it resembles;
+/// the deprecated name of the control handshake timeout still works, with a warning.
+#[tokio::test]
+async fn unknown_and_deprecated_variables_are_logged() {
+    let service = Service::start_with(
+        &example("hello"),
+        &[
+            ("RISEFRONT_REDY_TIMEOUT", "5s"),
+            ("RISEFRONT_HANDSHAKE_TIMEOUT", "3s"),
+        ],
+    )
+    .await;
+    let log = service.log();
+    assert!(
+        log.contains("RISEFRONT_REDY_TIMEOUT is not a risefront setting")
+            && log.contains("did you mean RISEFRONT_READY_TIMEOUT?"),
+        "{log}"
+    );
+    assert!(
+        log.contains("RISEFRONT_HANDSHAKE_TIMEOUT is deprecated")
+            && log.contains("RISEFRONT_CONTROL_HANDSHAKE_TIMEOUT"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn two_services_on_port_0_are_two_services() {
+    // Same program, same control directory, both asking for any free port: before, the second
+    // joined the first as its generation 2 and served on the first one's port.
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let mut service = Service::spawn_via(&[], &example("hello"), &[], any);
+    service.wait_log("generation 1 ready").await;
+    let second = service.start_program(&example("hello"), &[]);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while service.log().matches("front started for service").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second did not start a service of its own:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let log = service.log();
+    assert!(!log.contains("started by hand"), "{log}");
+    assert!(common::alive(second), "{log}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_same_program_on_an_overlapping_address_is_told_what_differs() {
+    let service = Service::start().await;
+    let port = service.addr.port();
+    // 0.0.0.0:PORT overlaps the service's 127.0.0.1:PORT: the same program, another address
+    // list, so another service name; the system says "in use".
+    let output = Command::new(example("hello"))
+        .arg(format!("0.0.0.0:{port}"))
+        .env("XDG_RUNTIME_DIR", service.runtime_dir())
+        .env_remove("RISEFRONT")
+        .output()
+        .expect("run hello");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("risefront service \"hello-127.0.0.1_{port}\""))
+            && stderr.contains("the same program with another address list"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("start a program of the same file name"),
+        "{stderr}"
+    );
 }

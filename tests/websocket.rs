@@ -367,3 +367,62 @@ async fn a_websocket_handshake_during_the_idle_grace_succeeds() {
         "answered by the old generation, during its grace"
     );
 }
+
+/// Under `GracefulServer`, which moves idle HTTP/1 connections at a takeover, an upgraded
+/// connection is never moved: the WebSocket stays with its generation, which closes it with
+/// 1012, while a plain keep-alive connection of the same service moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_graceful_server_a_websocket_stays_and_is_closed_with_1012() {
+    let mut service =
+        Service::start_with(&example("websocket"), &[("HELLO_SERVER", "graceful")]).await;
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", service.addr))
+            .await
+            .expect("WebSocket handshake");
+    assert_eq!(
+        response
+            .headers()
+            .get("x-generation")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    socket
+        .send(Message::Text("before".into()))
+        .await
+        .expect("send");
+    let echo = tokio::time::timeout(PATIENCE, socket.next()).await;
+    assert!(
+        matches!(&echo, Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "before"),
+        "{echo:?}"
+    );
+    let mut plain = common::raw::TcpConn::connect(service.addr).await;
+    plain.get("/").await.expect("answered by generation 1");
+
+    service.upgrade(Way::Command, 2).await;
+    let close = loop {
+        match tokio::time::timeout(PATIENCE, socket.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Restart));
+    // The plain connection went to generation 2 (after at most one more answer from 1, if
+    // that request beat the move).
+    let mut generation = 0;
+    for _ in 0..2 {
+        let response = plain
+            .get("/")
+            .await
+            .expect("answered on the same connection");
+        generation = common::parse_hello(&response.body)
+            .expect("hello")
+            .generation;
+        if generation == 2 {
+            break;
+        }
+    }
+    assert_eq!(generation, 2);
+    // Answer the close, as a client does, so that generation 1 can go.
+    let _ = socket.close(None).await;
+}

@@ -4,18 +4,22 @@
 //!
 //! ```text
 //! cargo run --release --example bench [-- --seconds 3 --rounds 6 --connections 32] [--aa]
-//! cargo run --release --example bench -- tail [--connections 1000] [--every-ms 1000] [--svg F]
+//! cargo run --release --example bench -- tail [--connections 1000] [--every-ms 1000] [--peers] [--svg F]
+//! cargo run --release --example bench -- idle [--connections 5000] [--upgrades 10]
 //! cargo run --release --example bench -- soak [--upgrades 1000] [--workers 8]
 //! cargo run --release --features tls --example bench -- tls [--clients 16] [--requests 4000]
 //! ```
 //!
 //! `tail` measures tail latency at many keep-alive connections with an upgrade every second
-//! against a same-run baseline (`tail.rs`); `soak` upgrades back to back under light load and
+//! against a same-run baseline, with and without the connection handoff, and beside nginx and
+//! HAProxy (`tail.rs`, `peers.rs`); `idle` counts the requests an idle keep-alive pool loses
+//! across upgrades (`idle.rs`); `soak` upgrades back to back under light load and
 //! watches the front for leaks (`soak.rs`); `tls` compares TLS handshakes per second with plain
 //! TCP connections (`tls.rs`).
 //!
 //! Every server runs as a separate process of this binary (`bench serve-plain ADDR`,
-//! `bench serve-risefront ADDR`, `bench serve-risefront-oneliner ADDR`), so they get the same
+//! `bench serve-risefront ADDR`, `bench serve-risefront-oneliner ADDR`, `bench serve-graceful
+//! ADDR`), so they get the same
 //! build, runtime and app; the load client runs in this process. Figures are
 //! printed as a Markdown table; BENCHMARKS.md holds a run of it.
 
@@ -29,6 +33,10 @@ fn main() {
     eprintln!("the bench reads /proc and uses signals: run it on Linux");
 }
 
+#[cfg(unix)]
+mod idle;
+#[cfg(unix)]
+mod peers;
 #[cfg(unix)]
 mod soak;
 #[cfg(unix)]
@@ -63,6 +71,12 @@ mod bench {
             Some("serve-risefront") => return runtime().block_on(serve_risefront(&args[1], true)),
             Some("serve-risefront-oneliner") => {
                 return runtime().block_on(serve_risefront(&args[1], false));
+            }
+            Some("serve-graceful") => return runtime().block_on(serve_graceful(&args[1])),
+            Some("idle") => {
+                return with_scratch(|scratch| async move {
+                    crate::idle::main(&args[1..], &scratch).await
+                });
             }
             Some("soak") => {
                 return with_scratch(|scratch| async move {
@@ -157,9 +171,8 @@ mod bench {
         axum::serve(listener, app(body)).await
     }
 
-    /// `hello_setup`: `DrainLayer` + `superseded()`, as the `hello` example and the README
-    /// recommend; otherwise the bare one-liner.
-    async fn serve_risefront(addr: &str, hello_setup: bool) -> std::io::Result<()> {
+    /// Logs to stderr and binds; the app's answer names the generation, as `hello`'s does.
+    async fn bind_risefront(addr: &str) -> std::io::Result<(risefront::RiseFrontListener, Router)> {
         tracing_subscriber::fmt()
             .with_ansi(false)
             .with_writer(std::io::stderr)
@@ -170,13 +183,26 @@ mod bench {
             listener.generation(),
             std::process::id()
         );
+        Ok((listener, app(body)))
+    }
+
+    /// `hello_setup`: `DrainLayer` + `superseded()`, as the `hello` example and the README
+    /// recommend; otherwise the bare one-liner.
+    async fn serve_risefront(addr: &str, hello_setup: bool) -> std::io::Result<()> {
+        let (listener, app) = bind_risefront(addr).await?;
         if !hello_setup {
-            return axum::serve(listener, app(body)).await;
+            return axum::serve(listener, app).await;
         }
-        let app = app(body).layer(risefront::DrainLayer::new());
-        axum::serve(listener, app)
+        axum::serve(listener, app.layer(risefront::DrainLayer::new()))
             .with_graceful_shutdown(risefront::superseded())
             .await
+    }
+
+    /// risefront with `GracefulServer`: the same app, and idle connections move at a takeover.
+    async fn serve_graceful(addr: &str) -> std::io::Result<()> {
+        let (listener, app) = bind_risefront(addr).await?;
+        risefront::GracefulServer::new().serve(listener, app).await;
+        Ok(())
     }
 
     /// A server process of this binary, killed (with its process group) on drop.

@@ -131,7 +131,7 @@ pub async fn main(args: &[String], scratch: &Path) -> std::io::Result<()> {
 async fn client(addr: SocketAddr, keep_alive: bool, counts: Arc<Counts>, stop: Arc<AtomicBool>) {
     let mut sender: Option<Sender> = None;
     while !stop.load(Ordering::Relaxed) {
-        let ok = next_request(addr, &mut sender, keep_alive).await;
+        let (ok, _) = next_request(addr, &mut sender, keep_alive).await;
         let counter = if ok { &counts.ok } else { &counts.failed };
         counter.fetch_add(1, Ordering::Relaxed);
         if !ok {

@@ -2,15 +2,22 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- tail [--connections 1000] [--seconds 12]
-//!     [--every-ms 1000] [--svg FILE] [--csv FILE]
+//!     [--every-ms 1000] [--peers] [--svg FILE] [--csv FILE]
 //! ```
 //!
-//! Three phases in one run, with the same client: a plain `tokio::net::TcpListener`, risefront
-//! with no upgrade (the baseline), and risefront upgraded every `--every-ms`. Every connection
-//! is HTTP/1.1 keep-alive and reconnects when the server says `Connection: close`, as browsers
-//! and pooled clients do; latencies include that reconnect. Prints req/s and p50/p99/p99.9
-//! with their ratios, and per 100 ms the requests completed, p99 and errors, with each takeover
-//! marked; `--svg` draws that timeline.
+//! Phases in one run, with the same client: a plain `tokio::net::TcpListener`; risefront with
+//! `axum::serve` (`DrainLayer` + `superseded()`, the old path: clients reconnect at each
+//! takeover) without and with an upgrade every `--every-ms`; and risefront with
+//! `GracefulServer` (the connection handoff: idle connections move) without and with upgrades.
+//! With `--peers`, nginx (`nginx -s reload` as the upgrade) and HAProxy (hitless reload in
+//! master-worker mode with `expose-fd listeners` and `close-spread-time`), both in front of the
+//! plain server, without and with a reload every `--every-ms`.
+//!
+//! Every connection is HTTP/1.1 keep-alive and reconnects when the server says
+//! `Connection: close` or closes it, as browsers and pooled clients do; latencies include that
+//! reconnect. Prints req/s, p50/p99/p99.9, failed requests and reconnects with their ratios,
+//! and per 100 ms the requests completed, p99 and errors, with each takeover marked; `--svg`
+//! draws that timeline for the two risefront paths.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -22,30 +29,42 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 
 use crate::bench::{Sender, Server, connect, wait_answering};
+use crate::peers::Peer;
 
 struct Options {
     connections: usize,
     seconds: u64,
     every: Duration,
+    peers: bool,
     svg: Option<PathBuf>,
     csv: Option<PathBuf>,
 }
 
-/// One completed (or failed) request: when it ended, relative to the phase's start, and how
-/// long it took.
+/// One completed (or failed) request: when it ended, relative to the phase's start, how long
+/// it took, and whether it needed a new connection.
 #[derive(Clone, Copy)]
 struct Sample {
     at: f64,
     latency: Duration,
     ok: bool,
+    reconnected: bool,
 }
 
-struct Phase {
-    name: &'static str,
+pub(crate) struct Phase {
+    name: String,
     samples: Vec<Sample>,
     seconds: f64,
     /// When each takeover happened (the upgrade call returned), relative to the phase's start.
     upgrades: Vec<f64>,
+}
+
+/// How a phase upgrades its server, if it does.
+enum Upgrade<'a> {
+    None,
+    /// `risefront::upgrade`, which returns once the new generation serves.
+    Risefront,
+    /// A peer's own reload.
+    Peer(&'a Peer),
 }
 
 /// Requests whose end falls in the first second are warm-up (1,000 connects at once) and left
@@ -58,11 +77,17 @@ pub async fn main(args: &[String], scratch: &Path) -> std::io::Result<()> {
         connections: 1000,
         seconds: 12,
         every: Duration::from_secs(1),
+        peers: false,
         svg: None,
         csv: None,
     };
     let mut rest = args;
     while let Some((flag, tail)) = rest.split_first() {
+        if flag == "--peers" {
+            options.peers = true;
+            rest = tail;
+            continue;
+        }
         let value = tail.first().cloned().unwrap_or_default();
         rest = tail.get(1..).unwrap_or_default();
         match flag.as_str() {
@@ -73,47 +98,106 @@ pub async fn main(args: &[String], scratch: &Path) -> std::io::Result<()> {
             "--csv" => options.csv = Some(PathBuf::from(value)),
             _ => {
                 eprintln!(
-                    "usage: bench tail [--connections N] [--seconds N] [--every-ms N] [--svg FILE] [--csv FILE]"
+                    "usage: bench tail [--connections N] [--seconds N] [--every-ms N] [--peers] [--svg FILE] [--csv FILE]"
                 );
                 std::process::exit(2);
             }
         }
     }
     let plain = Server::start("serve-plain", &scratch.join("tail-plain.log"))?;
-    let risefront = Server::start("serve-risefront", &scratch.join("tail-risefront.log"))?;
-    wait_answering(plain.addr).await?;
-    wait_answering(risefront.addr).await?;
+    let axum = Server::start("serve-risefront", &scratch.join("tail-axum.log"))?;
+    let graceful = Server::start("serve-graceful", &scratch.join("tail-graceful.log"))?;
+    for server in [&plain, &axum, &graceful] {
+        wait_answering(server.addr).await?;
+    }
     println!(
-        "risefront bench tail: {} keep-alive connections, {} s per phase ({} s warm-up left out), an upgrade every {} ms in the last phase, {} cores\n",
+        "risefront bench tail: {} keep-alive connections, {} s per phase ({} s warm-up left out), an upgrade every {} ms in the phases with upgrades, {} cores\n",
         options.connections,
         options.seconds,
         WARM_UP,
         options.every.as_millis(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let phases = vec![
-        run_phase("plain tokio", plain.addr, &options, false).await,
-        run_phase("risefront, no upgrade", risefront.addr, &options, false).await,
-        run_phase("risefront, upgrades", risefront.addr, &options, true).await,
+    let mut phases = vec![
+        run_phase("plain tokio", plain.addr, &options, Upgrade::None).await,
+        run_phase(
+            "axum::serve, no upgrade",
+            axum.addr,
+            &options,
+            Upgrade::None,
+        )
+        .await,
+        run_phase(
+            "axum::serve, upgrades",
+            axum.addr,
+            &options,
+            Upgrade::Risefront,
+        )
+        .await,
+        run_phase(
+            "GracefulServer, no upgrade",
+            graceful.addr,
+            &options,
+            Upgrade::None,
+        )
+        .await,
+        run_phase(
+            "GracefulServer, upgrades",
+            graceful.addr,
+            &options,
+            Upgrade::Risefront,
+        )
+        .await,
     ];
-    report(&phases);
+    if options.peers {
+        for kind in ["nginx", "haproxy"] {
+            let peer = match Peer::start(kind, plain.addr, scratch, options.connections) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    eprintln!("{kind} left out: {e}");
+                    continue;
+                }
+            };
+            wait_answering(peer.addr).await?;
+            phases.push(
+                run_phase(
+                    &format!("{kind}, no reload"),
+                    peer.addr,
+                    &options,
+                    Upgrade::None,
+                )
+                .await,
+            );
+            phases.push(
+                run_phase(
+                    &format!("{kind}, reloads"),
+                    peer.addr,
+                    &options,
+                    Upgrade::Peer(&peer),
+                )
+                .await,
+            );
+        }
+    }
+    report(&phases, options.connections);
     if let Some(path) = &options.csv {
-        std::fs::write(path, csv(&phases[1..]))?;
+        std::fs::write(path, csv(&phases[1..5]))?;
         println!("timeline written to {}", path.display());
     }
     if let Some(path) = &options.svg {
-        std::fs::write(path, svg(&phases[1], &phases[2]))?;
+        std::fs::write(
+            path,
+            svg(
+                &phases[3],
+                &[(&phases[2], "#e07b00"), (&phases[4], "#1f6fd1")],
+            ),
+        )?;
         println!("chart written to {}", path.display());
     }
     Ok(())
 }
 
-async fn run_phase(
-    name: &'static str,
-    addr: SocketAddr,
-    options: &Options,
-    upgrade: bool,
-) -> Phase {
+async fn run_phase(name: &str, addr: SocketAddr, options: &Options, upgrade: Upgrade<'_>) -> Phase {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(options.seconds);
     let stop = Arc::new(AtomicBool::new(false));
@@ -123,13 +207,21 @@ async fn run_phase(
         workers.push(tokio::spawn(worker(addr, started, stop)));
     }
     let mut upgrades = Vec::new();
-    if upgrade {
+    if !matches!(upgrade, Upgrade::None) {
         // The first upgrade after the warm-up, then one every `every`.
         let mut next = started + Duration::from_secs_f64(WARM_UP) + options.every / 2;
         while next < deadline {
             tokio::time::sleep_until(next.into()).await;
-            match risefront::upgrade([addr]).await {
-                Ok(_) => upgrades.push(started.elapsed().as_secs_f64()),
+            let done = match &upgrade {
+                Upgrade::Risefront => risefront::upgrade([addr])
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Upgrade::Peer(peer) => peer.reload().await.map_err(|e| e.to_string()),
+                Upgrade::None => Ok(()),
+            };
+            match done {
+                Ok(()) => upgrades.push(started.elapsed().as_secs_f64()),
                 Err(e) => eprintln!("upgrade failed: {e}"),
             }
             next += options.every;
@@ -143,8 +235,10 @@ async fn run_phase(
             samples.append(&mut mine);
         }
     }
+    // Let the servers settle (old generations drain) before the next phase.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     Phase {
-        name,
+        name: name.to_owned(),
         samples,
         seconds: options.seconds as f64,
         upgrades,
@@ -158,11 +252,12 @@ async fn worker(addr: SocketAddr, started: Instant, stop: Arc<AtomicBool>) -> Ve
     let mut sender: Option<Sender> = None;
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        let ok = next_request(addr, &mut sender, true).await;
+        let (ok, reconnected) = next_request(addr, &mut sender, true).await;
         samples.push(Sample {
             at: started.elapsed().as_secs_f64(),
             latency: t.elapsed(),
             ok,
+            reconnected,
         });
         if !ok {
             // A refused or reset connection: do not spin.
@@ -174,14 +269,16 @@ async fn worker(addr: SocketAddr, started: Instant, stop: Arc<AtomicBool>) -> Ve
 
 /// One request as a well-behaved client makes it: on `sender`'s connection if `keep_alive`
 /// and it is still open, else on a new one, which is dropped when the server says
-/// `Connection: close`. Whether it was answered 200.
+/// `Connection: close`. Whether it was answered 200, and whether it opened a connection.
 pub(crate) async fn next_request(
     addr: SocketAddr,
     sender: &mut Option<Sender>,
     keep_alive: bool,
-) -> bool {
+) -> (bool, bool) {
+    let mut reconnected = false;
     if !keep_alive || sender.as_ref().is_none_or(|s| s.is_closed()) {
         *sender = connect(addr).await.ok();
+        reconnected = true;
     }
     let (ok, close) = match sender.as_mut() {
         Some(s) => request(s).await,
@@ -190,11 +287,11 @@ pub(crate) async fn next_request(
     if close {
         *sender = None;
     }
-    ok
+    (ok, reconnected)
 }
 
 /// (answered 200, the connection must not be reused).
-async fn request(sender: &mut Sender) -> (bool, bool) {
+pub(crate) async fn request(sender: &mut Sender) -> (bool, bool) {
     if sender.ready().await.is_err() {
         return (false, true);
     }
@@ -223,6 +320,7 @@ struct Figures {
     p99: f64,
     p999: f64,
     failed: usize,
+    reconnects: usize,
 }
 
 fn figures(phase: &Phase) -> Figures {
@@ -240,6 +338,7 @@ fn figures(phase: &Phase) -> Figures {
         p99: quantile(&latencies, 0.99),
         p999: quantile(&latencies, 0.999),
         failed: measured.len() - ok,
+        reconnects: measured.iter().filter(|s| s.reconnected).count(),
     }
 }
 
@@ -250,46 +349,65 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-fn report(phases: &[Phase]) {
-    println!("| phase | upgrades | req/s | p50 | p99 | p99.9 | failed |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+fn report(phases: &[Phase], connections: usize) {
+    println!(
+        "| phase | upgrades | req/s | p50 | p99 | p99.9 | failed | reconnects | reconnects per upgrade |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let all: Vec<Figures> = phases.iter().map(figures).collect();
     for (phase, f) in phases.iter().zip(&all) {
+        let per_upgrade = if phase.upgrades.is_empty() {
+            "–".to_owned()
+        } else {
+            let per = f.reconnects as f64 / phase.upgrades.len() as f64;
+            format!("{per:.0} ({:.1}%)", per * 100.0 / connections as f64)
+        };
         println!(
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {per_upgrade} |",
             phase.name,
             phase.upgrades.len(),
             f.rate,
             f.p50,
             f.p99,
             f.p999,
-            f.failed
+            f.failed,
+            f.reconnects,
         );
     }
-    if let [plain, baseline, upgrades] = all.as_slice() {
-        println!();
-        let ratios = |what: &str, a: &Figures, b: &Figures| {
-            println!(
-                "{what}: req/s {:.3}, p50 {:.2}, p99 {:.2}, p99.9 {:.2}",
-                a.rate / b.rate,
-                a.p50 / b.p50,
-                a.p99 / b.p99,
-                a.p999 / b.p999
-            );
-        };
-        ratios("risefront, no upgrade / plain", baseline, plain);
-        ratios(
-            "risefront, upgrades / risefront, no upgrade",
-            upgrades,
-            baseline,
+    println!();
+    let ratios = |what: &str, a: &Figures, b: &Figures| {
+        println!(
+            "{what}: req/s {:.3}, p50 {:.2}, p99 {:.2}, p99.9 {:.2}",
+            a.rate / b.rate,
+            a.p50 / b.p50,
+            a.p99 / b.p99,
+            a.p999 / b.p999
         );
-        ratios("risefront, upgrades / plain", upgrades, plain);
+    };
+    let plain = &all[0];
+    // Each phase with upgrades against the same server without, and against plain tokio.
+    for i in (2..all.len()).step_by(2) {
+        let base = i - 1;
+        ratios(
+            &format!("{} / {}", phases[i].name, phases[base].name),
+            &all[i],
+            &all[base],
+        );
+        ratios(&format!("{} / plain", phases[i].name), &all[i], plain);
+    }
+    for i in 1..all.len() {
+        if phases[i].upgrades.is_empty() {
+            ratios(&format!("{} / plain", phases[i].name), &all[i], plain);
+        }
     }
 }
+/// A bucket's start (s), requests completed, p99 (ms), errors, and whether a takeover fell in
+/// it.
+type Bucket = (f64, usize, f64, usize, bool);
 
 /// Per 100 ms bucket after the warm-up: requests completed, p99 (ms), errors, and whether a
 /// takeover happened in it.
-fn buckets(phase: &Phase) -> Vec<(f64, usize, f64, usize, bool)> {
+fn buckets(phase: &Phase) -> Vec<Bucket> {
     let count = ((phase.seconds - WARM_UP) / BUCKET).round() as usize;
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); count];
     let mut errors = vec![0usize; count];
@@ -329,7 +447,7 @@ fn csv(phases: &[Phase]) -> String {
         for (t, n, p99, e, takeover) in buckets(phase) {
             let _ = writeln!(
                 out,
-                "{},{t:.1},{n},{p99:.3},{e},{}",
+                "\"{}\",{t:.1},{n},{p99:.3},{e},{}",
                 phase.name,
                 u8::from(takeover)
             );
@@ -338,21 +456,23 @@ fn csv(phases: &[Phase]) -> String {
     out
 }
 
-/// Two panels, requests per 100 ms and p99 per 100 ms, the baseline in grey and the run with
-/// upgrades in blue, each takeover a red line. Hand-written SVG: no plotting dependency.
-fn svg(baseline: &Phase, upgrades: &Phase) -> String {
-    let (b, u) = (buckets(baseline), buckets(upgrades));
+/// Two panels, requests per 100 ms and p99 per 100 ms: the baseline in grey and each run with
+/// upgrades in its colour, each of the last run's takeovers a red line. Hand-written SVG: no
+/// plotting dependency.
+fn svg(baseline: &Phase, runs: &[(&Phase, &str)]) -> String {
+    let b = buckets(baseline);
+    let rows: Vec<(Vec<Bucket>, &str)> = runs
+        .iter()
+        .map(|(phase, colour)| (buckets(phase), *colour))
+        .collect();
     let (width, panel, margin) = (960.0, 200.0, 50.0);
-    let height = panel * 2.0 + margin * 3.0;
+    let legend_lines = (runs.len() + 2) as f64;
+    let height = panel * 2.0 + margin * 2.5 + 16.0 * legend_lines;
     let span = (baseline.seconds - WARM_UP).max(BUCKET);
     let x = |t: f64| margin + (t - WARM_UP) / span * (width - 2.0 * margin);
-    let max_n = b.iter().chain(&u).map(|r| r.1).max().unwrap_or(1).max(1) as f64;
-    let max_p = b
-        .iter()
-        .chain(&u)
-        .map(|r| r.2)
-        .fold(1.0_f64, f64::max)
-        .ceil();
+    let all = || b.iter().chain(rows.iter().flat_map(|(r, _)| r.iter()));
+    let max_n = all().map(|r| r.1).max().unwrap_or(1).max(1) as f64;
+    let max_p = all().map(|r| r.2).fold(1.0_f64, f64::max).ceil();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -386,16 +506,20 @@ fn svg(baseline: &Phase, upgrades: &Phase) -> String {
             margin - 4.0,
             top + panel
         );
-        for u in &upgrades.upgrades {
-            let _ = writeln!(
-                out,
-                r##"<line x1="{0:.1}" x2="{0:.1}" y1="{top}" y2="{1}" stroke="#d33" stroke-dasharray="3,3"/>"##,
-                x(*u),
-                top + panel
-            );
+        if let Some((last, _)) = runs.last() {
+            for u in &last.upgrades {
+                let _ = writeln!(
+                    out,
+                    r##"<line x1="{0:.1}" x2="{0:.1}" y1="{top}" y2="{1}" stroke="#d33" stroke-dasharray="3,3"/>"##,
+                    x(*u),
+                    top + panel
+                );
+            }
         }
-        for (rows, colour) in [(&b, "#999"), (&u, "#1f6fd1")] {
-            let points: Vec<String> = rows
+        for (series, colour) in
+            std::iter::once((&b, "#999")).chain(rows.iter().map(|(r, c)| (r, *c)))
+        {
+            let points: Vec<String> = series
                 .iter()
                 .map(|r| {
                     let value = if row == 0.0 { r.1 as f64 } else { r.2 };
@@ -413,14 +537,25 @@ fn svg(baseline: &Phase, upgrades: &Phase) -> String {
             );
         }
     }
-    let bottom = height - margin / 2.0;
-    let _ = writeln!(
-        out,
-        r##"<text x="{margin}" y="{bottom}"><tspan fill="#999">grey: {}</tspan>  <tspan fill="#1f6fd1">blue: {} ({} takeovers, red dashes)</tspan>  time axis {span:.0} s</text>"##,
-        baseline.name,
-        upgrades.name,
-        upgrades.upgrades.len()
-    );
+    let mut line = panel * 2.0 + margin * 2.5;
+    let mut legend = |text: String| {
+        let _ = writeln!(out, r#"<text x="{margin}" y="{line}">{text}</text>"#);
+        line += 16.0;
+    };
+    legend(format!(
+        r##"<tspan fill="#999">grey: {}</tspan>"##,
+        baseline.name
+    ));
+    for (phase, colour) in runs {
+        legend(format!(
+            r#"<tspan fill="{colour}">{} ({} takeovers)</tspan>"#,
+            phase.name,
+            phase.upgrades.len()
+        ));
+    }
+    legend(format!(
+        "red dashes: the last run's takeovers (the upgrade call returned); time axis {span:.0} s"
+    ));
     out.push_str("</svg>\n");
     out
 }

@@ -49,9 +49,7 @@ pub async fn serve(addr: &str) -> std::io::Result<()> {
     );
     let listener = risefront::tls::TlsListener::new(listener, config);
     let app = axum::Router::new().route("/", axum::routing::get(move || async move { body }));
-    risefront::GracefulServer::new()
-        .serve(listener, app)
-        .await?;
+    risefront::GracefulServer::new().serve(listener, app).await;
     Ok(())
 }
 

@@ -154,6 +154,33 @@ pub async fn bind(addrs: &[String]) -> std::io::Result<risefront::RiseFrontListe
     Ok(listener)
 }
 
+/// Serves an axum app as the README's first snippet does (`axum::serve`, `DrainLayer` in the
+/// app, `superseded()`), or, with `HELLO_SERVER=graceful`, with `risefront::GracefulServer`,
+/// which moves idle keep-alive connections to the new generation at a takeover instead of
+/// closing them. The end-to-end tests run both.
+#[cfg(feature = "axum")]
+#[allow(dead_code)] // The axum examples use it; `hyper` and `gateway` always use GracefulServer.
+pub async fn serve_axum(
+    listener: risefront::RiseFrontListener,
+    app: axum::Router,
+) -> std::io::Result<()> {
+    match std::env::var("HELLO_SERVER").as_deref() {
+        Ok("graceful") => {
+            risefront::GracefulServer::new().serve(listener, app).await;
+            Ok(())
+        }
+        Ok("axum") | Err(_) => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(risefront::superseded())
+                .await
+        }
+        Ok(other) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("HELLO_SERVER={other:?}: use graceful or axum"),
+        )),
+    }
+}
+
 /// Prints a server error and turns it into an exit code.
 pub fn exit(result: std::io::Result<()>) -> ExitCode {
     match result {

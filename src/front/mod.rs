@@ -10,13 +10,12 @@
 //! keep it out.
 
 mod machine;
+mod orphans;
 mod peer;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
-use std::ffi::OsString;
 use std::io;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -28,8 +27,10 @@ use tokio::time::{Instant, sleep_until};
 use self::machine::{Action, Gen, Input, Machine, PeerId, Timeouts};
 use self::peer::{Command, Event, PeerContext};
 use crate::config::{Config, deadline_after};
+use crate::error::BindError;
 use crate::handoff::{self, ControlListener, Endpoint, FrontLock, ProcessHandle, Stream};
 use crate::net::{Target, bind_target};
+use crate::protocol::{Message, Program};
 use crate::socket::Socket;
 
 /// Control connections on the public endpoint served at once. When all are taken, the oldest
@@ -38,6 +39,17 @@ const MAX_PEERS: usize = 64;
 /// How long accepting on the control endpoint pauses after an accept error (out of
 /// descriptors, most likely), instead of spinning.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How long it pauses when an accept failed for lack of descriptors and a silent peer was
+/// dropped to make room: just long enough for that peer's task to close its connection.
+const ROOM_PAUSE: Duration = Duration::from_millis(10);
+/// Silent peers dropped when a spawn fails for lack of descriptors: a spawn needs a few (the
+/// control channel pair, std's pipes), and the new generation's listeners a few more.
+const ROOM_FOR_SPAWN: usize = 8;
+/// How many times a spawn is tried when it fails for a reason that passes: no descriptor left
+/// (after making room), or Wine's `ERROR_INTERNAL_ERROR` (1359) while many processes come
+/// and go. Tried again from the event loop's timer, never by sleeping on the runtime.
+const SPAWN_ATTEMPTS: u32 = 4;
+const SPAWN_RETRY: Duration = Duration::from_millis(50);
 /// How long a new process waits for the port when the generations of a killed front are
 /// still closing it.
 const ADDR_IN_USE_RETRY: Duration = Duration::from_secs(3);
@@ -55,7 +67,7 @@ pub(crate) async fn run(
     #[cfg_attr(windows, allow(unused_mut))]
     let mut files: Vec<crate::net::SocketFile> = Vec::new();
     let started = async {
-        let (exe, args) = startup_command()?;
+        let own = Program::of_this_process()?;
         // Sockets systemd passed (socket activation) are used for the addresses they match.
         let mut activated = handoff::activated_listeners()?;
         let mut sockets = Vec::with_capacity(addrs.len());
@@ -88,9 +100,9 @@ pub(crate) async fn run(
             );
         }
         let control = endpoint.listen(&lock)?;
-        Ok::<_, io::Error>((exe, args, sockets, control))
+        Ok::<_, io::Error>((own, sockets, control))
     };
-    let (exe, args, sockets, control) = match started.await {
+    let (own, sockets, control) = match started.await {
         Ok(started) => started,
         Err(e) => {
             // Nothing of a front that never started is left behind.
@@ -110,7 +122,7 @@ pub(crate) async fn run(
         "front started for service {:?}",
         config.name
     );
-    let code = Front::new(config, exe, args, sockets, &endpoint)
+    let code = Front::new(config, own, sockets, &endpoint)
         .run(control)
         .await;
     endpoint.remove();
@@ -139,79 +151,75 @@ async fn bind_retrying(target: &Target, unix_mode: Option<u32>) -> io::Result<So
     }
 }
 
-/// Starts `command`. Wine (the Windows test bed) now and then fails a process creation with
-/// `ERROR_INTERNAL_ERROR` (1359) while many processes come and go; a failed start would be a
-/// rollback, so that one error is retried briefly. Elsewhere this is a plain spawn.
-fn spawn_retrying(command: &mut tokio::process::Command) -> io::Result<tokio::process::Child> {
+/// Wine (the Windows test bed) now and then fails a process creation with
+/// `ERROR_INTERNAL_ERROR` (1359) while many processes come and go: worth another try.
+fn spawn_glitch(e: &io::Error) -> bool {
     const INTERNAL_ERROR: i32 = 1359;
-    let mut attempts = 0;
-    loop {
-        match command.spawn() {
-            Err(e) if cfg!(windows) && e.raw_os_error() == Some(INTERNAL_ERROR) && attempts < 3 => {
-                attempts += 1;
-                tracing::debug!("process creation failed ({e}); retrying");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            other => return other,
-        }
-    }
+    cfg!(windows) && e.raw_os_error() == Some(INTERNAL_ERROR)
 }
 
-/// An address in use is most often another risefront service of this user, on the same
-/// address but with another name (another program): say which, and how to join it on purpose.
+/// An address in use is most often another risefront service of this user: on the same
+/// address with another name (another program, or this one with other addresses), or on the
+/// same port of another IP (`0.0.0.0:8080` against `127.0.0.1:8080`). Say which, and how to
+/// join it on purpose.
 fn explain_bind_error(e: io::Error, target: &Target, ours: &str, endpoint: &Endpoint) -> io::Error {
     if e.kind() != io::ErrorKind::AddrInUse {
         return e;
     }
     let part = crate::config::derive_addrs_name(&[target.named()]);
-    let holder = endpoint
+    let others: Vec<String> = endpoint
         .other_services()
         .into_iter()
-        .find(|name| name != ours && name.contains(&part));
-    let message = match holder {
-        Some(other) => format!(
-            "risefront: {target} is in use by risefront service {other:?} of this user, not by this program's service {ours:?}: to upgrade that service, start a program of the same file name, or give both programs the same Builder::name"
-        ),
-        None => match target {
-            Target::Tcp(_) => format!("risefront: {target} is in use by another program: {e}"),
-            // The binding already said what holds it.
+        .filter(|name| name != ours)
+        .collect();
+    let holder = others
+        .iter()
+        .find(|name| name.contains(&part))
+        .or_else(|| match target {
+            Target::Tcp(candidates) => {
+                let port = candidates.first()?.port();
+                others.iter().find(|name| holds_port(name, port))
+            }
             #[cfg(unix)]
-            Target::Unix(_) => e.to_string(),
-        },
-    };
-    io::Error::new(io::ErrorKind::AddrInUse, message)
-}
-
-/// The program and arguments this process was started with, to run again for each generation.
-///
-/// `argv[0]` is made absolute now rather than read from `/proc/self/exe` later, so that a
-/// binary rebuilt or replaced at that path is what the next upgrade runs.
-fn startup_command() -> io::Result<(PathBuf, Vec<OsString>)> {
-    let mut args = std::env::args_os();
-    let argv0 = PathBuf::from(args.next().unwrap_or_default());
-    let exe = if argv0.components().count() > 1 {
-        std::path::absolute(&argv0)?
-    } else {
-        find_in_path(&argv0).map_or_else(std::env::current_exe, Ok)?
-    };
-    Ok((exe, args.collect()))
-}
-
-fn find_in_path(program: &std::path::Path) -> Option<PathBuf> {
-    if program.as_os_str().is_empty() {
-        return None;
+            Target::Unix(_) => None,
+        });
+    match holder {
+        Some(service) => {
+            let program = crate::config::program_name();
+            let prefix = format!("{program}-");
+            BindError::InUseByService {
+                address: target.to_string(),
+                service: service.clone(),
+                ours: ours.to_owned(),
+                same_program: !program.is_empty()
+                    && ours.starts_with(&prefix)
+                    && service.starts_with(&prefix),
+            }
+            .into()
+        }
+        // The binding already said what holds it.
+        None => e,
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-        .and_then(|found| std::path::absolute(found).ok())
+}
+
+/// Whether a derived service name lists a TCP address on `port` (`..._8080`, followed by the
+/// end, another address or a suffix).
+fn holds_port(name: &str, port: u16) -> bool {
+    let needle = format!("_{port}");
+    name.match_indices(&needle).any(|(at, _)| {
+        let rest = &name[at + needle.len()..];
+        rest.is_empty() || rest.starts_with('_') || rest.starts_with('-')
+    })
 }
 
 /// A connection the shell tracks, from accept (or spawn) until its task ends.
 struct PeerSlot {
     tx: mpsc::Sender<Command>,
     said_hello: bool,
+    /// The verified pid from its Hello.
+    pid: Option<u32>,
+    /// The program it runs, from its Hello (generations only).
+    program: Option<Program>,
     /// The spawned generation whose inherited channel this is: never evicted, never counted.
     preconnected: Option<Gen>,
     task: AbortHandle,
@@ -219,8 +227,12 @@ struct PeerSlot {
 
 struct Front<'a> {
     config: Config,
-    exe: PathBuf,
-    args: Vec<OsString>,
+    /// What the front itself was started as: what it starts until a generation says what it
+    /// runs, and when that program is gone.
+    own: Program,
+    /// What the generation serving now (or last) runs, as it said in its Hello: the newest
+    /// build, which respawns and upgrades start.
+    serving: Option<Program>,
     /// The listening sockets, shared with the peer tasks that hand them over; emptied (so
     /// closed) when the service stops.
     sockets: Arc<RwLock<Vec<Socket>>>,
@@ -230,6 +242,9 @@ struct Front<'a> {
     next_peer: PeerId,
     /// Spawned processes not reaped yet: sending on the channel kills one.
     children: BTreeMap<Gen, oneshot::Sender<()>>,
+    /// The pids of the generations we spawned and have not seen exit: never reaped as
+    /// orphans.
+    child_pids: BTreeMap<Gen, u32>,
     /// Generations started by hand, held since their pid was verified.
     handles: BTreeMap<Gen, ProcessHandle>,
     /// The handle that came with a Hello, until the machine says which generation it is.
@@ -240,17 +255,14 @@ struct Front<'a> {
     exits: mpsc::UnboundedReceiver<(Gen, String, bool)>,
     /// Silent peers dropped to make room, for the log.
     evicted: u64,
+    /// A spawn that failed for a reason that passes: its generation, the attempts so far, and
+    /// when to try again.
+    spawn_retry: Option<(Gen, u32, Instant)>,
     exit: Option<i32>,
 }
 
 impl<'a> Front<'a> {
-    fn new(
-        config: Config,
-        exe: PathBuf,
-        args: Vec<OsString>,
-        sockets: Vec<Socket>,
-        endpoint: &'a Endpoint,
-    ) -> Self {
+    fn new(config: Config, own: Program, sockets: Vec<Socket>, endpoint: &'a Endpoint) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (exits_tx, exits) = mpsc::unbounded_channel();
         let machine = Machine::new(
@@ -263,14 +275,15 @@ impl<'a> Front<'a> {
         );
         Front {
             config,
-            exe,
-            args,
+            own,
+            serving: None,
             sockets: Arc::new(RwLock::new(sockets)),
             endpoint,
             machine,
             peers: BTreeMap::new(),
             next_peer: 0,
             children: BTreeMap::new(),
+            child_pids: BTreeMap::new(),
             handles: BTreeMap::new(),
             hello_handles: BTreeMap::new(),
             events_tx,
@@ -278,6 +291,7 @@ impl<'a> Front<'a> {
             exits_tx,
             exits,
             evicted: 0,
+            spawn_retry: None,
             exit: None,
         }
     }
@@ -290,6 +304,7 @@ impl<'a> Front<'a> {
                 return 1;
             }
         };
+        let mut orphans = orphans::Orphans::new();
         let mut hangup = match crate::signal::Hangup::new() {
             Ok(h) => h,
             Err(e) => {
@@ -307,28 +322,50 @@ impl<'a> Front<'a> {
             if accept_paused_until.is_some_and(|t| t <= now) {
                 accept_paused_until = None;
             }
-            // The accept pause is a deadline like the machine's: with nothing else pending,
-            // accepting must still resume on time.
+            if let Some((n, attempts, at)) = self.spawn_retry
+                && at <= now
+            {
+                self.spawn_retry = None;
+                if let Some(input) = self.spawn(n, attempts) {
+                    self.feed(input);
+                }
+                continue;
+            }
+            // The accept pause and a spawn's next try are deadlines like the machine's: with
+            // nothing else pending, they must still come on time.
             let wake = self
                 .machine
                 .next_deadline()
                 .into_iter()
                 .chain(accept_paused_until)
+                .chain(self.spawn_retry.map(|(_, _, at)| at))
                 .min();
             tokio::select! {
                 accepted = control.accept(), if accept_paused_until.is_none() => match accepted {
                     Ok(stream) => self.admit(stream),
                     Err(e) => {
-                        tracing::warn!("control endpoint accept failed: {e}; pausing {ACCEPT_PAUSE:?}");
-                        accept_paused_until = Some(deadline_after(Instant::now(), ACCEPT_PAUSE));
+                        // Out of descriptors, the oldest peer that said nothing makes room: a
+                        // crowd of silent connections must not lock out every upgrade.
+                        let pause = if handoff::out_of_descriptors(&e) && self.evict_silent(1) > 0 {
+                            ROOM_PAUSE
+                        } else {
+                            ACCEPT_PAUSE
+                        };
+                        tracing::warn!("control endpoint accept failed: {e}; pausing {pause:?}");
+                        accept_paused_until = Some(deadline_after(Instant::now(), pause));
                     }
                 },
                 Some(event) = self.events.recv() => self.on_event(event),
                 Some((generation, status, success)) = self.exits.recv() => {
                     self.children.remove(&generation);
+                    self.child_pids.remove(&generation);
                     self.feed(Input::Exited { generation, status, success });
                 }
                 _ = hangup.recv() => self.feed(Input::Hangup),
+                () = orphans.changed() => {
+                    let ours = &self.child_pids;
+                    orphans.reap(|pid| ours.values().any(|p| *p == pid));
+                }
                 signal = terminate.recv() => self.feed(Input::Terminate { signal }),
                 _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => self.feed(Input::Tick),
             }
@@ -349,11 +386,44 @@ impl<'a> Front<'a> {
         self.hello_handles.clear();
         let machine = &self.machine;
         self.handles.retain(|n, _| machine.has_generation(*n));
+        // Whoever serves now is the build to start next; once it is gone (a crash), the last
+        // one that served still is.
+        if let Some(program) = self
+            .machine
+            .active_peer()
+            .and_then(|peer| self.peers.get(&peer))
+            .and_then(|slot| slot.program.as_ref())
+            && self.serving.as_ref() != Some(program)
+        {
+            tracing::info!(
+                "upgrades and respawns now start {} (what generation {} runs)",
+                program.exe.display(),
+                self.machine.active_generation().unwrap_or_default()
+            );
+            self.serving = Some(program.clone());
+        }
+    }
+
+    /// What the next generation runs: what the serving generation runs if its file is still
+    /// there, else the front's own program.
+    fn program_to_start(&self) -> &Program {
+        match &self.serving {
+            Some(serving) if serving.exe.is_file() => serving,
+            Some(serving) => {
+                tracing::warn!(
+                    "{} (what the serving generation runs) is gone; starting {} (the front's own program) instead",
+                    serving.exe.display(),
+                    self.own.exe.display()
+                );
+                &self.own
+            }
+            None => &self.own,
+        }
     }
 
     fn perform(&mut self, action: Action) -> Option<Input> {
         match action {
-            Action::Spawn(generation) => Some(self.spawn(generation)),
+            Action::Spawn(generation) => self.spawn(generation, 0),
             Action::SendListeners { peer, generation } => {
                 if let Some(handle) = self.hello_handles.remove(&peer) {
                     self.handles.insert(generation, handle);
@@ -361,6 +431,7 @@ impl<'a> Front<'a> {
                 self.command(peer, Command::SendListeners(generation))
             }
             Action::Send { peer, message } => self.command(peer, Command::Send(message)),
+            Action::Introduce { from, to } => self.introduce(from, to),
             Action::Close(peer) => {
                 if let Some(slot) = self.peers.remove(&peer)
                     && slot.tx.try_send(Command::Close).is_err()
@@ -370,6 +441,17 @@ impl<'a> Front<'a> {
                 None
             }
             Action::Kill(generation) => {
+                if self
+                    .spawn_retry
+                    .take_if(|(n, _, _)| *n == generation)
+                    .is_some()
+                {
+                    // Never started: nothing to kill, and no exit to wait for.
+                    return Some(Input::SpawnFailed {
+                        generation,
+                        why: "killed before it could be started".to_owned(),
+                    });
+                }
                 if let Some(kill) = self.children.remove(&generation) {
                     let _ = kill.send(());
                 } else if let Some(handle) = self.handles.remove(&generation)
@@ -397,6 +479,74 @@ impl<'a> Front<'a> {
         }
     }
 
+    /// Introduces the generation on `from` to the one on `to`, which took over, so that `from`
+    /// hands its idle connections to `to` directly: on Unix each gets one end of a fresh socket
+    /// pair; on Windows both get the name of a private pipe, which `to` creates and `from`
+    /// connects to. The front never sees those connections: it only introduces the two (it
+    /// verified both), so neither its memory nor its descriptors grow with the clients, and a
+    /// front that dies meanwhile loses none of them.
+    ///
+    /// If either side cannot be told, the other sees the pair closed (or never connected) and
+    /// falls back to closing its connections, as without a handoff.
+    fn introduce(&mut self, from: PeerId, to: PeerId) -> Option<Input> {
+        let pid = |peer| self.peers.get(&peer).and_then(|slot| slot.pid);
+        let (Some(from_pid), Some(to_pid)) = (pid(from), pid(to)) else {
+            return None;
+        };
+        let (to_receiver, to_sender) = match self.introductions(from_pid, to_pid) {
+            Ok(commands) => commands,
+            Err(e) => {
+                tracing::warn!("{e}; this takeover closes connections instead of moving them");
+                return None;
+            }
+        };
+        // The receiver first: on Windows it creates the pipe the sender then connects to.
+        let gone = self.command(to, to_receiver);
+        if gone.is_some() {
+            return gone;
+        }
+        self.command(from, to_sender)
+    }
+
+    /// What the receiving generation and the sending one are told, each with the other's pid.
+    #[cfg(unix)]
+    fn introductions(&self, sender: u32, receiver: u32) -> io::Result<(Command, Command)> {
+        let (sending, receiving) = handoff::handoff_pair()?;
+        let pipe = String::new;
+        Ok((
+            Command::SendWithFd(
+                Message::HandoffFrom {
+                    pid: sender,
+                    pipe: pipe(),
+                },
+                receiving,
+            ),
+            Command::SendWithFd(
+                Message::HandoffTo {
+                    pid: receiver,
+                    pipe: pipe(),
+                },
+                sending,
+            ),
+        ))
+    }
+
+    /// What the receiving generation and the sending one are told, each with the other's pid.
+    #[cfg(windows)]
+    fn introductions(&self, sender: u32, receiver: u32) -> io::Result<(Command, Command)> {
+        let pipe = self.endpoint.handoff_pipe_name();
+        Ok((
+            Command::Send(Message::HandoffFrom {
+                pid: sender,
+                pipe: pipe.clone(),
+            }),
+            Command::Send(Message::HandoffTo {
+                pid: receiver,
+                pipe,
+            }),
+        ))
+    }
+
     /// Queues a command for a peer task; a peer that cannot take it is gone for the machine.
     fn command(&mut self, peer: PeerId, command: Command) -> Option<Input> {
         let slot = self.peers.get(&peer)?;
@@ -419,12 +569,15 @@ impl<'a> Front<'a> {
                 role,
                 timeouts,
                 handle,
+                program,
             } => {
                 // A peer evicted after its Hello was sent but before it was read is gone.
                 let Some(slot) = self.peers.get_mut(&peer) else {
                     return;
                 };
                 slot.said_hello = true;
+                slot.pid = Some(pid);
+                slot.program = program;
                 let preconnected = slot.preconnected;
                 tracing::debug!(
                     peer,
@@ -454,6 +607,7 @@ impl<'a> Front<'a> {
             Event::Upgrade { peer } => self.feed(Input::UpgradeRequested { peer }),
             Event::StopRequested { peer } => self.feed(Input::StopRequested { peer }),
             Event::SteppedAside { peer } => self.feed(Input::SteppedAside { peer }),
+            Event::Pong { peer } => self.feed(Input::Pong { peer }),
             Event::Gone { peer, why } => {
                 self.peers.remove(&peer);
                 self.feed(Input::PeerGone { peer, why });
@@ -469,27 +623,9 @@ impl<'a> Front<'a> {
             .filter(|p| p.preconnected.is_none())
             .count();
         if open >= MAX_PEERS {
-            // Peer ids grow with age, so the first silent one is the oldest.
-            let oldest_silent = self
-                .peers
-                .iter()
-                .find(|(_, p)| p.preconnected.is_none() && !p.said_hello)
-                .map(|(id, _)| *id);
-            match oldest_silent {
-                Some(id) => {
-                    if let Some(slot) = self.peers.remove(&id) {
-                        slot.task.abort();
-                    }
-                    self.evicted += 1;
-                    if self.evicted.is_power_of_two() {
-                        tracing::warn!(
-                            "{MAX_PEERS} control connections open on {}; dropped the oldest that had not said hello ({} so far)",
-                            self.endpoint,
-                            self.evicted
-                        );
-                    }
-                }
-                None => {
+            match self.evict_silent(1) {
+                1.. => {}
+                0 => {
                     let reason = format!(
                         "the front at {} already serves {MAX_PEERS} control connections (its limit), all of them introduced; try again shortly",
                         self.endpoint
@@ -507,6 +643,33 @@ impl<'a> Front<'a> {
         self.start_peer(stream, None);
     }
 
+    /// Drops up to `count` of the oldest peers that have not said Hello yet (never a spawned
+    /// generation's channel), to make room; returns how many.
+    fn evict_silent(&mut self, count: usize) -> usize {
+        // Peer ids grow with age, so the first silent ones are the oldest.
+        let silent: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.preconnected.is_none() && !p.said_hello)
+            .map(|(id, _)| *id)
+            .take(count)
+            .collect();
+        for id in &silent {
+            if let Some(slot) = self.peers.remove(id) {
+                slot.task.abort();
+            }
+            self.evicted += 1;
+            if self.evicted.is_power_of_two() {
+                tracing::warn!(
+                    "control connections crowd the front at {}; dropped the oldest that had not said hello ({} so far)",
+                    self.endpoint,
+                    self.evicted
+                );
+            }
+        }
+        silent.len()
+    }
+
     fn start_peer(&mut self, stream: Stream, preconnected: Option<Gen>) -> PeerId {
         let peer = self.next_peer;
         self.next_peer += 1;
@@ -522,6 +685,8 @@ impl<'a> Front<'a> {
             PeerSlot {
                 tx,
                 said_hello: false,
+                pid: None,
+                program: None,
                 preconnected,
                 task,
             },
@@ -530,23 +695,47 @@ impl<'a> Front<'a> {
     }
 
     /// Starts generation `n` by running this program again, with its control channel
-    /// pre-connected.
-    fn spawn(&mut self, n: Gen) -> Input {
-        match self.try_spawn(n) {
-            Ok(pid) => Input::Spawned { generation: n, pid },
-            Err(e) => Input::SpawnFailed {
+    /// pre-connected. `None` while a failure that passes waits for its next try.
+    fn spawn(&mut self, n: Gen, attempts: u32) -> Option<Input> {
+        // Chosen once: the failure names the program that failed, and the fallback is said once.
+        let program = self.program_to_start().clone();
+        match self.try_spawn(n, &program) {
+            Ok((pid, peer)) => Some(Input::Spawned {
                 generation: n,
-                why: format!("cannot run {}: {e}", self.exe.display()),
-            },
+                pid,
+                peer,
+            }),
+            Err(e)
+                if attempts + 1 < SPAWN_ATTEMPTS
+                    && (spawn_glitch(&e)
+                        || handoff::out_of_descriptors(&e)
+                            && self.evict_silent(ROOM_FOR_SPAWN) > 0) =>
+            {
+                tracing::debug!(
+                    generation = n,
+                    "cannot start generation {n} yet ({e}); trying again"
+                );
+                self.spawn_retry =
+                    Some((n, attempts + 1, deadline_after(Instant::now(), SPAWN_RETRY)));
+                None
+            }
+            Err(e) => Some(Input::SpawnFailed {
+                generation: n,
+                why: format!("cannot run {}: {e}", program.exe.display()),
+            }),
         }
     }
 
-    fn try_spawn(&mut self, n: Gen) -> io::Result<u32> {
+    /// The child's pid and the peer of its pre-connected channel.
+    fn try_spawn(&mut self, n: Gen, program: &Program) -> io::Result<(u32, PeerId)> {
         let (ours, theirs) = handoff::child_channel(self.endpoint)?;
-        let mut command = tokio::process::Command::new(&self.exe);
+        let mut command = tokio::process::Command::new(&program.exe);
+        if program.cwd.is_dir() {
+            command.current_dir(&program.cwd);
+        }
         // Only the front talks to systemd (`NotifyAccess=main`).
         command
-            .args(&self.args)
+            .args(&program.args)
             .stdin(Stdio::null())
             .env_remove(crate::systemd::NOTIFY_SOCKET)
             // The activated sockets were the front's; a generation gets them from the front.
@@ -556,12 +745,13 @@ impl<'a> Front<'a> {
         let spawned = {
             // Held until the spawn returned; then the front keeps only its own end.
             let _inherited = theirs.attach(&mut command)?;
-            spawn_retrying(&mut command)
+            command.spawn()
         };
         let mut child = spawned?;
         let pid = child.id().unwrap_or_default();
         let (kill, killed) = oneshot::channel::<()>();
         self.children.insert(n, kill);
+        self.child_pids.insert(n, pid);
         let exits = self.exits_tx.clone();
         tokio::spawn(async move {
             // The child stays unreaped until this wait returns, so its pid cannot be reused
@@ -579,7 +769,21 @@ impl<'a> Front<'a> {
             };
             let _ = exits.send((n, status, success));
         });
-        self.start_peer(ours, Some(n));
-        Ok(pid)
+        let peer = self.start_peer(ours, Some(n));
+        Ok((pid, peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_port;
+
+    #[test]
+    fn a_port_is_found_only_as_a_whole_address_component() {
+        assert!(holds_port("hello-127.0.0.1_8088", 8088));
+        assert!(holds_port("hello-127.0.0.1_8088_and_unix_run_x.sock", 8088));
+        assert!(holds_port("hello-127.0.0.1_0-pid42", 0));
+        assert!(!holds_port("hello-127.0.0.1_80880", 8088));
+        assert!(!holds_port("hello-127.0.0.1_8088", 808));
     }
 }

@@ -13,7 +13,7 @@ use super::machine::{Gen, PeerId, Timeouts};
 use crate::channel::Channel;
 use crate::config::deadline_after;
 use crate::handoff::{self, ProcessHandle, Stream};
-use crate::protocol::{Message, Role};
+use crate::protocol::{Message, Program, Role};
 use crate::socket::Socket;
 
 /// What a peer task tells the front.
@@ -26,6 +26,8 @@ pub(crate) enum Event {
         role: Role,
         timeouts: Timeouts,
         handle: Option<ProcessHandle>,
+        /// What a generation runs, as it said.
+        program: Option<Program>,
     },
     Ready {
         peer: PeerId,
@@ -41,6 +43,10 @@ pub(crate) enum Event {
     SteppedAside {
         peer: PeerId,
     },
+    /// A generation answered a `Ping`.
+    Pong {
+        peer: PeerId,
+    },
     /// The task ended; `why` is for the log.
     Gone {
         peer: PeerId,
@@ -52,6 +58,9 @@ pub(crate) enum Event {
 pub(crate) enum Command {
     SendListeners(Gen),
     Send(Message),
+    /// A message with one descriptor riding on it (`HandoffTo`, `HandoffFrom`).
+    #[cfg(unix)]
+    SendWithFd(Message, std::os::fd::OwnedFd),
     Close,
 }
 
@@ -100,6 +109,35 @@ async fn serve(
     mut commands: mpsc::Receiver<Command>,
     cx: &PeerContext,
 ) -> io::Result<()> {
+    // Until its Hello, a peer has no deadline of its own if it is a spawned child (whose
+    // pipe, on Windows, waits for a connection that a child dying first never makes): the
+    // front's word to close it must still end the task, and with it the pipe.
+    let closed = async {
+        loop {
+            match commands.recv().await {
+                Some(Command::Close) | None => return,
+                // Nothing is sent to a peer before its Hello.
+                Some(_) => {}
+            }
+        }
+    };
+    let introduced = tokio::select! {
+        introduced = introduce(peer, stream, preconnected, cx) => introduced?,
+        () = closed => return Ok(()),
+    };
+    let Some((mut channel, pid, role)) = introduced else {
+        return Ok(());
+    };
+    talk(peer, &mut channel, pid, role, commands, cx).await
+}
+
+/// Verifies the peer and reads its Hello; `None` if it hung up first.
+async fn introduce(
+    peer: PeerId,
+    stream: Stream,
+    preconnected: Option<Gen>,
+    cx: &PeerContext,
+) -> io::Result<Option<(Channel, u32, Role)>> {
     let handshake = cx.handshake;
     let verified_pid = if preconnected.is_some() {
         handoff::wait_connected(&stream).await?;
@@ -130,13 +168,14 @@ async fn serve(
             return Err(e);
         }
     };
-    let (pid, role, timeouts) = match hello {
+    let (pid, role, timeouts, program) = match hello {
         Some(Message::Hello {
             pid,
             role,
             ready_timeout,
             drain_timeout,
             probation,
+            program,
         }) => (
             pid,
             role,
@@ -145,6 +184,7 @@ async fn serve(
                 drain: drain_timeout,
                 probation,
             },
+            program.filter(|_| role == Role::Generation),
         ),
         Some(other) => {
             return Err(io::Error::new(
@@ -152,7 +192,7 @@ async fn serve(
                 format!("expected hello, got {other:?}"),
             ));
         }
-        None => return Ok(()),
+        None => return Ok(None),
     };
     if verified_pid.is_some_and(|real| real != pid) {
         let reason = format!("claims pid {pid} but the system says {verified_pid:?}");
@@ -177,7 +217,21 @@ async fn serve(
         role,
         timeouts,
         handle,
+        program,
     });
+    Ok(Some((channel, pid, role)))
+}
+
+/// Relays frames both ways once the peer said Hello, until either side ends it.
+async fn talk(
+    peer: PeerId,
+    channel: &mut Channel,
+    pid: u32,
+    role: Role,
+    mut commands: mpsc::Receiver<Command>,
+    cx: &PeerContext,
+) -> io::Result<()> {
+    let handshake = cx.handshake;
     // A control client must ask for something promptly; a generation may take its time to
     // warm up (the front's ready deadline covers it).
     let request_deadline =
@@ -187,6 +241,8 @@ async fn serve(
     // `Probation` and `Superseded` sent and not yet answered with `SteppedAside`: no more
     // answers than that are relayed, so a confused peer cannot flood the front with them.
     let mut unanswered: u32 = 0;
+    // Likewise for `Ping` and `Pong`.
+    let mut pinged: u32 = 0;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -207,7 +263,17 @@ async fn serve(
                     if matches!(message, Message::Probation | Message::Superseded) {
                         unanswered = unanswered.saturating_add(1);
                     }
+                    if message == Message::Ping {
+                        pinged = pinged.saturating_add(1);
+                    }
                     timeout(handshake, channel.send(&message))
+                        .await
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
+                }
+                #[cfg(unix)]
+                Some(Command::SendWithFd(message, fd)) => {
+                    use std::os::fd::AsFd;
+                    timeout(handshake, channel.send_with_fds(&message, &[fd.as_fd()]))
                         .await
                         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
                 }
@@ -231,6 +297,10 @@ async fn serve(
                 Some(Message::SteppedAside) if role == Role::Generation && unanswered > 0 => {
                     unanswered -= 1;
                     let _ = cx.events.send(Event::SteppedAside { peer });
+                }
+                Some(Message::Pong) if role == Role::Generation && pinged > 0 => {
+                    pinged -= 1;
+                    let _ = cx.events.send(Event::Pong { peer });
                 }
                 Some(other) => {
                     return Err(io::Error::new(
@@ -277,4 +347,71 @@ pub(crate) async fn turn_away(stream: Stream, reason: String, handshake: Duratio
         Ok::<_, io::Error>(())
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A private scratch directory for a control endpoint, removed on drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "risefront-peer-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .expect("scratch dir");
+            }
+            #[cfg(windows)]
+            std::fs::create_dir_all(&dir).expect("scratch dir");
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A spawned child that never says Hello (on Windows, one that died before it connected
+    /// to its private pipe): the front closing its channel ends the task, and the pipe.
+    #[tokio::test]
+    async fn a_spawned_child_s_channel_closes_before_its_hello_when_told() {
+        let scratch = Scratch::new();
+        let endpoint =
+            handoff::Endpoint::for_service("peer-test", Some(&scratch.0)).expect("endpoint");
+        let (ours, theirs) = handoff::child_channel(&endpoint).expect("child channel");
+        let (events, mut seen) = mpsc::unbounded_channel();
+        let (tx, commands) = mpsc::channel(8);
+        let cx = PeerContext {
+            events,
+            sockets: Arc::new(RwLock::new(Vec::new())),
+            handshake: Duration::from_secs(60),
+        };
+        let task = tokio::spawn(run(7, ours, Some(1), commands, cx));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished(), "waits for the child's hello");
+        tx.send(Command::Close).await.expect("the task listens");
+        timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the task ended when told to close")
+            .expect("no panic");
+        assert!(
+            matches!(seen.recv().await, Some(Event::Gone { peer: 7, .. })),
+            "reported gone"
+        );
+        drop(theirs);
+    }
 }

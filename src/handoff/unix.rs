@@ -21,6 +21,7 @@ use rustix::net::{
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::error::BindError;
 use crate::socket::Socket;
 
 /// Most descriptors one frame may carry; a front has one per listening address.
@@ -103,13 +104,12 @@ fn runtime_dir(explicit: Option<&Path>) -> io::Result<PathBuf> {
 }
 
 fn refuse(dir: &Path, from: &str, why: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::PermissionDenied,
-        format!(
-            "risefront: refusing to use control directory {} ({from}): {why}. Use a private directory instead: RISEFRONT_DIR=/path (yours, mode 0700), or RuntimeDirectory=<name> in the systemd unit, or XDG_RUNTIME_DIR",
-            dir.display()
-        ),
-    )
+    BindError::ControlDirRefused {
+        path: dir.to_owned(),
+        chosen: from.to_owned(),
+        reason: why.to_owned(),
+    }
+    .into()
 }
 
 /// Adds the operation and path to an error, so `bind` failures say what they were doing.
@@ -163,18 +163,57 @@ impl Endpoint {
     ///
     /// The lock, not the socket file, decides: a socket file survives a `kill -9`, a lock does
     /// not, so two processes starting at once can never both become the front.
+    ///
+    /// A front removes the lock file on its way out, so a file opened just before that is
+    /// locked afterwards with no one else holding it, while the next process locks a new file
+    /// of the same name: two fronts. A lock counts only on the file the name still leads to.
     pub(crate) fn try_lock(&self) -> io::Result<Option<FrontLock>> {
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock)
-            .map_err(|e| context(e, "open lock file", &self.lock))?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(FrontLock { _file: file })),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(context(e.into(), "lock", &self.lock)),
+        // Each turn means a front came and went between our open and our lock: a handful
+        // is already an unlikely race; more would be a file replaced on purpose.
+        for _ in 0..16 {
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&self.lock)
+                .map_err(|e| context(e, "open lock file", &self.lock))?;
+            match self.lock_opened(file)? {
+                Locked::Ours(lock) => return Ok(Some(lock)),
+                Locked::Taken => return Ok(None),
+                Locked::Stale => {}
+            }
         }
+        Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "risefront: lock file {} keeps being replaced while it is locked",
+                self.lock.display()
+            ),
+        ))
+    }
+
+    /// Locks `file`, an opened lock file, and checks that it is still the file the lock's
+    /// name leads to.
+    fn lock_opened(&self, file: fs::File) -> io::Result<Locked> {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(Locked::Taken),
+            Err(e) => return Err(context(e.into(), "lock", &self.lock)),
+        }
+        let held = file
+            .metadata()
+            .map_err(|e| context(e, "inspect lock file", &self.lock))?;
+        let named = match fs::symlink_metadata(&self.lock) {
+            Ok(named) => Some(named),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(context(e, "inspect lock file", &self.lock)),
+        };
+        let same = named.is_some_and(|n| (n.dev(), n.ino()) == (held.dev(), held.ino()));
+        Ok(if same {
+            Locked::Ours(FrontLock { _file: file })
+        } else {
+            Locked::Stale
+        })
     }
 
     /// Binds the control socket, replacing a stale file left by a front that was killed.
@@ -231,6 +270,16 @@ impl ControlListener {
 /// Held by the front for its whole life; the kernel releases it if the front dies.
 pub(crate) struct FrontLock {
     _file: fs::File,
+}
+
+/// What locking an opened lock file gave.
+enum Locked {
+    Ours(FrontLock),
+    /// Another process holds it: a front is running or starting.
+    Taken,
+    /// Locked, but the name now leads to another file (or none): a front removed it after we
+    /// opened it. Holding this one would make a second front beside whoever locks the new one.
+    Stale,
 }
 
 /// The verified identity of a control peer.
@@ -369,6 +418,10 @@ pub(crate) struct ChildChannel {
 pub(crate) fn child_channel(_endpoint: &Endpoint) -> io::Result<(Stream, ChildChannel)> {
     // std creates both ends close-on-exec on every Unix.
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| {
+        if out_of_descriptors(&e) {
+            // Kept as it is: the front makes room and tries again.
+            return e;
+        }
         io::Error::new(
             e.kind(),
             format!("risefront: create a control channel: {e}"),
@@ -391,8 +444,13 @@ impl ChildChannel {
     /// no application code once it is the front).
     pub(crate) fn attach(self, command: &mut tokio::process::Command) -> io::Result<Inherited> {
         let inheritable = rustix::io::dup(&self.end).map_err(|e| {
+            let e = io::Error::from(e);
+            if out_of_descriptors(&e) {
+                // Kept as it is: the front makes room and tries again.
+                return e;
+            }
             io::Error::new(
-                io::Error::from(e).kind(),
+                e.kind(),
                 format!("risefront: duplicate the control channel for a child: {e}"),
             )
         })?;
@@ -410,6 +468,27 @@ impl ChildChannel {
 /// front's copies, so the child's exit shows as the end of the channel.
 pub(crate) struct Inherited {
     _ends: [OwnedFd; 2],
+}
+
+/// Whether `e` says this process (or the system) has no descriptor left to open.
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+    )
+}
+
+/// A connected pair of stream sockets, both ends close-on-exec: how the front introduces a
+/// superseded generation to the one that took over, which then exchange connections directly
+/// (`HandoffTo` and `HandoffFrom`, one end each).
+pub(crate) fn handoff_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = std::os::unix::net::UnixStream::pair().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("risefront: create a connection handoff channel: {e}"),
+        )
+    })?;
+    Ok((a.into(), b.into()))
 }
 
 /// The front's end of an inherited channel is connected from birth.
@@ -586,5 +665,76 @@ impl ProcessHandle {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A private scratch directory, removed on drop even when a test fails.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "risefront-unix-{name}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .expect("scratch dir");
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_lock_file_opened_before_the_front_removed_it_makes_no_second_front() {
+        let scratch = Scratch::new("lock");
+        let endpoint = Endpoint::for_service("svc", Some(&scratch.0)).expect("endpoint");
+        let front = endpoint
+            .try_lock()
+            .expect("lock")
+            .expect("the first is the front");
+        assert!(endpoint.try_lock().expect("lock").is_none(), "one front");
+        // A process starting now opens the lock file, then is descheduled...
+        let early = fs::OpenOptions::new()
+            .write(true)
+            .open(&endpoint.lock)
+            .expect("open the lock file");
+        // ... while the front stops and removes its files, and another process takes over.
+        endpoint.remove();
+        drop(front);
+        let next = endpoint.try_lock().expect("lock");
+        assert!(next.is_some(), "the next process is the front");
+        // The early process now locks the file it opened: it must not be a front too.
+        assert!(
+            matches!(endpoint.lock_opened(early).expect("lock"), Locked::Stale),
+            "a second front on the removed lock file"
+        );
+        assert!(
+            endpoint.try_lock().expect("lock").is_none(),
+            "still one front"
+        );
+    }
+
+    #[test]
+    fn a_removed_lock_file_is_made_again() {
+        let scratch = Scratch::new("relock");
+        let endpoint = Endpoint::for_service("svc", Some(&scratch.0)).expect("endpoint");
+        let front = endpoint.try_lock().expect("lock").expect("front");
+        endpoint.remove();
+        drop(front);
+        assert!(endpoint.try_lock().expect("lock").is_some());
     }
 }

@@ -39,6 +39,9 @@ pub struct Report {
     /// HTTP/2 requests the server provably never processed because it had sent GOAWAY, resent
     /// on a new connection as RFC 9113 sections 6.8 and 8.7 allow. Counted, not hidden.
     pub resent: u64,
+    /// TCP (or Unix, or TLS) connections the keep-alive and HTTP/2 clients opened: one per
+    /// worker at the start, one more each time the server closed theirs.
+    pub connects: u64,
     /// The first few failures, for the assertion message.
     pub errors: Vec<String>,
     pub latencies: Vec<Duration>,
@@ -52,6 +55,7 @@ impl Report {
         self.generations.extend(other.generations);
         self.closes += other.closes;
         self.resent += other.resent;
+        self.connects += other.connects;
         for e in other.errors {
             if self.errors.len() < 10 {
                 self.errors.push(e);
@@ -76,13 +80,14 @@ impl Report {
 
     pub fn summary(&self, upgrades: usize) -> String {
         format!(
-            "failed {} of {} requests over {} upgrades ({} refused, generations seen {:?}, {} Connection: close, {} unsent HTTP/2 requests resent){}",
+            "failed {} of {} requests over {} upgrades ({} refused, generations seen {:?}, {} Connection: close, {} connects, {} unsent HTTP/2 requests resent){}",
             self.failed,
             self.total(),
             upgrades,
             self.refused,
             self.generations,
             self.closes,
+            self.connects,
             self.resent,
             if self.errors.is_empty() {
                 String::new()
@@ -139,20 +144,21 @@ pub fn start(target: impl Into<Target>, mix: &[(Kind, usize, &str)]) -> Load {
                     Target::Tcp(addr) => {
                         let mut connector = HttpConnector::new();
                         connector.set_nodelay(true);
+                        let connector = Counting::new(connector);
                         let uri = format!("http://{addr}{path}");
                         client_worker(connector, uri, stopped, http2, streams, progress).await
                     }
                     #[cfg(unix)]
                     Target::Unix(socket) => {
                         let socket = Arc::new(socket);
-                        let connector = tower::service_fn(move |_: hyper::Uri| {
+                        let connector = Counting::new(tower::service_fn(move |_: hyper::Uri| {
                             let socket = Arc::clone(&socket);
                             Box::pin(async move {
                                 tokio::net::UnixStream::connect(socket.as_path())
                                     .await
                                     .map(hyper_util::rt::TokioIo::new)
                             })
-                        });
+                        }));
                         let uri = format!("http://localhost{path}");
                         client_worker(connector, uri, stopped, http2, streams, progress).await
                     }
@@ -162,7 +168,7 @@ pub fn start(target: impl Into<Target>, mix: &[(Kind, usize, &str)]) -> Load {
                         http2: h2,
                     } => {
                         let config = if http2 { h2 } else { http1 };
-                        let connector = super::tls::Connector { addr, config };
+                        let connector = Counting::new(super::tls::Connector { addr, config });
                         let uri = format!("https://{}:{}{path}", super::tls::HOST, addr.port());
                         client_worker(connector, uri, stopped, http2, streams, progress).await
                     }
@@ -258,8 +264,48 @@ async fn new_connection_worker(
     report
 }
 
+/// A connector that counts the connections it opens.
+#[derive(Clone)]
+struct Counting<C> {
+    inner: C,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<C> Counting<C> {
+    fn new(inner: C) -> Self {
+        Counting {
+            inner,
+            count: Arc::default(),
+        }
+    }
+}
+
+impl<C> tower::Service<hyper::Uri> for Counting<C>
+where
+    C: tower::Service<hyper::Uri> + Send + 'static,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = C::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, C::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(self.inner.call(uri))
+    }
+}
+
 async fn client_worker<C>(
-    connector: C,
+    connector: Counting<C>,
     uri: String,
     stopped: watch::Receiver<bool>,
     http2: bool,
@@ -267,9 +313,10 @@ async fn client_worker<C>(
     progress: Progress,
 ) -> Report
 where
-    C: Connect + Clone + Send + Sync + 'static,
+    Counting<C>: Connect + Clone + Send + Sync + 'static,
 {
-    let client: Client<C, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+    let connects = Arc::clone(&connector.count);
+    let client: Client<Counting<C>, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .retry_canceled_requests(false)
         .pool_max_idle_per_host(streams.max(1))
         .http2_only(http2)
@@ -307,9 +354,11 @@ where
     for task in tasks {
         task.await.expect("load stream panicked");
     }
-    Arc::try_unwrap(report)
+    let mut report = Arc::try_unwrap(report)
         .map(|m| m.into_inner().unwrap())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    report.connects = connects.load(std::sync::atomic::Ordering::Relaxed);
+    report
 }
 
 /// Attempts per HTTP/2 request when the server provably did not process the earlier ones.

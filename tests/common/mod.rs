@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod raw;
 pub mod tls;
 #[cfg(windows)]
 mod windows;
@@ -26,7 +27,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The control protocol version this build speaks (`src/protocol.rs`), for the tests that
 /// write raw frames.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// Path of an example binary, next to the test binaries.
 ///
@@ -296,6 +297,16 @@ impl Service {
     /// Starts another program (not the service's) with the service's addresses, environment
     /// and log, as a process started by hand; returns its pid.
     pub fn start_program(&mut self, exe: &Path, extra_env: &[(&str, &str)]) -> u32 {
+        self.start_program_in(exe, None, extra_env)
+    }
+
+    /// [`start_program`](Self::start_program), in the working directory `cwd`.
+    pub fn start_program_in(
+        &mut self,
+        exe: &Path,
+        cwd: Option<&Path>,
+        extra_env: &[(&str, &str)],
+    ) -> u32 {
         let mut command = command_for(
             exe,
             &self.addrs,
@@ -304,6 +315,9 @@ impl Service {
             &self.env,
             extra_env,
         );
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, self.front.id() as i32);
         let child = spawn_retrying(&mut command).expect("start a program");

@@ -1,10 +1,13 @@
 //! The machine driven directly: one test per rule, then random event sequences checked against
 //! the invariants after every step. Time is a fake clock: an `Instant` moved by hand.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use proptest::prelude::*;
-
+use super::backoff::{
+    MAX_CONSECUTIVE_FAILURES, MAX_INITIAL_ATTEMPTS, MAX_RESPAWN_DELAY, MIN_RESPAWN_DELAY,
+    STABLE_AFTER, respawn_delay,
+};
+use super::probation::{PING_INTERVAL, PING_TIMEOUT};
 use super::*;
 use crate::systemd::Supervisor;
 
@@ -72,7 +75,11 @@ impl World {
         self.next_pid += 1;
         let peer = self.peer();
         self.spawned.insert(generation, (pid, peer));
-        self.feed(Input::Spawned { generation, pid })
+        self.feed(Input::Spawned {
+            generation,
+            pid,
+            peer,
+        })
     }
 
     fn peer(&mut self) -> PeerId {
@@ -116,6 +123,12 @@ impl World {
     fn ready(&mut self, generation: Gen) -> Vec<Action> {
         let peer = self.peer_of(generation);
         self.feed(Input::Ready { peer })
+    }
+
+    /// The generation answers the ping it was sent.
+    fn pong(&mut self, generation: Gen) -> Vec<Action> {
+        let peer = self.peer_of(generation);
+        self.feed(Input::Pong { peer })
     }
 
     fn exited(&mut self, generation: Gen, status: &str) -> Vec<Action> {
@@ -171,8 +184,15 @@ impl World {
     }
 }
 
+fn ping(peer: PeerId) -> Action {
+    Action::Send {
+        peer,
+        message: Message::Ping,
+    }
+}
+
 fn is_active(phase: Option<Phase>) -> bool {
-    matches!(phase, Some(Phase::Active { .. }))
+    matches!(phase, Some(Phase::Active))
 }
 
 fn is_draining(phase: Option<Phase>) -> bool {
@@ -212,7 +232,7 @@ fn first_start_spawns_hands_over_and_serves() {
             generation: 1
         }]
     );
-    assert!(matches!(w.phase(1), Some(Phase::Starting { .. })));
+    assert!(matches!(w.phase(1), Some(Phase::Starting)));
     assert_eq!(w.ready(1), vec![]);
     assert!(is_active(w.phase(1)));
     assert_eq!(
@@ -233,12 +253,17 @@ fn an_upgrade_supersedes_the_active_generation_once_the_new_one_is_ready() {
         "the old one serves until the new one is ready"
     );
     let old = w.peer_of(1);
+    let new = w.peer_of(2);
+    // Introduced first, so that it knows where its idle connections go once told.
     assert_eq!(
         w.ready(2),
-        vec![Action::Send {
-            peer: old,
-            message: Message::Superseded
-        }]
+        vec![
+            Action::Introduce { from: old, to: new },
+            Action::Send {
+                peer: old,
+                message: Message::Superseded
+            },
+        ]
     );
     assert!(is_draining(w.phase(1)));
     assert!(is_active(w.phase(2)));
@@ -520,7 +545,7 @@ fn a_spawned_build_raising_its_ready_timeout_gets_it() {
         },
     );
     assert_eq!(w.tick_after(61 * SEC), vec![]);
-    assert!(matches!(w.phase(2), Some(Phase::Starting { .. })));
+    assert!(matches!(w.phase(2), Some(Phase::Starting)));
     let out = w.tick_after(140 * SEC);
     assert!(out.contains(&Action::Kill(2)));
     assert_eq!(w.phase(2), Some(Phase::Killed));
@@ -548,7 +573,10 @@ fn timeouts_of_duration_max_mean_never_and_do_not_panic() {
     w.hello(2, forever);
     w.ready(2);
     assert!(matches!(w.phase(1), Some(Phase::Probation { .. })));
-    assert_eq!(w.tick_after(86_400 * SEC), vec![]);
+    // A window that never ends: generation 2 is watched all along.
+    let two = w.peer_of(2);
+    assert_eq!(w.tick_after(86_400 * SEC), vec![ping(two)]);
+    assert_eq!(w.pong(2), vec![]);
     w.feed(Input::Terminate { signal: "SIGTERM" });
     assert!(is_draining(w.phase(1)));
     assert!(is_draining(w.phase(2)));
@@ -702,7 +730,8 @@ fn failed_upgrades_while_one_serves_never_give_up() {
     for n in 2..40 {
         assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(n)]);
         w.spawned(n);
-        assert_eq!(w.exited(n, "exit status: 3"), vec![]);
+        let channel = w.peer_of(n);
+        assert_eq!(w.exited(n, "exit status: 3"), vec![Action::Close(channel)]);
         assert!(is_active(w.phase(1)));
     }
 }
@@ -730,7 +759,7 @@ fn an_active_generation_out_of_touch_is_kept_until_it_exits_and_replaced() {
         why: "reset".to_owned(),
     });
     assert_eq!(out, vec![], "waits a moment for its exit status");
-    assert!(matches!(w.phase(1), Some(Phase::Lost { .. })));
+    assert!(matches!(w.phase(1), Some(Phase::Lost)));
     assert_eq!(w.tick_after(EXIT_GRACE), vec![]);
     assert!(
         is_draining(w.phase(1)),
@@ -833,12 +862,16 @@ fn a_generation_asked_to_stop_from_outside_serves_until_its_replacement_is_ready
     assert!(is_active(w.phase(1)), "still serving");
     w.spawned(2);
     w.hello(2, defaults());
+    let new = w.peer_of(2);
     assert_eq!(
         w.ready(2),
-        vec![Action::Send {
-            peer: old,
-            message: Message::Superseded
-        }]
+        vec![
+            Action::Introduce { from: old, to: new },
+            Action::Send {
+                peer: old,
+                message: Message::Superseded
+            },
+        ]
     );
     assert!(is_draining(w.phase(1)));
     // Asking twice, or while draining, changes nothing.
@@ -940,9 +973,14 @@ fn exiting_0_before_serving_ends_the_service_when_nothing_serves() {
     let mut w = World::new(defaults());
     w.feed(Input::Start);
     w.spawned(1);
+    let channel = w.peer_of(1);
     assert_eq!(
         w.exited(1, "exit status: 0"),
-        vec![Action::CloseListeners, Action::Exit(0)]
+        vec![
+            Action::Close(channel),
+            Action::CloseListeners,
+            Action::Exit(0)
+        ]
     );
 }
 
@@ -951,7 +989,8 @@ fn an_upgrade_exiting_0_before_ready_is_a_rollback() {
     let mut w = serving();
     w.feed(Input::Hangup);
     w.spawned(2);
-    assert_eq!(w.exited(2, "exit status: 0"), vec![]);
+    let channel = w.peer_of(2);
+    assert_eq!(w.exited(2, "exit status: 0"), vec![Action::Close(channel)]);
     assert!(is_active(w.phase(1)));
 }
 
@@ -1008,555 +1047,6 @@ fn systemd_hears_ready_then_a_reloading_ready_pair_per_upgrade_then_stopping() {
         "{:?}",
         w.notified
     );
-}
-
-// ---- Random event sequences ----
-
-/// One abstract event; indices pick among whatever exists at that moment.
-#[derive(Debug, Clone)]
-enum Op {
-    Hangup,
-    Upgrade,
-    /// A spawned generation that is starting says Hello, with a probation window or not.
-    Hello(usize, bool),
-    /// A build started by hand connects, with these ready, drain and probation timeouts
-    /// (seconds).
-    HandStarted(u64, u64, u64),
-    Ready(usize),
-    PeerGone(usize),
-    /// A live spawned process exits on its own.
-    Crash(usize),
-    /// A killed process is reaped.
-    Reap(usize),
-    Terminate,
-    Advance(u64),
-    Tick,
-    /// The next spawn fails.
-    FailNextSpawn,
-    /// A generation was sent SIGTERM from outside.
-    StopRequested(usize),
-    /// A live spawned process exits with status 0 on its own.
-    CleanExit(usize),
-    /// A peer says it stepped aside (whether or not it was told to).
-    SteppedAside(usize),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        2 => Just(Op::Hangup),
-        1 => Just(Op::Upgrade),
-        4 => (any::<usize>(), any::<bool>()).prop_map(|(i, p)| Op::Hello(i, p)),
-        1 => (0u64..120, 0u64..120, 0u64..20).prop_map(|(r, d, p)| Op::HandStarted(r, d, p)),
-        4 => any::<usize>().prop_map(Op::Ready),
-        1 => any::<usize>().prop_map(Op::PeerGone),
-        2 => any::<usize>().prop_map(Op::Crash),
-        3 => any::<usize>().prop_map(Op::Reap),
-        1 => Just(Op::Terminate),
-        4 => (0u64..40_000).prop_map(Op::Advance),
-        3 => Just(Op::Tick),
-        1 => Just(Op::FailNextSpawn),
-        1 => any::<usize>().prop_map(Op::StopRequested),
-        1 => any::<usize>().prop_map(Op::CleanExit),
-        3 => any::<usize>().prop_map(Op::SteppedAside),
-    ]
-}
-
-/// The world outside the machine, as the random driver models it.
-struct Model {
-    w: World,
-    /// Spawned processes not reported exited: (pid, peer).
-    live: BTreeMap<Gen, (u32, PeerId)>,
-    /// Processes the machine asked to kill; they exit when the driver reaps them.
-    killed: BTreeSet<Gen>,
-    /// Peers the machine has not closed, with the generation they speak for (if any).
-    open_peers: BTreeMap<PeerId, Option<Gen>>,
-    fail_next_spawn: bool,
-    exited: Option<i32>,
-    /// When the last respawn (a spawn caused by a tick) happened.
-    last_respawn: Option<Instant>,
-    /// Respawns since a generation last became ready.
-    respawns_without_ready: u32,
-    listeners_closed: bool,
-    /// RELOADING=1 sent, READY=1 not yet.
-    reloading: bool,
-    stop_notified: bool,
-    /// The last generation brought back from probation.
-    reinstated: Option<Gen>,
-    /// Serving generations told to stop accepting (`Probation`, or `Superseded` while
-    /// active): when, on which peer, and the how-manieth such message to that peer it was.
-    told_aside: BTreeMap<Gen, (Instant, PeerId, u32)>,
-    /// `Probation` and `Superseded` messages sent to each peer, and `SteppedAside` answers
-    /// counted against them (each answers the oldest unanswered; none is banked).
-    tells: BTreeMap<PeerId, u32>,
-    answers: BTreeMap<PeerId, u32>,
-}
-
-impl Model {
-    fn new(stop_delay: Duration) -> Self {
-        let timeouts = Timeouts {
-            ready: 5 * SEC,
-            drain: 10 * SEC,
-            probation: 4 * SEC,
-        };
-        let mut w = World::new(timeouts);
-        w.m = Machine::new(timeouts, stop_delay);
-        let mut model = Model {
-            w,
-            live: BTreeMap::new(),
-            killed: BTreeSet::new(),
-            open_peers: BTreeMap::new(),
-            fail_next_spawn: false,
-            exited: None,
-            last_respawn: None,
-            respawns_without_ready: 0,
-            listeners_closed: false,
-            reloading: false,
-            stop_notified: false,
-            reinstated: None,
-            told_aside: BTreeMap::new(),
-            tells: BTreeMap::new(),
-            answers: BTreeMap::new(),
-        };
-        model.input(Input::Start);
-        model
-    }
-
-    fn pick<T: Copy>(items: impl Iterator<Item = T>, index: usize) -> Option<T> {
-        let items: Vec<T> = items.collect();
-        (!items.is_empty()).then(|| items[index % items.len()])
-    }
-
-    /// Feeds one input and performs the actions the way the shell does, checking each.
-    fn input(&mut self, input: Input) {
-        let is_tick = input == Input::Tick;
-        let upgrade_from = match input {
-            Input::UpgradeRequested { peer } => Some(peer),
-            _ => None,
-        };
-        let was_starting = self.w.m.starting().is_some();
-        // A new upgrade, or a newer generation ready, reports the previous takeover as it
-        // stands, confirmed or not.
-        let may_begin_upgrade = matches!(
-            input,
-            Input::Hangup
-                | Input::UpgradeRequested { .. }
-                | Input::Hello { .. }
-                | Input::StopRequested { .. }
-        );
-        let getting_ready = match input {
-            Input::Ready { peer } => self.w.m.by_peer(peer),
-            _ => None,
-        };
-        let before_exit = self.exited.is_some();
-        let mut queue = vec![input];
-        while let Some(input) = queue.pop() {
-            let before = self.w.m.phases();
-            let out = self.w.m.handle(self.w.now, input);
-            assert!(
-                !before_exit || out.is_empty(),
-                "actions after Exit: {out:?}"
-            );
-            if let Some(client) = upgrade_from
-                && was_starting
-            {
-                let reason = error_to(&out, client);
-                assert!(
-                    reason.is_some_and(|r| !r.is_empty()),
-                    "an upgrade while one starts must be refused with a reason: {out:?}"
-                );
-            }
-            for action in out {
-                match action {
-                    Action::Spawn(n) => {
-                        if is_tick {
-                            assert!(
-                                self.w.m.active().is_none(),
-                                "respawned while generation {:?} serves (reinstated: {:?})",
-                                self.w.m.active(),
-                                self.reinstated
-                            );
-                            if let Some(last) = self.last_respawn {
-                                assert!(
-                                    self.w.now - last >= MIN_RESPAWN_DELAY,
-                                    "respawned {:?} after the previous respawn",
-                                    self.w.now - last
-                                );
-                            }
-                            self.last_respawn = Some(self.w.now);
-                            self.respawns_without_ready += 1;
-                            assert!(
-                                self.respawns_without_ready <= MAX_CONSECUTIVE_FAILURES + 1,
-                                "respawning without end"
-                            );
-                        }
-                        if std::mem::take(&mut self.fail_next_spawn) {
-                            queue.push(Input::SpawnFailed {
-                                generation: n,
-                                why: "injected".to_owned(),
-                            });
-                        } else {
-                            let pid = self.w.next_pid;
-                            self.w.next_pid += 1;
-                            let peer = self.w.peer();
-                            self.w.spawned.insert(n, (pid, peer));
-                            self.live.insert(n, (pid, peer));
-                            self.open_peers.insert(peer, Some(n));
-                            queue.push(Input::Spawned { generation: n, pid });
-                        }
-                    }
-                    Action::CloseListeners => self.listeners_closed = true,
-                    Action::Notify(Supervisor::Reloading { .. }) => {
-                        assert!(!self.reloading, "RELOADING=1 twice without READY=1");
-                        self.reloading = true;
-                    }
-                    Action::Notify(Supervisor::Ready { .. }) => {
-                        assert!(!self.stop_notified, "READY=1 after STOPPING=1");
-                        self.reloading = false;
-                    }
-                    Action::Notify(Supervisor::Status { .. }) => {}
-                    Action::Notify(Supervisor::Stopping { .. }) => {
-                        assert!(!self.stop_notified, "STOPPING=1 twice");
-                        self.stop_notified = true;
-                        self.reloading = false;
-                    }
-                    Action::SendListeners { .. } if self.listeners_closed => {
-                        panic!("listening sockets handed over after they were closed");
-                    }
-                    Action::Send {
-                        peer,
-                        message: Message::Reinstated,
-                    } => {
-                        let n = self
-                            .w
-                            .m
-                            .by_peer(peer)
-                            .expect("Reinstated goes to a generation's channel");
-                        assert!(
-                            matches!(before.get(&n), Some(Phase::Probation { .. })),
-                            "generation {n} reinstated from {:?}, not from probation",
-                            before.get(&n)
-                        );
-                        assert!(
-                            is_active(self.w.m.phases().get(&n).copied()),
-                            "the reinstated generation {n} is the one serving: {:?}",
-                            self.w.m.phases()
-                        );
-                        self.reinstated = Some(n);
-                    }
-                    Action::Send {
-                        peer,
-                        message: Message::Probation | Message::Superseded,
-                    } => {
-                        assert!(
-                            self.open_peers.contains_key(&peer),
-                            "{action:?} to a closed peer"
-                        );
-                        let tells = self.tells.entry(peer).or_default();
-                        *tells += 1;
-                        let nth = *tells;
-                        if let Some(n) = self.w.m.by_peer(peer)
-                            && is_active(before.get(&n).copied())
-                        {
-                            self.told_aside.insert(n, (self.w.now, peer, nth));
-                        }
-                    }
-                    Action::Send {
-                        peer,
-                        message: Message::Upgraded { generation },
-                    } => {
-                        assert!(
-                            self.open_peers.contains_key(&peer),
-                            "{action:?} to a closed peer"
-                        );
-                        // Reported only once every generation it superseded stepped aside, is
-                        // out of touch or gone, or the timeout passed.
-                        for (old, (since, old_peer, nth)) in &self.told_aside {
-                            let answered = self.answers.get(old_peer).copied().unwrap_or(0);
-                            let still_there = answered < *nth
-                                && self.open_peers.contains_key(old_peer)
-                                && matches!(
-                                    self.w.m.phases().get(old),
-                                    Some(Phase::Probation { .. } | Phase::Draining { .. })
-                                );
-                            assert!(
-                                !still_there
-                                    || may_begin_upgrade
-                                    || getting_ready.is_some_and(|n| n != generation)
-                                    || self.w.now - *since >= STEP_ASIDE_TIMEOUT,
-                                "generation {generation} reported upgraded while generation {old} has not stepped aside ({:?} after it was told)",
-                                self.w.now - *since
-                            );
-                        }
-                    }
-                    Action::SendListeners { peer, .. } | Action::Send { peer, .. } => {
-                        assert!(
-                            self.open_peers.contains_key(&peer),
-                            "{action:?} to a peer that is not open"
-                        );
-                    }
-                    Action::Close(peer) => {
-                        self.open_peers.remove(&peer);
-                    }
-                    Action::Kill(n) => {
-                        if self.live.contains_key(&n) {
-                            self.killed.insert(n);
-                        }
-                    }
-                    Action::Exit(code) => {
-                        assert!(
-                            self.live.is_empty(),
-                            "exited with children unreaped: {:?}",
-                            self.live
-                        );
-                        self.exited = Some(code);
-                    }
-                }
-            }
-        }
-        self.check();
-    }
-
-    fn check(&self) {
-        let phases = self.w.m.phases();
-        let active = phases.values().filter(|p| is_active(Some(**p))).count();
-        let starting = phases
-            .values()
-            .filter(|p| matches!(p, Phase::Starting { .. }))
-            .count();
-        assert!(active <= 1, "{active} active generations: {phases:?}");
-        let on_probation = phases
-            .values()
-            .filter(|p| matches!(p, Phase::Probation { .. }))
-            .count();
-        assert!(
-            on_probation <= 1,
-            "{on_probation} generations on probation: {phases:?}"
-        );
-        // A generation on probation always has a successor serving: when that one dies, it
-        // is brought back (or, once the service stops, drains).
-        assert!(
-            on_probation == 0 || active == 1,
-            "a generation on probation with none serving: {phases:?}"
-        );
-        assert!(starting <= 1, "{starting} starting generations: {phases:?}");
-        let next = self.w.m.next_deadline();
-        for (n, phase) in &phases {
-            if let Phase::Starting { deadline }
-            | Phase::Draining { deadline, .. }
-            | Phase::Lost { deadline, .. }
-            | Phase::Probation {
-                until: deadline, ..
-            } = phase
-            {
-                assert!(
-                    next.is_some_and(|next| next <= *deadline),
-                    "generation {n} waits with no deadline: {phase:?}, next {next:?}"
-                );
-            }
-        }
-        // A pending report is bounded by a deadline.
-        if let Some(h) = &self.w.m.handover {
-            assert!(
-                next.is_some_and(|next| next <= h.deadline),
-                "the report of generation {} waits with no deadline",
-                h.generation
-            );
-        }
-        // Every spawned process that was not reaped is still tracked.
-        for n in self.live.keys() {
-            assert!(
-                phases.contains_key(n) || self.exited.is_some(),
-                "generation {n} is alive but forgotten: {phases:?}"
-            );
-        }
-    }
-
-    fn step(&mut self, op: Op) {
-        if self.exited.is_some() {
-            return;
-        }
-        match op {
-            Op::Hangup => self.input(Input::Hangup),
-            Op::Upgrade => {
-                let peer = self.w.peer();
-                self.open_peers.insert(peer, None);
-                self.input(Input::Hello {
-                    peer,
-                    pid: 1,
-                    role: Role::Control,
-                    timeouts: defaults(),
-                    preconnected: None,
-                });
-                if self.open_peers.contains_key(&peer) {
-                    self.input(Input::UpgradeRequested { peer });
-                }
-            }
-            Op::Hello(i, probation) => {
-                let open = &self.open_peers;
-                let talking = self
-                    .live
-                    .iter()
-                    .filter(|(_, (_, peer))| open.contains_key(peer));
-                if let Some((n, (pid, peer))) = Self::pick(talking, i) {
-                    let (n, pid, peer) = (*n, *pid, *peer);
-                    self.input(Input::Hello {
-                        peer,
-                        pid,
-                        role: Role::Generation,
-                        timeouts: Timeouts {
-                            ready: 3 * SEC,
-                            drain: 20 * SEC,
-                            probation: if probation { 5 * SEC } else { Duration::ZERO },
-                        },
-                        preconnected: Some(n),
-                    });
-                }
-            }
-            Op::HandStarted(ready, drain, probation) => {
-                let peer = self.w.peer();
-                let pid = self.w.next_pid;
-                self.w.next_pid += 1;
-                self.open_peers.insert(peer, None);
-                self.input(Input::Hello {
-                    peer,
-                    pid,
-                    role: Role::Generation,
-                    timeouts: Timeouts {
-                        ready: SEC * u32::try_from(ready).unwrap(),
-                        drain: SEC * u32::try_from(drain).unwrap(),
-                        probation: SEC * u32::try_from(probation).unwrap(),
-                    },
-                    preconnected: None,
-                });
-            }
-            Op::Ready(i) => {
-                if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
-                    let before = self.w.m.active();
-                    self.input(Input::Ready { peer });
-                    if self.w.m.active() != before {
-                        self.respawns_without_ready = 0;
-                    }
-                }
-            }
-            Op::PeerGone(i) => {
-                if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
-                    self.open_peers.remove(&peer);
-                    self.input(Input::PeerGone {
-                        peer,
-                        why: "gone".to_owned(),
-                    });
-                }
-            }
-            Op::Crash(i) => {
-                if let Some(n) = Self::pick(self.live.keys().copied(), i) {
-                    self.reap(n, "exit status: 101");
-                }
-            }
-            Op::Reap(i) => {
-                if let Some(n) = Self::pick(self.killed.iter().copied(), i) {
-                    self.reap(n, "signal: 9 (SIGKILL)");
-                }
-            }
-            Op::Terminate => self.input(Input::Terminate { signal: "SIGTERM" }),
-            Op::Advance(ms) => self.w.advance(Duration::from_millis(ms)),
-            Op::Tick => {
-                if let Some(deadline) = self.w.m.next_deadline() {
-                    if deadline > self.w.now {
-                        self.w.now = deadline;
-                    }
-                    self.input(Input::Tick);
-                }
-            }
-            Op::FailNextSpawn => self.fail_next_spawn = true,
-            Op::CleanExit(i) => {
-                if let Some(n) = Self::pick(self.live.keys().copied(), i) {
-                    self.reap(n, "exit status: 0");
-                }
-            }
-            Op::StopRequested(i) => {
-                if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
-                    self.input(Input::StopRequested { peer });
-                }
-            }
-            Op::SteppedAside(i) => {
-                if let Some(peer) = Self::pick(self.open_peers.keys().copied(), i) {
-                    let tells = self.tells.get(&peer).copied().unwrap_or(0);
-                    let answers = self.answers.entry(peer).or_default();
-                    *answers = (*answers + 1).min(tells);
-                    self.input(Input::SteppedAside { peer });
-                }
-            }
-        }
-    }
-
-    fn reap(&mut self, n: Gen, status: &str) {
-        if let Some((_, peer)) = self.live.remove(&n) {
-            self.killed.remove(&n);
-            // The process's channel ends with it.
-            if self.open_peers.remove(&peer).is_some() {
-                self.input(Input::PeerGone {
-                    peer,
-                    why: "end of stream".to_owned(),
-                });
-            }
-            if self.exited.is_none() {
-                self.input(Input::Exited {
-                    generation: n,
-                    status: status.to_owned(),
-                    success: status.ends_with(": 0"),
-                });
-            }
-        }
-    }
-
-    /// After any history, a stop ends in Exit once the processes go when told or killed.
-    fn stops(&mut self) {
-        self.step(Op::Terminate);
-        for _ in 0..100 {
-            if self.exited.is_some() {
-                return;
-            }
-            // Processes told to stop (or killed) exit; time passes to every deadline.
-            let killed: Vec<Gen> = self.killed.iter().copied().collect();
-            for n in killed {
-                self.reap(n, "signal: 9 (SIGKILL)");
-            }
-            self.step(Op::Tick);
-            if self.exited.is_none() && self.w.m.next_deadline().is_none() && self.killed.is_empty()
-            {
-                let live: Vec<Gen> = self.live.keys().copied().collect();
-                for n in live {
-                    self.reap(n, "exit status: 0");
-                }
-            }
-        }
-        panic!(
-            "the front never exited after a stop: {:?}",
-            self.w.m.phases()
-        );
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 4096,
-        max_shrink_iters: 10_000,
-        ..ProptestConfig::default()
-    })]
-
-    /// Any order of events keeps the invariants, and a stop always ends in an exit that
-    /// leaves no spawned process behind.
-    #[test]
-    fn any_event_order_keeps_the_invariants(
-        ops in proptest::collection::vec(op(), 0..60),
-        stop_delay_ms in prop_oneof![Just(0u64), 0u64..5_000],
-    ) {
-        let mut model = Model::new(Duration::from_millis(stop_delay_ms));
-        for op in ops {
-            model.step(op);
-        }
-        model.stops();
-    }
 }
 
 #[test]
@@ -1636,6 +1126,20 @@ fn taken_over() -> World {
     w
 }
 
+/// Generation 2, watched, is pinged every second and answers, until just before `end`.
+fn answer_pings_until(w: &mut World, end: Instant) {
+    let two = w.peer_of(2);
+    for _ in 0..100 {
+        let Some(next) = w.m.next_deadline().filter(|d| *d < end) else {
+            return;
+        };
+        w.now = next;
+        assert_eq!(w.feed(Input::Tick), vec![ping(two)]);
+        assert_eq!(w.pong(2), vec![]);
+    }
+    panic!("the pings never reached {end:?}");
+}
+
 fn reinstated_to(out: &[Action], to: PeerId) -> bool {
     out.contains(&Action::Send {
         peer: to,
@@ -1654,7 +1158,9 @@ fn a_build_dying_inside_the_probation_window_hands_traffic_back() {
     assert!(is_active(w.phase(1)));
     assert_eq!(w.phase(2), None);
     assert!(
-        matches!(&w.notified[..], [Supervisor::Status { status }] if status.contains("generation 1") && status.contains("reinstated")),
+        matches!(&w.notified[..], [Supervisor::Status { status }]
+            if status.contains("generation 1") && status.contains("reinstated")
+                && status.contains("generation 2 died 200 ms after taking over")),
         "{:?}",
         w.notified
     );
@@ -1712,11 +1218,17 @@ fn a_clean_exit_inside_the_window_also_reinstates() {
 #[test]
 fn after_the_window_the_old_generation_drains_and_a_crash_is_a_respawn() {
     let mut w = taken_over();
-    let one = w.peer_of(1);
-    assert_eq!(w.m.next_deadline(), Some(w.now + 10 * SEC));
-    let out = w.tick_after(10 * SEC);
+    let (one, two) = (w.peer_of(1), w.peer_of(2));
+    let end = w.now + 10 * SEC;
+    // Generation 2 is asked every second whether it is alive, and says so.
+    assert_eq!(w.m.next_deadline(), Some(w.now + PING_INTERVAL));
+    answer_pings_until(&mut w, end);
+    // The window is over: generation 1 goes once generation 2 answered a ping sent from now.
+    w.now = end;
+    assert_eq!(w.feed(Input::Tick), vec![ping(two)]);
+    assert!(matches!(w.phase(1), Some(Phase::Probation { .. })));
     assert_eq!(
-        out,
+        w.pong(2),
         vec![Action::Send {
             peer: one,
             message: Message::Superseded
@@ -1820,4 +1332,481 @@ fn a_generation_asked_to_stop_during_probation_drains_now() {
         }]
     );
     assert!(is_draining(w.phase(1)));
+}
+
+// ---- The fixes of issue 25, each in both orders where the shell can deliver either ----
+
+/// The two ends of a process's death, in the order given.
+fn dies(w: &mut World, generation: Gen, status: &str, channel_first: bool) -> Vec<Action> {
+    let peer = w.peer_of(generation);
+    let gone = Input::PeerGone {
+        peer,
+        why: "end of stream".to_owned(),
+    };
+    let mut out = Vec::new();
+    if channel_first {
+        out.extend(w.feed(gone.clone()));
+        out.extend(w.exited(generation, status));
+    } else {
+        out.extend(w.exited(generation, status));
+        out.extend(w.feed(gone));
+    }
+    out
+}
+
+#[test]
+fn a_generation_asked_to_stop_exiting_0_while_its_replacement_starts_ends_nothing_in_either_order()
+{
+    for channel_first in [true, false] {
+        let mut w = serving();
+        let one = w.peer_of(1);
+        assert_eq!(
+            w.feed(Input::StopRequested { peer: one }),
+            vec![Action::Spawn(2)]
+        );
+        w.spawned(2);
+        w.hello(2, defaults());
+        // A second SIGTERM, as the rollback message suggests: generation 1 exits 0.
+        let out = dies(&mut w, 1, "exit status: 0", channel_first);
+        assert!(
+            !out.iter().any(|a| matches!(
+                a,
+                Action::CloseListeners | Action::Exit(_) | Action::Kill(_)
+            )),
+            "channel first: {channel_first}: {out:?}"
+        );
+        assert_eq!(w.phase(2), Some(Phase::Starting), "{channel_first}");
+        assert!(
+            !w.notified
+                .iter()
+                .any(|n| matches!(n, Supervisor::Stopping { .. })),
+            "{channel_first}: {:?}",
+            w.notified
+        );
+        w.ready(2);
+        assert!(is_active(w.phase(2)), "{channel_first}");
+    }
+}
+
+#[test]
+fn an_active_generation_exiting_0_with_nothing_else_ends_the_service_in_either_order() {
+    for channel_first in [true, false] {
+        let mut w = serving();
+        let out = dies(&mut w, 1, "exit status: 0", channel_first);
+        assert!(
+            out.ends_with(&[Action::CloseListeners, Action::Exit(0)]),
+            "{channel_first}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn an_active_generation_crashing_is_respawned_in_either_order() {
+    for channel_first in [true, false] {
+        let mut w = serving();
+        w.advance(STABLE_AFTER);
+        dies(&mut w, 1, "exit status: 101", channel_first);
+        assert_eq!(
+            w.m.next_deadline(),
+            Some(w.now + MIN_RESPAWN_DELAY),
+            "{channel_first}"
+        );
+        assert_eq!(w.tick_after(MIN_RESPAWN_DELAY), vec![Action::Spawn(2)]);
+    }
+}
+
+#[test]
+fn an_upgrade_refused_because_the_service_stops_is_busy_not_failed() {
+    // Asked during the stop delay, or while the stop drains.
+    for stop_delay in [Duration::ZERO, 5 * SEC] {
+        let mut w = World::new(defaults());
+        w.m = Machine::new(defaults(), stop_delay);
+        w.feed(Input::Start);
+        w.bring_up(1);
+        w.feed(Input::Terminate { signal: "SIGTERM" });
+        let peer = w.peer();
+        let out = w.feed(Input::Hello {
+            peer,
+            pid: 4321,
+            role: Role::Control,
+            timeouts: defaults(),
+            preconnected: None,
+        });
+        assert!(
+            matches!(&out[..], [Action::Send { peer: p, message: Message::Busy { .. } }, Action::Close(c)] if *p == peer && *c == peer),
+            "stop delay {stop_delay:?}: {out:?}"
+        );
+    }
+    // Asked before the stop, with its generation still starting when the stop comes.
+    for stop_delay in [Duration::ZERO, 5 * SEC] {
+        let mut w = World::new(defaults());
+        w.m = Machine::new(defaults(), stop_delay);
+        w.feed(Input::Start);
+        w.bring_up(1);
+        let client = w.control_client();
+        w.feed(Input::UpgradeRequested { peer: client });
+        w.spawned(2);
+        let out = w.feed(Input::Terminate { signal: "SIGTERM" });
+        let busy: Vec<_> = out
+            .iter()
+            .filter(|a| matches!(a, Action::Send { peer, .. } if *peer == client))
+            .collect();
+        assert!(
+            matches!(
+                &busy[..],
+                [Action::Send {
+                    message: Message::Busy { .. },
+                    ..
+                }]
+            ),
+            "stop delay {stop_delay:?}: one Busy answer: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn failed_upgrades_never_count_against_respawning_a_generation_that_served() {
+    let mut w = World::new(with_probation());
+    w.feed(Input::Start);
+    w.spawned(1);
+    w.hello(1, with_probation());
+    w.ready(1);
+    w.advance(60 * SEC);
+    // More failed upgrades than the front tolerates failures: each build takes over and dies
+    // inside its probation window, and generation 1 is reinstated each time.
+    let one = w.peer_of(1);
+    for n in 2..=(u64::from(MAX_CONSECUTIVE_FAILURES) + 5) {
+        assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(n)]);
+        w.spawned(n);
+        w.hello(n, with_probation());
+        let out = w.ready(n);
+        w.step_aside(&out);
+        w.advance(300 * MS);
+        let out = dies(&mut w, n, "exit status: 1", n % 2 == 0);
+        assert!(reinstated_to(&out, one), "{out:?}");
+        assert!(is_active(w.phase(1)));
+        w.advance(SEC);
+    }
+    // Generation 1, serving for over a minute, crashes: a first failure, not the last straw.
+    let out = dies(&mut w, 1, "signal: 11 (SIGSEGV)", true);
+    assert!(!out.contains(&Action::CloseListeners), "gave up: {out:?}");
+    assert_eq!(w.m.next_deadline(), Some(w.now + MIN_RESPAWN_DELAY));
+    let next = u64::from(MAX_CONSECUTIVE_FAILURES) + 6;
+    assert_eq!(w.tick_after(MIN_RESPAWN_DELAY), vec![Action::Spawn(next)]);
+}
+
+#[test]
+fn a_spawned_child_dying_before_its_hello_has_its_channel_closed() {
+    // It exits.
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.spawned(2);
+    let channel = w.peer_of(2);
+    assert!(
+        w.exited(2, "exit status: 1")
+            .contains(&Action::Close(channel))
+    );
+    // It never says Hello and is killed at its ready deadline.
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.spawned(2);
+    let channel = w.peer_of(2);
+    let out = w.tick_after(defaults().ready);
+    assert!(
+        out.contains(&Action::Kill(2)) && out.contains(&Action::Close(channel)),
+        "{out:?}"
+    );
+    // Its channel ends first: the exit status gets its moment, as after a Hello.
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.spawned(2);
+    let channel = w.peer_of(2);
+    w.feed(Input::PeerGone {
+        peer: channel,
+        why: "end of stream".to_owned(),
+    });
+    assert_eq!(w.m.next_deadline(), Some(w.now + EXIT_GRACE));
+}
+
+#[test]
+fn a_build_that_hangs_after_taking_over_is_treated_as_dead() {
+    let mut w = taken_over();
+    let (one, two) = (w.peer_of(1), w.peer_of(2));
+    assert_eq!(w.tick_after(PING_INTERVAL), vec![ping(two)]);
+    assert_eq!(w.pong(2), vec![]);
+    assert_eq!(w.tick_after(PING_INTERVAL), vec![ping(two)]);
+    // Stopped: no answer. Nothing happens before the timeout...
+    assert_eq!(w.m.next_deadline(), Some(w.now + PING_TIMEOUT));
+    assert_eq!(w.tick_after(PING_TIMEOUT - MS), vec![]);
+    // ... then generation 1 accepts again first, and the hung one is killed.
+    let out = w.tick_after(MS);
+    let reinstated = out.iter().position(|a| {
+        *a == Action::Send {
+            peer: one,
+            message: Message::Reinstated,
+        }
+    });
+    let killed = out.iter().position(|a| *a == Action::Kill(2));
+    assert!(
+        reinstated.is_some() && killed.is_some() && reinstated < killed,
+        "{out:?}"
+    );
+    assert!(is_active(w.phase(1)));
+    assert_eq!(w.phase(2), Some(Phase::Killed));
+    assert!(
+        matches!(w.notified.last(), Some(Supervisor::Status { status }) if status.contains("hung")),
+        "{:?}",
+        w.notified
+    );
+    // Its late answer changes nothing, and the hung build is not started again.
+    assert_eq!(w.feed(Input::Pong { peer: two }), vec![]);
+    let out = w.exited(2, "signal: 9 (SIGKILL)");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Spawn(_))),
+        "{out:?}"
+    );
+    assert_eq!(w.m.next_deadline(), None);
+}
+
+#[test]
+fn a_hang_at_the_end_of_the_window_is_caught_before_the_release() {
+    let mut w = taken_over();
+    let two = w.peer_of(2);
+    let end = w.now + 10 * SEC;
+    answer_pings_until(&mut w, end);
+    w.now = end;
+    assert_eq!(w.feed(Input::Tick), vec![ping(two)]);
+    // It hangs now: the window is over, but generation 1 is still held.
+    let out = w.tick_after(PING_TIMEOUT);
+    assert!(reinstated_to(&out, w.peer_of(1)), "{out:?}");
+    assert!(out.contains(&Action::Kill(2)), "{out:?}");
+}
+
+#[test]
+fn pongs_nobody_asked_for_are_ignored() {
+    let mut w = taken_over();
+    // Before any ping, from the generation on probation, from a stranger.
+    assert_eq!(w.pong(2), vec![]);
+    assert_eq!(w.pong(1), vec![]);
+    assert_eq!(w.feed(Input::Pong { peer: 999_999 }), vec![]);
+    assert_eq!(w.m.next_deadline(), Some(w.now + PING_INTERVAL));
+    // Without a probation nobody is pinged.
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.bring_up(2);
+    assert_eq!(w.pong(2), vec![]);
+    assert_eq!(
+        w.m.next_deadline(),
+        Some(w.now + 35 * SEC),
+        "only the drain deadline"
+    );
+}
+
+#[test]
+fn an_answer_to_a_ping_sent_before_the_window_ended_does_not_release() {
+    let mut w = taken_over();
+    let (one, two) = (w.peer_of(1), w.peer_of(2));
+    let end = w.now + 10 * SEC;
+    w.now = end - 500 * MS;
+    assert_eq!(w.feed(Input::Tick), vec![ping(two)]);
+    w.now = end;
+    assert_eq!(w.feed(Input::Tick), vec![], "the ping it owes is awaited");
+    // Alive as of before the window's end: asked once more.
+    assert_eq!(w.pong(2), vec![ping(two)]);
+    assert!(matches!(w.phase(1), Some(Phase::Probation { .. })));
+    assert_eq!(
+        w.pong(2),
+        vec![Action::Send {
+            peer: one,
+            message: Message::Superseded
+        }]
+    );
+}
+
+#[test]
+fn a_late_tick_finding_the_new_build_hung_reports_a_failed_upgrade_not_a_success() {
+    let (mut w, client) = awaiting_step_aside(with_probation());
+    let two = w.peer_of(2);
+    assert_eq!(w.tick_after(PING_INTERVAL), vec![ping(two)]);
+    // The shell wakes late: the report's timeout and the ping's are both past.
+    w.advance(PING_TIMEOUT + STEP_ASIDE_TIMEOUT);
+    let out = w.feed(Input::Tick);
+    assert!(reinstated_to(&out, w.peer_of(1)), "{out:?}");
+    let reason = error_to(&out, client).expect("the client hears the upgrade failed");
+    assert!(reason.contains("generation 2"), "{reason}");
+    assert!(!upgraded_to(&out, client, 2), "{out:?}");
+}
+
+#[test]
+fn the_shell_keeps_handles_only_for_generations_the_machine_tracks() {
+    let mut w = serving();
+    assert!(w.m.has_generation(1));
+    assert!(!w.m.has_generation(2));
+    w.feed(Input::Hangup);
+    w.bring_up(2);
+    w.exited(1, "exit status: 0");
+    assert!(!w.m.has_generation(1));
+    assert!(w.m.has_generation(2));
+}
+
+#[test]
+fn a_child_s_channel_refused_for_a_wrong_pid_is_closed_once() {
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.spawned(2);
+    let channel = w.peer_of(2);
+    let out = w.feed(Input::Hello {
+        peer: channel,
+        pid: 1,
+        role: Role::Generation,
+        timeouts: defaults(),
+        preconnected: Some(2),
+    });
+    assert!(error_to(&out, channel).is_some_and(|r| r.contains("not by the process")));
+    assert!(out.contains(&Action::Close(channel)));
+    // At its ready deadline it is killed; its channel was closed already.
+    let out = w.tick_after(defaults().ready);
+    assert_eq!(out, vec![Action::Kill(2)]);
+}
+
+#[test]
+fn a_spawned_child_may_say_hello_through_the_endpoint_and_its_channel_goes() {
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.spawned(2);
+    let (pid, channel) = (w.pid(2), w.peer_of(2));
+    let peer = w.peer();
+    let out = w.feed(Input::Hello {
+        peer,
+        pid,
+        role: Role::Generation,
+        timeouts: defaults(),
+        preconnected: None,
+    });
+    assert_eq!(
+        out,
+        vec![
+            Action::Close(channel),
+            Action::SendListeners {
+                peer,
+                generation: 2
+            }
+        ]
+    );
+    let out = w.feed(Input::Ready { peer });
+    assert!(is_active(w.phase(2)), "{out:?}");
+}
+
+#[test]
+fn only_an_upgrade_s_report_tells_systemd_how_long_it_took() {
+    let mut w = World::new(defaults());
+    w.feed(Input::Start);
+    w.bring_up(1);
+    assert!(
+        matches!(&w.notified[..], [Supervisor::Ready { status }] if !status.contains("last upgrade")),
+        "{:?}",
+        w.notified
+    );
+    w.notified.clear();
+    w.feed(Input::Hangup);
+    w.bring_up(2);
+    assert!(
+        matches!(&w.notified[..], [Supervisor::Reloading { .. }, Supervisor::Ready { status }]
+            if status.contains("last upgrade: generation 2 ready in")),
+        "{:?}",
+        w.notified
+    );
+}
+
+#[test]
+fn a_stop_keeps_the_earlier_deadline_of_a_generation_already_draining() {
+    let mut w = serving();
+    w.feed(Input::Hangup);
+    w.bring_up(2);
+    // Generation 1 drains since the takeover: killed 35 s after it.
+    let killed_at = w.now + 35 * SEC;
+    w.advance(30 * SEC);
+    w.feed(Input::Terminate { signal: "SIGTERM" });
+    assert_eq!(w.m.next_deadline(), Some(killed_at));
+    let out = w.tick_after(5 * SEC);
+    assert!(out.contains(&Action::Kill(1)), "{out:?}");
+}
+
+#[test]
+fn nothing_is_due_after_the_exit() {
+    let mut w = World::new(defaults());
+    w.m = Machine::new(defaults(), 10 * SEC);
+    w.feed(Input::Start);
+    w.bring_up(1);
+    w.feed(Input::Terminate { signal: "SIGTERM" });
+    // The only generation ends during the stop delay: the front exits at once.
+    let out = w.exited(1, "exit status: 0");
+    assert!(out.ends_with(&[Action::Exit(0)]), "{out:?}");
+    assert_eq!(w.m.next_deadline(), None);
+}
+
+#[test]
+fn a_control_client_saying_hello_again_changes_nothing() {
+    let mut w = serving();
+    let client = w.control_client();
+    for role in [Role::Control, Role::Generation] {
+        let out = w.feed(Input::Hello {
+            peer: client,
+            pid: 77,
+            role,
+            timeouts: defaults(),
+            preconnected: None,
+        });
+        assert_eq!(out, vec![], "{role:?}");
+    }
+    assert!(!w.m.has_generation(2));
+}
+
+#[test]
+fn every_generation_still_draining_is_introduced_to_the_newest() {
+    let mut w = taken_over();
+    assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(3)]);
+    w.spawned(3);
+    w.hello(3, with_probation());
+    let (one, two, three) = (w.peer_of(1), w.peer_of(2), w.peer_of(3));
+    let out = w.ready(3);
+    // Generation 2 goes to 3, and 1, which may still hold connections, sends the rest to 3
+    // as well (2 refuses them from now on).
+    let introduced: Vec<PeerId> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Introduce { from, to } if *to == three => Some(*from),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        introduced.contains(&one) && introduced.contains(&two),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, Action::Introduce { to, .. } if *to != three))
+    );
+    // And 1 knows before 2 is told to step aside: 2 refuses 1's connections from then on, and
+    // a refused connection with nowhere else to go would be told to close.
+    let position = |wanted: &dyn Fn(&Action) -> bool| out.iter().position(wanted);
+    let one_introduced = position(&|a| matches!(a, Action::Introduce { from, .. } if *from == one));
+    let two_told = position(&|a| matches!(a, Action::Send { peer, .. } if *peer == two));
+    assert!(
+        one_introduced.is_some() && two_told.is_some() && one_introduced < two_told,
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_shell_learns_which_generation_serves_and_its_peer() {
+    // The shell starts what the serving generation runs: it asks the machine who that is.
+    let w = World::new(defaults());
+    assert_eq!((w.m.active_generation(), w.m.active_peer()), (None, None));
+    let w = serving();
+    assert_eq!(w.m.active_generation(), Some(1));
+    assert_eq!(w.m.active_peer(), Some(w.peer_of(1)));
+    let w = taken_over();
+    assert_eq!(w.m.active_generation(), Some(2));
+    assert_eq!(w.m.active_peer(), Some(w.peer_of(2)));
 }

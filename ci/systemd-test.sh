@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# The units in contrib/systemd under a real systemd: Debian 12's (252), booted in a container
+# (systemd-nspawn over an overlay of /, with its own loopback), as ../shared/systemd-in-ci.md
+# describes. What the README's systemd section says, checked against systemd itself:
+#   - `systemctl start` returns once the app answers (Type=notify);
+#   - 5 reloads under load: 0 failed; a reload to a build that fails makes `systemctl reload`
+#     fail, and the old generation serves on;
+#   - `systemctl stop` with a slow request in flight: it completes, the unit ends in success;
+#   - the fd-store unit: the front killed with -9 under load, 0 failed (252 needs
+#     RISEFRONT_FDSTORE=1, which the unit sets);
+#   - socket activation: 2 reloads and a kill -9 of the front under load, 0 failed.
+# Needs root (mounts, a container). Usage: ci/systemd-test.sh [APP] (default: the debug build
+# of the hello example, which `cargo test --all-targets` builds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+app=${1:-target/debug/examples/hello}
+log() { echo "[systemd-test] $*"; }
+fail() {
+    log "FAILED: $*"
+    if [ -n "${C:-}" ]; then
+        nsenter -t "$C" -a journalctl --no-pager -n 60 2>/dev/null | sed 's/^/  journal: /' || true
+    fi
+    exit 1
+}
+
+[ "$(id -u)" = 0 ] || fail "needs root: it mounts an overlay and boots a container"
+[ -x "$app" ] || fail "$app is missing: build it first (cargo build --example hello)"
+
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v systemd-nspawn >/dev/null 2>&1; then
+    # Pinned to the installed systemd, so apt does not upgrade the host's; no recommends
+    # (libnss-mymachines would edit /etc/nsswitch.conf).
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends \
+        "systemd-container=$(dpkg-query -W -f='${Version}' systemd)" >/dev/null
+fi
+if ! command -v curl >/dev/null 2>&1; then
+    apt-get install -y -qq curl >/dev/null
+fi
+
+base=$(mktemp -d /tmp/risefront-systemd.XXXXXX)
+root=$base/root
+NS=
+C=
+teardown() {
+    if [ -n "$NS" ] && kill -0 "$NS" 2>/dev/null; then
+        kill -TERM "$NS" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$NS" 2>/dev/null || break; sleep 0.1; done
+        kill -TERM "$NS" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$NS" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$NS" 2>/dev/null || true
+        wait "$NS" 2>/dev/null || true
+    fi
+    umount "$root" 2>/dev/null || umount -l "$root" 2>/dev/null || true
+    umount "$base" 2>/dev/null || umount -l "$base" 2>/dev/null || true
+    rm -rf "$base" /run/systemd/nspawn /run/systemd/nspawn-root 2>/dev/null || true
+}
+trap teardown EXIT
+
+mount -t tmpfs -o size=4g tmpfs "$base"
+mkdir -p "$base/upper" "$base/work" "$root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$root"
+install -m755 "$app" "$root/usr/local/bin/app"
+useradd -R "$root" --system --no-create-home --shell /usr/sbin/nologin app 2>/dev/null || true
+cp contrib/systemd/*.service contrib/systemd/*.socket "$root/etc/systemd/system/"
+# Socket activation wants the same stem for both units.
+cp contrib/systemd/app.socket "$root/etc/systemd/system/appsock.socket"
+sed 's/app\.socket/appsock.socket/g' contrib/systemd/app-socket.service \
+    >"$root/etc/systemd/system/appsock.service"
+# The failing build of the reload check: the hello example fails while this file exists.
+for unit in app app-fdstore appsock; do
+    mkdir -p "$root/etc/systemd/system/$unit.service.d"
+    printf '[Service]\nEnvironment=HELLO_FAIL_FILE=/srv/hello-fail\n' \
+        >"$root/etc/systemd/system/$unit.service.d/test.conf"
+done
+# The load, run in the container's network (a host program, as curl is): one line per
+# request, its status (000: none).
+cat >"$base/load" <<'LOAD'
+#!/bin/bash
+end=$(( $(date +%s) + $1 ))
+for _ in $(seq 1 "$2"); do
+    ( while [ "$(date +%s)" -lt "$end" ]; do
+        curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 http://127.0.0.1:8080/
+    done ) &
+done
+wait
+LOAD
+chmod +x "$base/load"
+
+systemd-nspawn --boot -D "$root" --register=no --keep-unit --link-journal=no \
+    --private-network --console=passive >"$base/nspawn.log" 2>&1 &
+NS=$!
+# The container's PID 1 is nspawn's child once it runs systemd (it forks in between).
+for _ in $(seq 1 200); do
+    C=$(pgrep -P "$NS" || true)
+    if [ -n "$C" ] && [ "$(cat "/proc/$C/comm" 2>/dev/null)" = systemd ]; then
+        break
+    fi
+    C=
+    sleep 0.1
+done
+[ -n "$C" ] || fail "the container did not start: $(cat "$base/nspawn.log")"
+ctr() { nsenter -t "$C" -a "$@"; }
+ctrnet() { nsenter -t "$C" -n "$@"; }
+# Until its bus is up, systemctl cannot even ask.
+state=
+for _ in $(seq 1 300); do
+    state=$(timeout 120 nsenter -t "$C" -a systemctl is-system-running --wait 2>/dev/null || true)
+    case "$state" in running | degraded) break ;; esac
+    sleep 0.2
+done
+log "systemd $(ctr systemctl --version | head -1 | cut -d' ' -f2) in the container: $state"
+case "$state" in running | degraded) ;; *) fail "the container's systemd is $state" ;; esac
+
+get() { ctrnet curl -s --max-time 10 "http://127.0.0.1:8080$1"; }
+generation() { get / | sed -n 's/^hello from generation \([0-9]*\) .*/\1/p'; }
+# Runs the load for $1 s in the background; `finish_load` waits and checks it.
+start_load() { (ctrnet "$base/load" "$1" 4 >"$base/load.out") & LOAD_PID=$!; }
+finish_load() {
+    wait "$LOAD_PID"
+    local ok total
+    ok=$(grep -c '^200$' "$base/load.out" || true)
+    total=$(wc -l <"$base/load.out")
+    log "$1: $ok of $total requests answered 200"
+    [ "$total" -gt 0 ] && [ "$ok" = "$total" ] || fail "$1: $((total - ok)) of $total failed"
+}
+
+# Type=notify: start returns once generation 1 answers, without any retry here.
+ctr systemctl start app
+[ "$(ctr systemctl show app -p Type --value)" = notify ] || fail "app.service is not Type=notify"
+[ "$(generation)" = 1 ] || fail "not answering right after systemctl start"
+log "systemctl start: answering at once"
+
+start_load 8
+sleep 1
+for n in 2 3 4 5 6; do
+    ctr systemctl reload app || fail "reload $n failed"
+    sleep 0.5
+done
+finish_load "5 reloads"
+[ "$(generation)" = 6 ] || fail "generation $(generation) serves after 5 reloads, not 6"
+
+ctr sh -c 'echo exit > /srv/hello-fail'
+if ctr systemctl reload app 2>/dev/null; then
+    fail "systemctl reload succeeded although the new build failed"
+fi
+ctr rm -f /srv/hello-fail
+[ "$(generation)" = 6 ] || fail "a failed reload left generation $(generation) serving"
+ctr systemctl status app --no-pager 2>/dev/null | grep -q "last upgrade failed" ||
+    fail "systemctl status does not say the upgrade failed"
+log "a reload to a failing build: systemctl reload failed, generation 6 serves on"
+
+(get '/slow?ms=3000' >"$base/slow.out") &
+slow=$!
+sleep 0.5
+ctr systemctl stop app
+wait "$slow" || fail "the slow request in flight at systemctl stop failed"
+grep -q "hello from generation 6" "$base/slow.out" || fail "slow request: $(cat "$base/slow.out")"
+[ "$(ctr systemctl show app -p Result --value)" = success ] || fail "app.service did not stop cleanly"
+log "systemctl stop: the slow request in flight completed"
+
+ctr systemctl start app-fdstore
+ctr journalctl -u app-fdstore --no-pager 2>/dev/null | grep -q "stored the socket" ||
+    fail "the front did not store its socket with systemd"
+start_load 6
+sleep 1.5
+ctr kill -9 "$(ctr systemctl show app-fdstore -p MainPID --value)"
+finish_load "fd store, front killed with -9"
+[ "$(ctr systemctl show app-fdstore -p NRestarts --value)" = 1 ] || fail "the front was not restarted"
+ctr systemctl stop app-fdstore
+
+ctr systemctl start appsock.socket
+[ -n "$(generation)" ] || fail "socket activation: no answer"
+start_load 6
+sleep 1
+ctr systemctl reload appsock || fail "socket activation: reload failed"
+sleep 1
+ctr systemctl reload appsock || fail "socket activation: second reload failed"
+sleep 1
+ctr kill -9 "$(ctr systemctl show appsock -p MainPID --value)"
+finish_load "socket activation, 2 reloads and a kill -9 of the front"
+ctr systemctl stop appsock.service appsock.socket
+
+log "passed"
