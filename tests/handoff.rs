@@ -52,19 +52,31 @@ async fn an_idle_connection_moves_to_the_new_generation() {
         }
         let log = service.log();
         assert!(
-            log.contains("moved 1 to the new generation"),
+            log.split("; moved ")
+                .skip(1)
+                .any(|rest| rest.split(' ').next() != Some("0")),
             "{name}: the log says what moved:\n{log}"
         );
     }
 }
 
-/// Waits until the log says the connection moved: `count` taken by the new generation.
+/// Waits until the log says the new generation took at least `count` connections from its
+/// predecessor. At least, not exactly: a harness poll for the new generation that the old one
+/// accepted but had not read yet moves too (seen under Wine), and that is the handoff working.
+/// The tests prove their own connection moved by asking on the same socket afterwards.
 async fn moved(service: &Service, generation: u64, count: u64) {
-    service
-        .wait_log(&format!(
-            "generation {generation} took {count} connections from its predecessor"
-        ))
-        .await;
+    let needle = format!("generation {generation} took ");
+    service.wait_log(&needle).await;
+    let log = service.log();
+    let taken: u64 = log
+        .split(&needle)
+        .skip(1)
+        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        taken >= count,
+        "generation {generation} took {taken} connections, expected at least {count}:\n{log}"
+    );
 }
 
 /// A connection that did not move drains the old way: its next responses come from
@@ -257,7 +269,8 @@ async fn with_the_handoff_turned_off_connections_close_as_before() {
     service.upgrade(Way::Command, 2).await;
     // Never moved: closed the old way.
     closes_the_old_way(&mut conn, 1).await;
-    assert!(!service.log().contains("took 1 connections"));
+    let log = service.log();
+    assert!(!log.contains(" connections from its predecessor"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
