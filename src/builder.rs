@@ -400,7 +400,7 @@ impl Builder {
         self
     }
 
-    /// Reports readiness only when [`RiseFrontListener::ready`] or [`crate::ready`] is called,
+    /// Reports readiness only when [`crate::ready`] is called,
     /// instead of when the server first polls the listener; until then the listener accepts
     /// nothing and the previous generation keeps serving. For apps whose server loop starts
     /// before they are warm (caches, connection pools).

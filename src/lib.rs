@@ -80,12 +80,12 @@
 //!
 //! | | at a takeover (a newer generation serves) | at a stop (SIGTERM, Ctrl-C, `systemctl stop`) |
 //! | --- | --- | --- |
-//! | [`is_stopping`] (flag) | stays false: the service goes on | true from the signal, through the stop delay: answer 503 on health checks |
+//! | [`stopping`] (future), [`is_stopping`] (flag) | never: the service goes on | at the signal, before the stop delay: answer 503 on health checks, report `NOT_SERVING` |
 //! | [`draining`] (future), [`is_draining`] (flag) | at once, as the listener stops accepting (also when going on probation) | once the stop delay is over, as the listener stops accepting |
 //! | [`superseded`] (future) | after the idle grace, or once no connection is left (after the probation window, if any): a server's graceful-shutdown signal | the same, from the end of the stop delay |
 //! | [`drained`] (future) | once no connection is left, upgraded ones included: what `main` awaits before it returns | the same |
 //!
-//! [`ready`] (and [`RiseFrontListener::ready`]) is the other direction: the app tells the front
+//! [`ready`] is the other direction: the app tells the front
 //! that this generation may take over, when it needs more than a polled listener to say so.
 //!
 //! # TLS
@@ -161,7 +161,7 @@ pub use builder::{Builder, bind, upgrade};
 pub use error::BindError;
 pub use layer::{DrainFuture, DrainLayer, DrainService};
 pub use listener::{Connection, RiseFrontListener};
-pub use process::{drained, draining, is_draining, is_stopping, ready, superseded};
+pub use process::{drained, draining, is_draining, is_stopping, ready, stopping, superseded};
 pub use server::{Executor, GracefulServer, ServeSummary};
 pub use upgrade::UpgradeError;
 

@@ -252,10 +252,13 @@ impl RiseFrontListener {
             .collect()
     }
 
-    /// Tells the front this generation is ready to take over. Only needed with
-    /// [`Builder::manual_ready`](crate::Builder::manual_ready), where the listener accepts
-    /// nothing until then; otherwise the first poll for a connection says so. Calling it again
-    /// does nothing.
+    /// Tells the front this generation is ready to take over: the same as [`crate::ready`],
+    /// which is the one to call, since it needs no listener (the listener has usually moved
+    /// into `axum::serve` by the time the app is warm).
+    #[deprecated(
+        since = "0.1.0",
+        note = "call `risefront::ready()`, which needs no listener"
+    )]
     pub fn ready(&self) {
         process::process().mark_ready();
     }

@@ -21,7 +21,7 @@ mod app;
 mod signals;
 mod spread;
 
-pub use app::{drained, draining, is_draining, is_stopping, ready, superseded};
+pub use app::{drained, draining, is_draining, is_stopping, ready, stopping, superseded};
 
 use spread::Spread;
 
@@ -70,6 +70,8 @@ pub(crate) struct Process {
     stage: watch::Sender<Stage>,
     draining_now: AtomicBool,
     stopping_now: AtomicBool,
+    /// Wakes [`stopping`](crate::stopping) futures; `stopping_now` is the cheap read.
+    stopping_changed: watch::Sender<bool>,
     /// Joined to a front: a stop signal from outside asks the front for a replacement.
     has_front: AtomicBool,
     stop_request: Notify,
@@ -97,6 +99,7 @@ impl Process {
             stage: watch::Sender::new(Stage::Serving),
             draining_now: AtomicBool::new(false),
             stopping_now: AtomicBool::new(false),
+            stopping_changed: watch::Sender::new(false),
             has_front: AtomicBool::new(false),
             stop_request: Notify::new(),
             live: AtomicUsize::new(0),
@@ -162,6 +165,16 @@ impl Process {
     /// The service is stopping (the health flag of [`is_stopping`]).
     pub(crate) fn set_stopping(&self) {
         self.stopping_now.store(true, Ordering::Relaxed);
+        self.stopping_changed.send_replace(true);
+    }
+
+    /// Resolves once the service is stopping (at once if it already is).
+    pub(crate) async fn stopping(&self) {
+        let mut rx = self.stopping_changed.subscribe();
+        if rx.wait_for(|stopping| *stopping).await.is_err() {
+            // The sender lives in a static and is never dropped.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Resolves once a stop signal from outside asks for this generation to be replaced.

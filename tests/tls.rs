@@ -31,6 +31,10 @@ async fn upgrades_under_load(mix: &[(Kind, usize, &str)]) -> load::Report {
     load.served_by(UPGRADES as u64 + 1, SETTLED).await;
     let report = load.stop().await;
     println!("{}", report.summary(UPGRADES));
+    if report.failed > 0 {
+        // Shown with the failure: what the service did around the failed requests.
+        println!("the service's log:\n{}", service.log());
+    }
     assert_eq!(report.failed, 0, "{}", report.summary(UPGRADES));
     let expected: Vec<u64> = (1..=UPGRADES as u64 + 1).collect();
     assert_eq!(

@@ -149,7 +149,49 @@ pub fn is_stopping() -> bool {
     process().stopping_now.load(Ordering::Relaxed)
 }
 
-/// Tells the front this generation is ready to take over; see [`RiseFrontListener::ready`](crate::RiseFrontListener::ready).
+/// Resolves when the service is told to stop (SIGTERM or SIGINT to the front, or to a
+/// standalone process): the moment [`is_stopping`] turns true, at the start of the stop delay,
+/// while the listener still accepts. Never when this generation is merely replaced by a newer
+/// one, since the service goes on. For a health reporter that pushes its status instead of
+/// being asked, such as gRPC's `grpc.health.v1.Health` (see the `grpc` example).
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn mark_not_serving() {}
+/// tokio::spawn(async {
+///     risefront::stopping().await;
+///     // Load balancers stop sending during the stop delay, before the listener closes.
+///     mark_not_serving().await;
+/// });
+/// ```
+pub fn stopping() -> impl Future<Output = ()> + Send + 'static {
+    let process = process();
+    async move { process.stopping().await }
+}
+
+/// Tells the front this generation is ready to take over. Only needed with
+/// [`Builder::manual_ready`](crate::Builder::manual_ready), where the listener accepts nothing
+/// until then; otherwise the server's first poll for a connection says so. Calling it again
+/// does nothing. Any task may call it: it needs no listener.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn warm_the_cache() {}
+/// # async fn run() -> std::io::Result<()> {
+/// let listener = risefront::Builder::new().manual_ready().bind(["127.0.0.1:8080"]).await?;
+/// tokio::spawn(async {
+///     warm_the_cache().await;
+///     // The previous generation served until now; this one takes over from here.
+///     risefront::ready();
+/// });
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(risefront::superseded())
+///     .await
+/// # }
+/// ```
 pub fn ready() {
     process().mark_ready();
 }
