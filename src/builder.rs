@@ -240,6 +240,7 @@ impl Builder {
     }
 
     /// The former name of [`control_handshake_timeout`](Self::control_handshake_timeout).
+    #[doc(hidden)] // Still compiles for old code; the docs show each item once.
     #[deprecated(
         since = "0.1.0",
         note = "renamed `control_handshake_timeout` (the TLS one is `TlsListener::tls_handshake_timeout`)"

@@ -255,6 +255,7 @@ impl RiseFrontListener {
     /// Tells the front this generation is ready to take over: the same as [`crate::ready`],
     /// which is the one to call, since it needs no listener (the listener has usually moved
     /// into `axum::serve` by the time the app is warm).
+    #[doc(hidden)] // Still compiles for old code; the docs show each item once.
     #[deprecated(
         since = "0.1.0",
         note = "call `risefront::ready()`, which needs no listener"

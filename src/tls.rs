@@ -55,6 +55,7 @@ use crate::listener::{Connection, RiseFrontListener};
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The former name of [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`].
+#[doc(hidden)] // Still compiles for old code; the docs show each item once.
 #[deprecated(since = "0.1.0", note = "renamed `DEFAULT_TLS_HANDSHAKE_TIMEOUT`")]
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = DEFAULT_TLS_HANDSHAKE_TIMEOUT;
 
@@ -150,6 +151,7 @@ impl TlsListener {
     }
 
     /// The former name of [`tls_handshake_timeout`](Self::tls_handshake_timeout).
+    #[doc(hidden)] // Still compiles for old code; the docs show each item once.
     #[deprecated(since = "0.1.0", note = "renamed `tls_handshake_timeout`")]
     #[must_use]
     pub fn handshake_timeout(self, timeout: Duration) -> Self {
