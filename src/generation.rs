@@ -17,6 +17,8 @@ use crate::protocol::{Message, Program, Role, VERSION, other_version};
 /// listening sockets, and keeps the channel open in the background for the rest of our life.
 pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFrontListener> {
     let mut channel = Channel::new(stream, true);
+    // The front's ready deadline starts when it reads our Hello, after this.
+    let introduced_at = tokio::time::Instant::now();
     let handshake = async {
         let sent = channel
             .send(&Message::Hello {
@@ -98,7 +100,49 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
         "generation {generation} received its listeners"
     );
     tokio::spawn(talk_to_front(channel, process, generation));
+    tokio::spawn(warn_if_never_ready(
+        process,
+        generation,
+        introduced_at,
+        config.ready_timeout,
+    ));
     Ok(listener)
+}
+
+/// Says, in this process's own output, that the front is about to stop it for missing its
+/// ready timeout: a build started by hand in a terminal would otherwise just die (SIGKILL),
+/// its cause written only in the front's log, which is often in the journal. Said shortly
+/// before the front's deadline, which starts later than ours, so that it comes first.
+async fn warn_if_never_ready(
+    process: &'static Process,
+    generation: u64,
+    introduced_at: tokio::time::Instant,
+    ready_timeout: std::time::Duration,
+) {
+    let margin = (ready_timeout / 10).min(std::time::Duration::from_secs(1));
+    let warn_at = introduced_at + ready_timeout.saturating_sub(margin);
+    if tokio::time::timeout_at(warn_at, process.wait_ready())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    let message = format!(
+        "risefront: generation {generation} is still not ready after {:?}: unless it is within \
+         {margin:?}, the front stops it at its ready timeout ({ready_timeout:?}, \
+         Builder::ready_timeout or RISEFRONT_READY_TIMEOUT) and the serving generation goes on. \
+         It is ready once its server polls the listener (or, with Builder::manual_ready, once it \
+         calls risefront::ready())",
+        ready_timeout.saturating_sub(margin)
+    );
+    if tracing::dispatcher::has_been_set() {
+        tracing::error!(generation, "{message}");
+    } else {
+        // No subscriber: straight to stderr, where the person who started it looks. A closed
+        // stderr is not worth failing over.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{message}");
+    }
 }
 
 /// Upgrades are the front's business: a SIGHUP sent to a generation by mistake (or by a

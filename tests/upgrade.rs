@@ -123,11 +123,14 @@ async fn generation_never_ready_is_killed_at_the_ready_timeout() {
     service.wait_log("not ready within 1s").await;
     let status = service.wait_other(hanging);
     assert!(!status.success(), "killed, not exited: {status:?}");
-    assert!(
-        service.log().contains("rollback: generation 2"),
-        "{}",
-        service.log()
-    );
+    let log = service.log();
+    assert!(log.contains("rollback: generation 2"), "{log}");
+    // The build said so itself, where the person who started it looks, before it was killed.
+    let warned = log
+        .find("generation 2 is still not ready after 900ms: unless it is within 100ms")
+        .unwrap_or_else(|| panic!("the build did not say why it is stopped:\n{log}"));
+    let killed = log.find("not ready within 1s").expect("the front's line");
+    assert!(warned < killed, "the warning came after the kill:\n{log}");
     assert_eq!(service.hello().await, g1);
     // An upgrade request while nothing is starting works again.
     let output = service.upgrade_command().await;
