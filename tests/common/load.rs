@@ -1,6 +1,6 @@
 //! A load client that never retries, so no failure can hide: per-request new connections,
 //! HTTP/1 keep-alive (hyper-util's pooled client with retries of canceled requests off), and
-//! HTTP/2 streams multiplexed on one connection per worker.
+//! HTTP/2 streams multiplexed on one connection per worker (hyper's own connection API).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -314,13 +314,23 @@ async fn client_worker<C>(
 ) -> Report
 where
     Counting<C>: Connect + Clone + Send + Sync + 'static,
+    Counting<C>: tower::Service<hyper::Uri> + Clone + Send + 'static,
+    <Counting<C> as tower::Service<hyper::Uri>>::Response:
+        hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    <Counting<C> as tower::Service<hyper::Uri>>::Error: std::fmt::Display,
+    <Counting<C> as tower::Service<hyper::Uri>>::Future: Send,
 {
     let connects = Arc::clone(&connector.count);
-    let client: Client<Counting<C>, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .retry_canceled_requests(false)
-        .pool_max_idle_per_host(streams.max(1))
-        .http2_only(http2)
-        .build(connector);
+    let client = if http2 {
+        Sender::Http2(Arc::new(Http2Connection::new(connector)))
+    } else {
+        Sender::Pooled(
+            Client::builder(TokioExecutor::new())
+                .retry_canceled_requests(false)
+                .pool_max_idle_per_host(streams.max(1))
+                .build(connector),
+        )
+    };
     let report = Arc::new(Mutex::new(Report::default()));
     let mut tasks = Vec::new();
     for _ in 0..streams {
@@ -384,26 +394,142 @@ enum Failure {
     Other(String),
 }
 
-async fn send<C>(
-    client: &Client<C, Empty<Bytes>>,
-    uri: &str,
-) -> Result<(u16, bool, String), Failure>
+/// How a worker's streams send: hyper-util's pool for HTTP/1 keep-alive, one connection of
+/// the worker's own for HTTP/2.
+enum Sender<C> {
+    Pooled(Client<Counting<C>, Empty<Bytes>>),
+    Http2(Arc<Http2Connection<C>>),
+}
+
+impl<C> Clone for Sender<C>
 where
-    C: Connect + Clone + Send + Sync + 'static,
+    Counting<C>: Clone,
+{
+    fn clone(&self) -> Self {
+        match self {
+            Sender::Pooled(client) => Sender::Pooled(client.clone()),
+            Sender::Http2(connection) => Sender::Http2(Arc::clone(connection)),
+        }
+    }
+}
+
+/// One HTTP/2 connection per worker, driven with hyper's connection API as h2load drives its
+/// own: opened on first use, replaced once the server closed it or it refused a request
+/// because the server sent GOAWAY. Not hyper-util's pooled client: under back-to-back GOAWAYs
+/// its pool closed its only HTTP/2 connection by itself (the client's own GOAWAY(0) and FIN,
+/// once every request sent on it was answered, captured on loopback) while requests waited for
+/// a connection, and opened no other: they hung until the test's timeout (about 1 run in 100
+/// of `drain::http2_streams_survive_upgrades` on a busy machine, whatever the server).
+struct Http2Connection<C> {
+    connector: Counting<C>,
+    /// The connection in use and its number, so that only the one that refused is replaced.
+    current:
+        tokio::sync::Mutex<Option<(u64, hyper::client::conn::http2::SendRequest<Empty<Bytes>>)>>,
+    opened: std::sync::atomic::AtomicU64,
+}
+
+impl<C> Http2Connection<C>
+where
+    Counting<C>: tower::Service<hyper::Uri> + Clone + Send + 'static,
+    <Counting<C> as tower::Service<hyper::Uri>>::Response:
+        hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    <Counting<C> as tower::Service<hyper::Uri>>::Error: std::fmt::Display,
+    <Counting<C> as tower::Service<hyper::Uri>>::Future: Send,
+{
+    fn new(connector: Counting<C>) -> Self {
+        Http2Connection {
+            connector,
+            current: tokio::sync::Mutex::new(None),
+            opened: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The open connection, or a new one: the streams wait for the one being opened.
+    async fn sender(
+        &self,
+        uri: &hyper::Uri,
+    ) -> Result<(u64, hyper::client::conn::http2::SendRequest<Empty<Bytes>>), Failure> {
+        let mut current = self.current.lock().await;
+        if let Some((number, sender)) = current.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok((*number, sender.clone()));
+        }
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| tower::Service::poll_ready(&mut connector, cx))
+            .await
+            .map_err(|e| Failure::Other(format!("connect: {e}")))?;
+        let io = tower::Service::call(&mut connector, uri.clone())
+            .await
+            .map_err(|e| Failure::Other(format!("connect: {e}")))?;
+        let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| Failure::Other(format!("HTTP/2 handshake: {e:?}")))?;
+        tokio::spawn(connection);
+        let number = self
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *current = Some((number, sender.clone()));
+        Ok((number, sender))
+    }
+
+    /// Connection `number` refused a request: the next stream opens a new one.
+    async fn retire(&self, number: u64) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|(n, _)| *n == number) {
+            *current = None;
+        }
+    }
+
+    async fn get(
+        &self,
+        uri: hyper::Uri,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
+        let (number, mut sender) = self.sender(&uri).await?;
+        let request = hyper::Request::get(uri)
+            .body(Empty::new())
+            .map_err(|e| Failure::Other(format!("{e}")))?;
+        // Not ready: the connection ended before this request was written.
+        if let Err(e) = sender.ready().await {
+            self.retire(number).await;
+            return Err(Failure::Unsent(format!("request: {e:?}")));
+        }
+        match sender.send_request(request).await {
+            Ok(response) => Ok(response),
+            Err(e) if unprocessed(&e) => {
+                self.retire(number).await;
+                Err(Failure::Unsent(format!("request: {e:?}")))
+            }
+            Err(e) => Err(Failure::Other(format!("request: {e:?}"))),
+        }
+    }
+}
+
+async fn send<C>(client: &Sender<C>, uri: &str) -> Result<(u16, bool, String), Failure>
+where
+    Counting<C>: Connect + Clone + Send + Sync + 'static,
+    Counting<C>: tower::Service<hyper::Uri> + Clone + Send + 'static,
+    <Counting<C> as tower::Service<hyper::Uri>>::Response:
+        hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    <Counting<C> as tower::Service<hyper::Uri>>::Error: std::fmt::Display,
+    <Counting<C> as tower::Service<hyper::Uri>>::Future: Send,
 {
     let attempt = async {
-        let uri = uri.parse().map_err(|e| Failure::Other(format!("{e}")))?;
-        let response = client.get(uri).await.map_err(|e| {
-            let unsent = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<hyper::Error>())
-                .is_some_and(unprocessed);
-            let text = format!("request: {e:?}");
-            if unsent {
-                Failure::Unsent(text)
-            } else {
-                Failure::Other(text)
-            }
-        })?;
+        let uri: hyper::Uri = uri.parse().map_err(|e| Failure::Other(format!("{e}")))?;
+        let response = match client {
+            Sender::Pooled(client) => client.get(uri).await.map_err(|e| {
+                let unsent = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<hyper::Error>())
+                    .is_some_and(unprocessed);
+                let text = format!("request: {e:?}");
+                if unsent {
+                    Failure::Unsent(text)
+                } else {
+                    Failure::Other(text)
+                }
+            })?,
+            Sender::Http2(connection) => connection.get(uri).await?,
+        };
         let status = response.status().as_u16();
         let close = response
             .headers()
