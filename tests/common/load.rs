@@ -122,6 +122,15 @@ pub struct Load {
 /// Starts, for each `(kind, count, path)`, `count` workers of that kind requesting `path`
 /// from `target` (a TCP address, or a Unix socket).
 pub fn start(target: impl Into<Target>, mix: &[(Kind, usize, &str)]) -> Load {
+    // For a failure to explain itself: the client's side of every HTTP/2 frame.
+    if let Some(path) = std::env::var_os("LOAD_H2_LOG") {
+        let file = std::fs::File::create(path).unwrap();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("h2=debug,hyper=debug")
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .try_init();
+    }
     let target = target.into();
     let (stop, stopped) = watch::channel(false);
     let progress = Progress::default();
@@ -413,18 +422,16 @@ where
     }
 }
 
-/// One HTTP/2 connection per worker, driven with hyper's connection API as h2load drives its
-/// own: opened on first use, replaced once the server closed it or it refused a request
-/// because the server sent GOAWAY. Not hyper-util's pooled client: under back-to-back GOAWAYs
-/// its pool closed its only HTTP/2 connection by itself (the client's own GOAWAY(0) and FIN,
-/// once every request sent on it was answered, captured on loopback) while requests waited for
-/// a connection, and opened no other: they hung until the test's timeout (about 1 run in 100
-/// of `drain::http2_streams_survive_upgrades` on a busy machine, whatever the server).
+/// One HTTP/2 connection per worker, driven with the `h2` crate as h2load drives its own:
+/// opened on first use, replaced once the server closed it or refused a request with GOAWAY.
+/// Neither hyper-util's pooled client nor hyper's own HTTP/2 connection: in about one run in
+/// 100 of `drain::http2_streams_survive_upgrades` on a busy machine, a few of their requests
+/// hung after a GOAWAY without ever being written (captured on loopback: the server had
+/// answered every request on every connection), which is hyper's dispatch, not the server.
 struct Http2Connection<C> {
     connector: Counting<C>,
     /// The connection in use and its number, so that only the one that refused is replaced.
-    current:
-        tokio::sync::Mutex<Option<(u64, hyper::client::conn::http2::SendRequest<Empty<Bytes>>)>>,
+    current: tokio::sync::Mutex<Option<(u64, h2::client::SendRequest<Bytes>)>>,
     opened: std::sync::atomic::AtomicU64,
 }
 
@@ -448,11 +455,9 @@ where
     async fn sender(
         &self,
         uri: &hyper::Uri,
-    ) -> Result<(u64, hyper::client::conn::http2::SendRequest<Empty<Bytes>>), Failure> {
+    ) -> Result<(u64, h2::client::SendRequest<Bytes>), Failure> {
         let mut current = self.current.lock().await;
-        if let Some((number, sender)) = current.as_ref()
-            && !sender.is_closed()
-        {
+        if let Some((number, sender)) = current.as_ref() {
             return Ok((*number, sender.clone()));
         }
         let mut connector = self.connector.clone();
@@ -462,10 +467,13 @@ where
         let io = tower::Service::call(&mut connector, uri.clone())
             .await
             .map_err(|e| Failure::Other(format!("connect: {e}")))?;
-        let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        // The connector speaks hyper's IO traits; h2 speaks tokio's.
+        let (sender, connection) = h2::client::handshake(hyper_util::rt::TokioIo::new(io))
             .await
-            .map_err(|e| Failure::Other(format!("HTTP/2 handshake: {e:?}")))?;
-        tokio::spawn(connection);
+            .map_err(|e| Failure::Other(format!("HTTP/2 handshake: {e}")))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
         let number = self
             .opened
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -473,7 +481,7 @@ where
         Ok((number, sender))
     }
 
-    /// Connection `number` refused a request: the next stream opens a new one.
+    /// Connection `number` ended or refused a request: the next stream opens a new one.
     async fn retire(&self, number: u64) {
         let mut current = self.current.lock().await;
         if current.as_ref().is_some_and(|(n, _)| *n == number) {
@@ -481,26 +489,55 @@ where
         }
     }
 
-    async fn get(
-        &self,
-        uri: hyper::Uri,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
-        let (number, mut sender) = self.sender(&uri).await?;
-        let request = hyper::Request::get(uri)
-            .body(Empty::new())
-            .map_err(|e| Failure::Other(format!("{e}")))?;
-        // Not ready: the connection ended before this request was written.
-        if let Err(e) = sender.ready().await {
-            self.retire(number).await;
-            return Err(Failure::Unsent(format!("request: {e:?}")));
-        }
-        match sender.send_request(request).await {
-            Ok(response) => Ok(response),
-            Err(e) if unprocessed(&e) => {
-                self.retire(number).await;
-                Err(Failure::Unsent(format!("request: {e:?}")))
+    /// `GET uri`: the status, no `Connection: close` (HTTP/2 has none) and the body.
+    async fn get(&self, uri: hyper::Uri) -> Result<(u16, bool, String), Failure> {
+        let (number, sender) = self.sender(&uri).await?;
+        let result = async {
+            // Fails if the connection received GOAWAY or ended: nothing was sent.
+            let mut sender = sender.ready().await.map_err(Sent::No)?;
+            let request = hyper::Request::get(uri)
+                .body(())
+                .map_err(|e| Sent::Maybe(format!("{e}")))?;
+            let (response, _) = sender.send_request(request, true).map_err(Sent::No)?;
+            let response = response.await.map_err(Sent::from)?;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.map_err(|e| Sent::Maybe(format!("body: {e}")))?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
             }
-            Err(e) => Err(Failure::Other(format!("request: {e:?}"))),
+            Ok((status, false, String::from_utf8_lossy(&bytes).into_owned()))
+        }
+        .await;
+        match result {
+            Ok(answer) => Ok(answer),
+            Err(Sent::No(e)) => {
+                self.retire(number).await;
+                Err(Failure::Unsent(format!("request: {e}")))
+            }
+            Err(Sent::Maybe(e)) => Err(Failure::Other(format!("request: {e}"))),
+        }
+    }
+}
+
+/// Whether a failed HTTP/2 request may have reached the server.
+enum Sent {
+    /// Provably not: refused before it was written, or excluded by the server's GOAWAY
+    /// (NO_ERROR) or REFUSED_STREAM (RFC 9113 section 8.7).
+    No(h2::Error),
+    Maybe(String),
+}
+
+impl From<h2::Error> for Sent {
+    fn from(e: h2::Error) -> Self {
+        let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM)
+            || (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR));
+        if refused {
+            Sent::No(e)
+        } else {
+            Sent::Maybe(format!("{e}"))
         }
     }
 }
@@ -528,7 +565,7 @@ where
                     Failure::Other(text)
                 }
             })?,
-            Sender::Http2(connection) => connection.get(uri).await?,
+            Sender::Http2(connection) => return connection.get(uri).await,
         };
         let status = response.status().as_u16();
         let close = response
