@@ -333,12 +333,12 @@ where
     let client = if http2 {
         Sender::Http2(Arc::new(Http2Connection::new(connector)))
     } else {
-        Sender::Pooled(
+        Sender::Pooled(Box::new(
             Client::builder(TokioExecutor::new())
                 .retry_canceled_requests(false)
                 .pool_max_idle_per_host(streams.max(1))
                 .build(connector),
-        )
+        ))
     };
     let report = Arc::new(Mutex::new(Report::default()));
     let mut tasks = Vec::new();
@@ -406,7 +406,7 @@ enum Failure {
 /// How a worker's streams send: hyper-util's pool for HTTP/1 keep-alive, one connection of
 /// the worker's own for HTTP/2.
 enum Sender<C> {
-    Pooled(Client<Counting<C>, Empty<Bytes>>),
+    Pooled(Box<Client<Counting<C>, Empty<Bytes>>>),
     Http2(Arc<Http2Connection<C>>),
 }
 
