@@ -5,6 +5,8 @@
 #   - `systemctl start` returns once the app answers (Type=notify);
 #   - 5 reloads under load: 0 failed; a reload to a build that fails makes `systemctl reload`
 #     fail, and the old generation serves on;
+#   - a build or `--upgrade` started by hand as root, outside the unit, names the unit to
+#     reload (`systemctl reload app.service`);
 #   - `systemctl stop` with a slow request in flight: it completes, the unit ends in success;
 #   - the fd-store unit: the front killed with -9 under load, 0 failed (252 needs
 #     RISEFRONT_FDSTORE=1, which the unit sets);
@@ -150,6 +152,17 @@ ctr rm -f /srv/hello-fail
 ctr systemctl status app --no-pager 2>/dev/null | grep -q "last upgrade failed" ||
     fail "systemctl status does not say the upgrade failed"
 log "a reload to a failing build: systemctl reload failed, generation 6 serves on"
+
+# From a shell, as root and outside the unit (no RuntimeDirectory=, another user): a build or
+# --upgrade started by hand finds no front where it looks, and says which unit to reload.
+out=$(ctr timeout 60 /usr/local/bin/app 127.0.0.1:8080 2>&1 || true)
+echo "$out" | grep -q 'systemctl reload app.service' ||
+    fail "a build started by hand does not point to systemctl reload: $out"
+out=$(ctr timeout 60 /usr/local/bin/app --upgrade 127.0.0.1:8080 2>&1 || true)
+echo "$out" | grep -q 'systemctl reload app.service' ||
+    fail "--upgrade started by hand does not point to systemctl reload: $out"
+[ "$(generation)" = 6 ] || fail "a build started by hand changed what serves"
+log "a build and --upgrade started by hand as root name the unit: systemctl reload app.service"
 
 (get '/slow?ms=3000' >"$base/slow.out") &
 slow=$!

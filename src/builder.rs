@@ -509,7 +509,27 @@ impl Builder {
         let addrs = resolve(addrs).await?;
         let config = self.config(&addrs)?;
         let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
-        crate::upgrade::request(&endpoint, &config).await
+        match crate::upgrade::request(&endpoint, &config).await {
+            Err(UpgradeError::NoFront {
+                service,
+                endpoint: path,
+                holder: None,
+            }) => {
+                // Nothing answers where we looked: whoever holds the address may say where to.
+                let port = addrs.iter().find_map(|target| match target {
+                    Target::Tcp(candidates) => candidates.first().map(|a| a.port()),
+                    #[cfg(unix)]
+                    Target::Unix(_) => None,
+                });
+                let ours = std::path::PathBuf::from(&path);
+                Err(UpgradeError::NoFront {
+                    holder: port.and_then(|port| crate::holder::of_port(port, Some(&ours))),
+                    service,
+                    endpoint: path,
+                })
+            }
+            other => other,
+        }
     }
 
     fn config(&self, addrs: &[Target]) -> io::Result<Config> {

@@ -46,6 +46,18 @@ pub enum BindError {
         /// What the system said.
         source: io::Error,
     },
+    /// An address is held by a process risefront could identify as a service to reach another
+    /// way: one run by systemd (reload its unit), one whose control directory is not the one
+    /// this program looked in, or one of another user (kind `AddrInUse`; Linux, from `/proc`).
+    /// The message says what to do instead.
+    InUseElsewhere {
+        /// The address.
+        address: String,
+        /// Who holds it.
+        holder: Box<crate::holder::Holder>,
+        /// What the system said.
+        source: io::Error,
+    },
     /// An address is held by another risefront service of this user: another program, or
     /// the same program under another [`Builder::name`](crate::Builder::name) (kind
     /// `AddrInUse`).
@@ -137,9 +149,9 @@ impl BindError {
     /// The `io::ErrorKind` the `io::Error` carrying this error has.
     fn kind(&self) -> io::ErrorKind {
         match self {
-            BindError::AddressInUse { .. } | BindError::InUseByService { .. } => {
-                io::ErrorKind::AddrInUse
-            }
+            BindError::AddressInUse { .. }
+            | BindError::InUseElsewhere { .. }
+            | BindError::InUseByService { .. } => io::ErrorKind::AddrInUse,
             BindError::ControlDirRefused { .. } => io::ErrorKind::PermissionDenied,
             BindError::InvalidAddress { .. }
             | BindError::NoAddress
@@ -172,6 +184,15 @@ impl fmt::Display for BindError {
             BindError::AddressInUse { address, source } => {
                 write!(f, "risefront: {address} is in use by another program: {source}")
             }
+            BindError::InUseElsewhere {
+                address,
+                holder,
+                source,
+            } => write!(
+                f,
+                "risefront: {address} is in use by {holder}: {} ({source})",
+                holder.advice()
+            ),
             BindError::InUseByService {
                 address,
                 service,
@@ -237,7 +258,9 @@ impl fmt::Display for BindError {
 impl error::Error for BindError {
     fn source(&self) -> Option<&(dyn error::Error + 'static)> {
         match self {
-            BindError::AddressInUse { source, .. } => Some(source),
+            BindError::AddressInUse { source, .. } | BindError::InUseElsewhere { source, .. } => {
+                Some(source)
+            }
             _ => None,
         }
     }

@@ -120,7 +120,9 @@ async fn warn_if_never_ready(
     ready_timeout: std::time::Duration,
 ) {
     let margin = (ready_timeout / 10).min(std::time::Duration::from_secs(1));
-    let warn_at = introduced_at + ready_timeout.saturating_sub(margin);
+    // A timeout too large for the clock means never (as the front reads it).
+    let warn_at =
+        crate::config::deadline_after(introduced_at, ready_timeout.saturating_sub(margin));
     if tokio::time::timeout_at(warn_at, process.wait_ready())
         .await
         .is_ok()

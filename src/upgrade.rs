@@ -44,6 +44,9 @@ pub enum UpgradeError {
         service: String,
         /// Where its front would be.
         endpoint: String,
+        /// Who holds the service's first TCP address instead, when that tells how to reach it
+        /// (a systemd unit to reload, another control directory, another user; Linux).
+        holder: Option<crate::holder::Holder>,
     },
     /// The front cannot start an upgrade now (one is already starting, or the service is
     /// stopping); asking again later may work.
@@ -69,9 +72,22 @@ pub enum UpgradeError {
 impl fmt::Display for UpgradeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UpgradeError::NoFront { service, endpoint } => write!(
+            UpgradeError::NoFront {
+                service,
+                endpoint,
+                holder: None,
+            } => write!(
                 f,
                 "risefront: no front is running for service {service:?} (nothing answers at {endpoint})"
+            ),
+            UpgradeError::NoFront {
+                service,
+                endpoint,
+                holder: Some(holder),
+            } => write!(
+                f,
+                "risefront: no front of service {service:?} answers at {endpoint}, but its address is held by {holder}: {}",
+                holder.advice()
             ),
             UpgradeError::Busy { reason } => {
                 write!(f, "risefront: no upgrade now, try again later: {reason}")
@@ -130,6 +146,7 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> Result<u64,
         return Err(UpgradeError::NoFront {
             service: config.name.clone(),
             endpoint: endpoint.to_string(),
+            holder: None,
         });
     };
     let mut channel = Channel::new(stream, false);

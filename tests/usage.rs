@@ -254,3 +254,51 @@ async fn the_same_program_on_an_overlapping_address_is_told_what_differs() {
         "{stderr}"
     );
 }
+
+/// A build that looks for its front in another control directory than the service's (a shell
+/// upgrading a systemd service that has `RuntimeDirectory=`, say) is told where the front is,
+/// both when started and with `--upgrade`; and the advice works.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_build_looking_in_another_control_directory_is_told_where_the_front_is() {
+    let service = Service::start().await;
+    let elsewhere = TempDir::new();
+    let elsewhere = elsewhere.0.to_str().expect("a UTF-8 path").to_owned();
+    let dir = service.runtime_dir().join("risefront");
+    let advice = format!("RISEFRONT_DIR={}", dir.display());
+
+    let started = run_bounded(
+        service.command(&[("XDG_RUNTIME_DIR", &elsewhere)]),
+        PATIENCE,
+    );
+    let stderr = String::from_utf8_lossy(&started.stderr);
+    assert!(!started.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", service.front_pid())) && stderr.contains(&advice),
+        "the error names the front and its control directory:\n{stderr}"
+    );
+
+    let upgrade = |env: &[(&str, &str)]| {
+        let mut command = Command::new(example("hello"));
+        command
+            .arg("--upgrade")
+            .arg(service.addr.to_string())
+            .env_remove("RISEFRONT_DIR");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        run_bounded(command, PATIENCE)
+    };
+    let refused = upgrade(&[("XDG_RUNTIME_DIR", &elsewhere)]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no front of service") && stderr.contains(&advice),
+        "--upgrade says where the front is:\n{stderr}"
+    );
+
+    let dir = dir.display().to_string();
+    let followed = upgrade(&[("XDG_RUNTIME_DIR", &elsewhere), ("RISEFRONT_DIR", &dir)]);
+    assert!(followed.status.success(), "the advice works: {followed:?}");
+    service.wait_generation(2).await;
+}

@@ -197,9 +197,40 @@ fn explain_bind_error(e: io::Error, target: &Target, ours: &str, endpoint: &Endp
             }
             .into()
         }
-        // The binding already said what holds it.
-        None => e,
+        None => {
+            // A front elsewhere (under systemd, in another control directory, of another
+            // user) is worth naming with the way to reach it; anything else, the binding
+            // already said.
+            let port = match target {
+                Target::Tcp(candidates) => candidates.first().map(|a| a.port()),
+                #[cfg(unix)]
+                Target::Unix(_) => None,
+            };
+            let ours = std::path::PathBuf::from(endpoint.to_string());
+            match port.and_then(|port| crate::holder::of_port(port, Some(&ours))) {
+                Some(holder) => BindError::InUseElsewhere {
+                    address: target.to_string(),
+                    holder: Box::new(holder),
+                    source: os_error(e),
+                }
+                .into(),
+                None => e,
+            }
+        }
     }
+}
+
+/// The system's own error inside a binding error that already explained it, so that the
+/// explanation is not said twice.
+fn os_error(e: io::Error) -> io::Error {
+    let raw = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<BindError>())
+        .and_then(|bind| match bind {
+            BindError::AddressInUse { source, .. } => source.raw_os_error(),
+            _ => None,
+        });
+    raw.map_or(e, io::Error::from_raw_os_error)
 }
 
 /// Whether a derived service name lists a TCP address on `port` (`..._8080`, followed by the
