@@ -38,6 +38,7 @@ pub struct Holder {
 
 impl Holder {
     /// Whether anything here tells the reader what to do; if not, the plain error is better.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // Only Linux finds holders.
     pub(crate) fn is_useful(&self) -> bool {
         self.unit.is_some() || self.control_socket.is_some() || self.other_user
     }

@@ -258,7 +258,7 @@ async fn the_same_program_on_an_overlapping_address_is_told_what_differs() {
 /// A build that looks for its front in another control directory than the service's (a shell
 /// upgrading a systemd service that has `RuntimeDirectory=`, say) is told where the front is,
 /// both when started and with `--upgrade`; and the advice works.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "axum"))]
 #[tokio::test]
 async fn a_build_looking_in_another_control_directory_is_told_where_the_front_is() {
     let service = Service::start().await;
