@@ -7,16 +7,19 @@
 #     fail, and the old generation serves on;
 #   - a build or `--upgrade` started by hand as root, outside the unit, names the unit to
 #     reload (`systemctl reload app.service`);
+#   - `ExecReload=risefrontctl upgrade $MAINPID` (runs none of the app's code) reloads, and
+#     fails the reload when the new build fails;
 #   - `systemctl stop` with a slow request in flight: it completes, the unit ends in success;
 #   - the fd-store unit: the front killed with -9 under load, 0 failed (252 needs
 #     RISEFRONT_FDSTORE=1, which the unit sets);
 #   - socket activation: 2 reloads and a kill -9 of the front under load, 0 failed.
-# Needs root (mounts, a container). Usage: ci/systemd-test.sh [APP] (default: the debug build
-# of the hello example, which `cargo test --all-targets` builds).
+# Needs root (mounts, a container). Usage: ci/systemd-test.sh [APP [CTL]] (defaults: the debug
+# builds of the hello example and of risefrontctl, which `cargo test --all-targets` builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 app=${1:-target/debug/examples/hello}
+ctl=${2:-target/debug/risefrontctl}
 log() { echo "[systemd-test] $*"; }
 fail() {
     log "FAILED: $*"
@@ -28,6 +31,7 @@ fail() {
 
 [ "$(id -u)" = 0 ] || fail "needs root: it mounts an overlay and boots a container"
 [ -x "$app" ] || fail "$app is missing: build it first (cargo build --example hello)"
+[ -x "$ctl" ] || fail "$ctl is missing: build it first (cargo build --bin risefrontctl)"
 
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v systemd-nspawn >/dev/null 2>&1; then
@@ -64,6 +68,7 @@ mount -t tmpfs -o size=4g tmpfs "$base"
 mkdir -p "$base/upper" "$base/work" "$root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$root"
 install -m755 "$app" "$root/usr/local/bin/app"
+install -m755 "$ctl" "$root/usr/local/bin/risefrontctl"
 useradd -R "$root" --system --no-create-home --shell /usr/sbin/nologin app 2>/dev/null || true
 cp contrib/systemd/*.service contrib/systemd/*.socket "$root/etc/systemd/system/"
 # Socket activation wants the same stem for both units.
@@ -164,12 +169,27 @@ echo "$out" | grep -q 'systemctl reload app.service' ||
 [ "$(generation)" = 6 ] || fail "a build started by hand changed what serves"
 log "a build and --upgrade started by hand as root name the unit: systemctl reload app.service"
 
+# A reload that runs none of the app's code: ExecReload= through risefrontctl and $MAINPID.
+printf '[Service]\nExecReload=\nExecReload=/usr/local/bin/risefrontctl upgrade $MAINPID\n' \
+    >"$root/etc/systemd/system/app.service.d/ctl.conf"
+ctr systemctl daemon-reload
+ctr systemctl reload app || fail "reload through risefrontctl failed"
+# Generation 7 was the failed build above: this reload starts generation 8.
+[ "$(generation)" = 8 ] || fail "generation $(generation) serves after a reload through risefrontctl"
+ctr sh -c 'echo exit > /srv/hello-fail'
+if ctr systemctl reload app 2>/dev/null; then
+    fail "systemctl reload through risefrontctl succeeded although the new build failed"
+fi
+ctr rm -f /srv/hello-fail
+[ "$(generation)" = 8 ] || fail "a failed reload through risefrontctl left generation $(generation)"
+log "ExecReload=risefrontctl upgrade \$MAINPID: reloads, and a failed upgrade fails the reload"
+
 (get '/slow?ms=3000' >"$base/slow.out") &
 slow=$!
 sleep 0.5
 ctr systemctl stop app
 wait "$slow" || fail "the slow request in flight at systemctl stop failed"
-grep -q "hello from generation 6" "$base/slow.out" || fail "slow request: $(cat "$base/slow.out")"
+grep -q "hello from generation 8" "$base/slow.out" || fail "slow request: $(cat "$base/slow.out")"
 [ "$(ctr systemctl show app -p Result --value)" = success ] || fail "app.service did not stop cleanly"
 log "systemctl stop: the slow request in flight completed"
 

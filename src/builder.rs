@@ -97,6 +97,55 @@ where
     Builder::new().upgrade(addrs).await
 }
 
+/// Asks the front whose process id is `pid` for a new generation and waits for the outcome,
+/// as [`upgrade`] does, finding the front's control socket from the process itself instead of
+/// from the program's name and addresses. For a reload that runs none of the app's code: the
+/// crate's `risefront` command (`risefront upgrade PID`) calls it, for systemd's
+/// `ExecReload=/usr/local/bin/risefront upgrade $MAINPID`. Run it as the service's user (the
+/// front talks to no one else). The wait for the new generation is bounded by the ready
+/// timeout of this process (`RISEFRONT_READY_TIMEOUT`, 60 s by default) plus a margin.
+///
+/// Linux only (the control socket is found in `/proc`); elsewhere it returns
+/// [`UpgradeError::Io`] of kind `Unsupported`.
+///
+/// ```no_run
+/// # async fn run() {
+/// match risefront::upgrade_pid(812).await {
+///     Ok(generation) => println!("generation {generation} is serving"),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// # }
+/// ```
+pub async fn upgrade_pid(pid: u32) -> Result<u64, UpgradeError> {
+    if !cfg!(target_os = "linux") {
+        return Err(UpgradeError::Io(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "risefront: finding a front by its process id needs Linux's /proc: use upgrade(addrs)",
+        )));
+    }
+    let Some(socket) = crate::holder::control_socket_of(pid) else {
+        return Err(UpgradeError::NoFront {
+            service: format!("of process {pid}"),
+            endpoint: format!(
+                "process {pid} (no risefront control socket this user may see: not a front, gone, or another user's)"
+            ),
+            holder: None,
+        });
+    };
+    let name = socket
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let mut builder = Builder::new().name(name);
+    if let Some(dir) = socket.parent() {
+        builder = builder.control_dir(dir);
+    }
+    let config = builder.config(&[])?;
+    let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
+    crate::upgrade::request(&endpoint, &config).await
+}
+
 /// Options for [`bind`]; every timeout has a default suitable for HTTP services.
 ///
 /// Timeouts can be overridden at run time without rebuilding, which is what an operator

@@ -109,6 +109,20 @@ pub(crate) fn of_port(port: u16, ours: Option<&Path>) -> Option<Holder> {
     }
 }
 
+/// The control socket of the front whose process id is `pid`, if it is one this user may
+/// inspect (Linux).
+pub(crate) fn control_socket_of(pid: u32) -> Option<PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::control_socket(pid)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod linux {
     use std::collections::{BTreeSet, HashMap};
@@ -223,7 +237,7 @@ mod linux {
 
     /// The front's control socket: a listening Unix socket of `pid` with its lock file beside
     /// it (`NAME.sock` and `NAME.lock`).
-    fn control_socket(pid: u32) -> Option<PathBuf> {
+    pub(super) fn control_socket(pid: u32) -> Option<PathBuf> {
         let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
         let inodes: BTreeSet<u64> = fds
             .flatten()

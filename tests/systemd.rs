@@ -105,6 +105,19 @@ async fn the_front_tells_systemd_about_start_reloads_rollbacks_reinstatements_an
     .await;
     let mut seen = Vec::new();
     seen.push(notify.expect(&["READY=1", "STATUS=generation 1 (pid "]));
+    // It names the build that serves, so `systemctl status` shows which one runs.
+    let build = seen[0]
+        .lines()
+        .find_map(|line| line.strip_prefix("STATUS="))
+        .and_then(|status| status.split("; runs ").nth(1))
+        .map(std::path::PathBuf::from);
+    assert!(
+        build
+            .as_ref()
+            .is_some_and(|b| b.is_absolute() && b.ends_with("hello")),
+        "no build in {:?}",
+        seen[0]
+    );
 
     // SIGHUP: RELOADING=1 and MONOTONIC_USEC= in one datagram, then READY=1.
     service.signal_front(Signal::HUP);

@@ -476,3 +476,40 @@ async fn the_newest_build_is_what_reloads_and_respawns_start() {
         service.log()
     );
 }
+
+/// `risefrontctl upgrade PID` (systemd: `ExecReload=risefrontctl upgrade $MAINPID`) upgrades
+/// the service by its front's process id, running none of the app's code; a process that is
+/// no front, or a bad command line, is an error that says so.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn risefrontctl_upgrades_the_service_whose_front_has_that_pid() {
+    let service = Service::start().await;
+    let ctl = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_risefrontctl"));
+        command.args(args);
+        common::run_bounded(command, common::PATIENCE)
+    };
+    let front = service.front_pid().to_string();
+    let output = ctl(&["upgrade", &front]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("generation 2 is serving"), "{stdout}");
+    assert_eq!(service.hello().await.generation, 2);
+    // Again: the front's pid stays the service's address.
+    let output = ctl(&["upgrade", &front]);
+    assert!(output.status.success(), "{output:?}");
+    service.wait_generation(3).await;
+
+    let me = std::process::id().to_string();
+    let output = ctl(&["upgrade", &me]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stderr.contains("no risefront control socket"), "{stderr}");
+
+    for bad in [&["upgrade", "front"][..], &["upgrade"], &["reload", &front]] {
+        let output = ctl(bad);
+        assert_eq!(output.status.code(), Some(2), "{bad:?}: {output:?}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("usage: risefrontctl"));
+    }
+    assert_eq!(service.hello().await.generation, 3, "nothing else changed");
+}

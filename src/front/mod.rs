@@ -32,6 +32,7 @@ use crate::handoff::{self, ControlListener, Endpoint, FrontLock, ProcessHandle, 
 use crate::net::{Target, bind_target};
 use crate::protocol::{Message, Program};
 use crate::socket::Socket;
+use crate::systemd::Supervisor;
 
 /// Control connections on the public endpoint served at once. When all are taken, the oldest
 /// that has not said Hello yet makes room; pre-connected generations do not count.
@@ -403,6 +404,29 @@ impl<'a> Front<'a> {
         }
     }
 
+    /// A status that says who serves also says which build that is (`systemctl status`
+    /// shows it): the program the serving generation runs, as it said in its Hello.
+    fn naming_the_build(&self, event: Supervisor) -> Supervisor {
+        let program = self
+            .machine
+            .active_peer()
+            .and_then(|peer| self.peers.get(&peer))
+            .and_then(|slot| slot.program.as_ref());
+        let Some(program) = program else {
+            return event;
+        };
+        let with_build = |status: String| format!("{status}; runs {}", program.exe.display());
+        match event {
+            Supervisor::Ready { status } => Supervisor::Ready {
+                status: with_build(status),
+            },
+            Supervisor::Status { status } => Supervisor::Status {
+                status: with_build(status),
+            },
+            other => other,
+        }
+    }
+
     /// Gives the machine one input and performs what it decides, including the inputs those
     /// actions produce (a spawn reports its pid or its failure at once).
     fn feed(&mut self, input: Input) {
@@ -493,7 +517,7 @@ impl<'a> Front<'a> {
                 None
             }
             Action::Notify(event) => {
-                crate::systemd::notify(&event);
+                crate::systemd::notify(&self.naming_the_build(event));
                 None
             }
             Action::CloseListeners => {

@@ -322,12 +322,7 @@ async fn client_worker<C>(
     progress: Progress,
 ) -> Report
 where
-    Counting<C>: Connect + Clone + Send + Sync + 'static,
-    Counting<C>: tower::Service<hyper::Uri> + Clone + Send + 'static,
-    <Counting<C> as tower::Service<hyper::Uri>>::Response:
-        hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    <Counting<C> as tower::Service<hyper::Uri>>::Error: std::fmt::Display,
-    <Counting<C> as tower::Service<hyper::Uri>>::Future: Send,
+    Counting<C>: Connect + Connector + Sync,
 {
     let connects = Arc::clone(&connector.count);
     let client = if http2 {
@@ -437,11 +432,7 @@ struct Http2Connection<C> {
 
 impl<C> Http2Connection<C>
 where
-    Counting<C>: tower::Service<hyper::Uri> + Clone + Send + 'static,
-    <Counting<C> as tower::Service<hyper::Uri>>::Response:
-        hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    <Counting<C> as tower::Service<hyper::Uri>>::Error: std::fmt::Display,
-    <Counting<C> as tower::Service<hyper::Uri>>::Future: Send,
+    Counting<C>: Connector,
 {
     fn new(connector: Counting<C>) -> Self {
         Http2Connection {
@@ -522,6 +513,31 @@ where
     }
 }
 
+/// What the HTTP/2 load opens its connections with: a tower connector yielding hyper's IO.
+trait Connector:
+    tower::Service<
+        hyper::Uri,
+        Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        Error: std::fmt::Display,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> Connector for T where
+    T: tower::Service<
+            hyper::Uri,
+            Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+            Error: std::fmt::Display,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Whether a failed HTTP/2 request may have reached the server.
 enum Sent {
     /// Provably not: refused before it was written, or excluded by the server's GOAWAY
@@ -544,12 +560,7 @@ impl From<h2::Error> for Sent {
 
 async fn send<C>(client: &Sender<C>, uri: &str) -> Result<(u16, bool, String), Failure>
 where
-    Counting<C>: Connect + Clone + Send + Sync + 'static,
-    Counting<C>: tower::Service<hyper::Uri> + Clone + Send + 'static,
-    <Counting<C> as tower::Service<hyper::Uri>>::Response:
-        hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    <Counting<C> as tower::Service<hyper::Uri>>::Error: std::fmt::Display,
-    <Counting<C> as tower::Service<hyper::Uri>>::Future: Send,
+    Counting<C>: Connect + Connector + Sync,
 {
     let attempt = async {
         let uri: hyper::Uri = uri.parse().map_err(|e| Failure::Other(format!("{e}")))?;
