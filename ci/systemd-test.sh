@@ -148,12 +148,16 @@ done
 finish_load "5 reloads"
 [ "$(generation)" = 6 ] || fail "generation $(generation) serves after 5 reloads, not 6"
 
-ctr sh -c 'echo exit > /srv/hello-fail'
-if ctr systemctl reload app 2>/dev/null; then
-    fail "systemctl reload succeeded although the new build failed"
-fi
-ctr rm -f /srv/hello-fail
-[ "$(generation)" = 6 ] || fail "a failed reload left generation $(generation) serving"
+# A reload to a build that fails ($1: how the reload runs) must fail, and generation $2 serve on.
+failed_reload() {
+    ctr sh -c 'echo exit > /srv/hello-fail'
+    if ctr systemctl reload app 2>/dev/null; then
+        fail "systemctl reload ($1) succeeded although the new build failed"
+    fi
+    ctr rm -f /srv/hello-fail
+    [ "$(generation)" = "$2" ] || fail "a failed reload ($1) left generation $(generation) serving"
+}
+failed_reload "the app with RISEFRONT_UPGRADE=1" 6
 ctr systemctl status app --no-pager 2>/dev/null | grep -q "last upgrade failed" ||
     fail "systemctl status does not say the upgrade failed"
 log "a reload to a failing build: systemctl reload failed, generation 6 serves on"
@@ -176,12 +180,7 @@ ctr systemctl daemon-reload
 ctr systemctl reload app || fail "reload through risefrontctl failed"
 # Generation 7 was the failed build above: this reload starts generation 8.
 [ "$(generation)" = 8 ] || fail "generation $(generation) serves after a reload through risefrontctl"
-ctr sh -c 'echo exit > /srv/hello-fail'
-if ctr systemctl reload app 2>/dev/null; then
-    fail "systemctl reload through risefrontctl succeeded although the new build failed"
-fi
-ctr rm -f /srv/hello-fail
-[ "$(generation)" = 8 ] || fail "a failed reload through risefrontctl left generation $(generation)"
+failed_reload "through risefrontctl" 8
 log "ExecReload=risefrontctl upgrade \$MAINPID: reloads, and a failed upgrade fails the reload"
 
 (get '/slow?ms=3000' >"$base/slow.out") &

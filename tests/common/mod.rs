@@ -150,6 +150,9 @@ impl Service {
     pub async fn start_with(exe: &Path, env: &[(&str, &str)]) -> Service {
         let service = Self::spawn(exe, env);
         service.wait_generation(1).await;
+        // Generation 1 answers a moment before the front has heard it is ready; a SIGHUP in
+        // between is refused as "an upgrade is already in progress" (seen in CI).
+        service.wait_log("generation 1 ready after").await;
         service
     }
 
