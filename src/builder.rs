@@ -565,11 +565,7 @@ impl Builder {
                 holder: None,
             }) => {
                 // Nothing answers where we looked: whoever holds the address may say where to.
-                let port = addrs.iter().find_map(|target| match target {
-                    Target::Tcp(candidates) => candidates.first().map(|a| a.port()),
-                    #[cfg(unix)]
-                    Target::Unix(_) => None,
-                });
+                let port = addrs.iter().find_map(Target::tcp_port);
                 let ours = std::path::PathBuf::from(&path);
                 Err(UpgradeError::NoFront {
                     holder: port.and_then(|port| crate::holder::of_port(port, Some(&ours))),

@@ -27,6 +27,16 @@ pub(crate) enum Target {
 }
 
 impl Target {
+    /// The TCP port this target asks for (that of its first candidate); none for a Unix
+    /// socket.
+    pub(crate) fn tcp_port(&self) -> Option<u16> {
+        match self {
+            Target::Tcp(candidates) => candidates.first().map(SocketAddr::port),
+            #[cfg(unix)]
+            Target::Unix(_) => None,
+        }
+    }
+
     /// Whether a socket listening on `addr` serves this target (a socket systemd passed).
     pub(crate) fn matches(&self, addr: &ListenAddr) -> bool {
         match (self, addr) {

@@ -173,17 +173,10 @@ fn explain_bind_error(e: io::Error, target: &Target, ours: &str, endpoint: &Endp
         .into_iter()
         .filter(|name| name != ours)
         .collect();
-    let holder = others
-        .iter()
-        .find(|name| name.contains(&part))
-        .or_else(|| match target {
-            Target::Tcp(candidates) => {
-                let port = candidates.first()?.port();
-                others.iter().find(|name| holds_port(name, port))
-            }
-            #[cfg(unix)]
-            Target::Unix(_) => None,
-        });
+    let holder = others.iter().find(|name| name.contains(&part)).or_else(|| {
+        let port = target.tcp_port()?;
+        others.iter().find(|name| holds_port(name, port))
+    });
     match holder {
         Some(service) => {
             let program = crate::config::program_name();
@@ -202,13 +195,11 @@ fn explain_bind_error(e: io::Error, target: &Target, ours: &str, endpoint: &Endp
             // A front elsewhere (under systemd, in another control directory, of another
             // user) is worth naming with the way to reach it; anything else, the binding
             // already said.
-            let port = match target {
-                Target::Tcp(candidates) => candidates.first().map(|a| a.port()),
-                #[cfg(unix)]
-                Target::Unix(_) => None,
-            };
             let ours = std::path::PathBuf::from(endpoint.to_string());
-            match port.and_then(|port| crate::holder::of_port(port, Some(&ours))) {
+            match target
+                .tcp_port()
+                .and_then(|port| crate::holder::of_port(port, Some(&ours)))
+            {
                 Some(holder) => BindError::InUseElsewhere {
                     address: target.to_string(),
                     holder: Box::new(holder),
