@@ -524,6 +524,8 @@ impl Builder {
         process::claim()?;
         // Spawned by the front: the channel is already connected, whoever crowds the endpoint.
         if let Some(stream) = handoff::inherited_channel()? {
+            // Its stderr is a pipe the front reads until it is ready (`front/tail.rs`).
+            handoff::borrow_stderr();
             return generation::join(stream, &config).await;
         }
         let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;

@@ -277,8 +277,10 @@ pub(crate) const KNOWN_VARS: &[&str] = &[
     "RISEFRONT_CLOSE_SPREAD",
     // Read by the front under systemd (`systemd::store_listeners`).
     "RISEFRONT_FDSTORE",
-    // Set by the front for the generations it spawns (`handoff::CHANNEL_VAR`).
+    // Set by the front for the generations it spawns (`handoff::CHANNEL_VAR`,
+    // `handoff::STDERR_VAR` on Unix).
     "RISEFRONT_CHANNEL",
+    "RISEFRONT_STDERR",
 ];
 
 pub(crate) const READY_TIMEOUT_VAR: &str = "RISEFRONT_READY_TIMEOUT";

@@ -8,7 +8,7 @@ use tokio::time::timeout;
 use crate::channel::Channel;
 use crate::config::Config;
 use crate::error::BindError;
-use crate::handoff::Stream;
+use crate::handoff::{self, Stream};
 use crate::listener::RiseFrontListener;
 use crate::process::{Process, process};
 use crate::protocol::{Message, Program, Role, VERSION, other_version};
@@ -99,7 +99,11 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
         addresses = ?listener.local_addrs(),
         "generation {generation} received its listeners"
     );
-    tokio::spawn(talk_to_front(channel, process, generation));
+    tokio::spawn(async move {
+        talk_to_front(channel, process, generation).await;
+        // The front is gone: the pipe it read our stderr from with it.
+        handoff::return_stderr();
+    });
     tokio::spawn(warn_if_never_ready(
         process,
         generation,
@@ -182,6 +186,9 @@ async fn talk_to_front(mut channel: Channel, process: &'static Process, generati
             }
             _ = process.wait_ready(), if !ready_sent => {
                 ready_sent = true;
+                // Ready, so no upgrade fails for what it writes from now on: its stderr is the
+                // service's again, and stays so if the front dies.
+                handoff::return_stderr();
                 if let Err(e) = channel.send(&Message::Ready).await {
                     process.start_draining(&format!("lost the front ({e})"));
                     return;

@@ -38,6 +38,10 @@
 //! | 19   | `Ping`       |                                                                    |
 //! | 20   | `Pong`       |                                                                    |
 //!
+//! An `Error` answering `Upgrade` may end with a line [`STDERR_TAIL`] and, after it, the last
+//! lines the failed generation wrote to stderr, one per line: plain text, so a client of
+//! another release shows it as part of the reason.
+//!
 //! `HandoffTo` and `HandoffFrom` introduce a superseded generation to the one that took over.
 //! On Unix each carries one end of a socket pair the front made (`SCM_RIGHTS`) and an empty
 //! pipe name; on Windows they name a private pipe, which the new generation creates and the
@@ -67,6 +71,10 @@
 
 use std::time::Duration;
 use std::{error, fmt, io, str};
+
+/// The line in an upgrade's `Error` after which come the failed generation's last lines on
+/// stderr.
+pub(crate) const STDERR_TAIL: &str = "its last lines on stderr:";
 
 /// Protocol revision. Bump it on any change to the layout above.
 /// Version 2 added the sender's ready and drain timeouts to `Hello`, so that the front

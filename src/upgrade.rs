@@ -10,7 +10,7 @@ use crate::channel::Channel;
 use crate::config::Config;
 use crate::error::BindError;
 use crate::handoff::Endpoint;
-use crate::protocol::{Message, Role, VERSION, other_version};
+use crate::protocol::{Message, Role, STDERR_TAIL, VERSION, other_version};
 
 /// Why [`upgrade`](crate::upgrade) did not produce a new serving generation.
 ///
@@ -57,8 +57,13 @@ pub enum UpgradeError {
     /// The new generation failed before it served (or the front gave up waiting); the old
     /// generation keeps serving.
     Failed {
-        /// The front's words: which generation, and why.
+        /// The front's words: which generation, and why (its exit status, or the deadline it
+        /// missed).
         reason: String,
+        /// The last lines (at most 12) the failed generation wrote to stderr before it failed,
+        /// oldest first: usually the error that stopped it. Empty when it wrote none, and on
+        /// Windows, where the front does not read its generations' stderr.
+        stderr: Vec<String>,
     },
     /// Refused before the front was asked, or by a front of another release, for a cause
     /// [`bind`](crate::bind) would also fail with: a bad address or setting, a control
@@ -92,7 +97,16 @@ impl fmt::Display for UpgradeError {
             UpgradeError::Busy { reason } => {
                 write!(f, "risefront: no upgrade now, try again later: {reason}")
             }
-            UpgradeError::Failed { reason } => write!(f, "risefront: upgrade failed: {reason}"),
+            UpgradeError::Failed { reason, stderr } => {
+                write!(f, "risefront: upgrade failed: {reason}")?;
+                if !stderr.is_empty() {
+                    write!(f, "\n{STDERR_TAIL}")?;
+                }
+                for line in stderr {
+                    write!(f, "\n  | {line}")?;
+                }
+                Ok(())
+            }
             UpgradeError::Bind(e) => e.fmt(f),
             UpgradeError::Io(e) => e.fmt(f),
         }
@@ -222,7 +236,7 @@ async fn ask(
     match answer {
         Some(Message::Upgraded { generation }) => Ok(generation),
         Some(Message::Busy { reason }) => Err(UpgradeError::Busy { reason }),
-        Some(Message::Error { reason }) => Err(UpgradeError::Failed { reason }),
+        Some(Message::Error { reason }) => Err(failed(&reason)),
         Some(other) => Err(UpgradeError::Io(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("risefront: unexpected answer from the front: {other:?}"),
@@ -231,6 +245,52 @@ async fn ask(
             io::ErrorKind::UnexpectedEof,
             "risefront: the front closed the connection before reporting the upgrade's outcome",
         ))),
+    }
+}
+
+/// An upgrade's `Error` as [`UpgradeError::Failed`]: the reason, and the failed generation's
+/// last lines on stderr when the front added them.
+fn failed(answer: &str) -> UpgradeError {
+    let (reason, tail) = answer
+        .split_once(&format!("\n{STDERR_TAIL}\n"))
+        .unwrap_or((answer, ""));
+    UpgradeError::Failed {
+        reason: reason.to_owned(),
+        stderr: tail.lines().map(str::to_owned).collect(),
+    }
+}
+
+#[cfg(test)]
+mod failed_tests {
+    use super::{STDERR_TAIL, UpgradeError, failed};
+
+    #[test]
+    fn the_stderr_tail_is_split_from_the_reason_and_shown_indented() {
+        let e = failed(&format!(
+            "generation 3 failed before it was ready: it exited with exit status: 1\n{STDERR_TAIL}\nloading config\nError: cannot read cert.pem"
+        ));
+        let UpgradeError::Failed { reason, stderr } = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(
+            reason,
+            "generation 3 failed before it was ready: it exited with exit status: 1"
+        );
+        assert_eq!(stderr, &["loading config", "Error: cannot read cert.pem"]);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "risefront: upgrade failed: {reason}\n{STDERR_TAIL}\n  | loading config\n  | Error: cannot read cert.pem"
+            )
+        );
+        let plain = failed("generation 3 did not take over");
+        assert!(
+            matches!(&plain, UpgradeError::Failed { reason, stderr } if reason == "generation 3 did not take over" && stderr.is_empty())
+        );
+        assert_eq!(
+            plain.to_string(),
+            "risefront: upgrade failed: generation 3 did not take over"
+        );
     }
 }
 

@@ -61,6 +61,17 @@ async fn a_generation_the_front_starts_that_fails_before_ready_is_rolled_back() 
             && !stderr.contains("pid 0"),
         "{stderr}"
     );
+    // Why, where it was asked: what the failing build wrote to stderr (Unix; on Windows the
+    // front does not read its generations' stderr), and still in the service's log.
+    #[cfg(unix)]
+    assert!(
+        stderr.contains("its last lines on stderr:\n  | ")
+            && stderr.contains("\n  | HELLO_FAIL=exit: exiting before serving"),
+        "{stderr}"
+    );
+    service
+        .wait_log("HELLO_FAIL=exit: exiting before serving")
+        .await;
     service.wait_log("rollback: generation 2").await;
     assert_eq!(
         service.hello().await,
@@ -425,7 +436,12 @@ async fn upgrade_errors_say_which_case_it_is() {
     failing.fail_with("exit");
     let failed = client().upgrade([service.addr]).await;
     assert!(
-        matches!(&failed, Err(UpgradeError::Failed { reason }) if reason.contains("generation 3")),
+        matches!(&failed, Err(UpgradeError::Failed { reason, .. }) if reason.contains("generation 3")),
+        "{failed:?}"
+    );
+    #[cfg(unix)]
+    assert!(
+        matches!(&failed, Err(UpgradeError::Failed { stderr, .. }) if stderr.last().is_some_and(|l| l == "HELLO_FAIL=exit: exiting before serving")),
         "{failed:?}"
     );
 
@@ -440,6 +456,12 @@ async fn upgrade_errors_say_which_case_it_is() {
     let timed_out = hanging.await.expect("task");
     assert!(
         matches!(timed_out, Err(UpgradeError::Failed { .. })),
+        "{timed_out:?}"
+    );
+    // Killed at its ready timeout: what it said before is returned with the failure.
+    #[cfg(unix)]
+    assert!(
+        matches!(&timed_out, Err(UpgradeError::Failed { stderr, .. }) if stderr.iter().any(|l| l.contains("HELLO_FAIL=hang: never serving"))),
         "{timed_out:?}"
     );
 }

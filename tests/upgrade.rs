@@ -513,3 +513,23 @@ async fn risefrontctl_upgrades_the_service_whose_front_has_that_pid() {
     }
     assert_eq!(service.hello().await.generation, 3, "nothing else changed");
 }
+
+/// Until it is ready, a generation the front starts writes to a pipe the front reads (so that a
+/// failed upgrade can report its last lines); once ready, its stderr is the service's own again,
+/// so that nothing it writes depends on the front: killed with -9, the front takes no line with
+/// it.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_ready_generation_writes_to_the_services_stderr_not_through_the_front() {
+    let stderr_of = |pid: u32| fs::read_link(format!("/proc/{pid}/fd/2")).expect("fd 2");
+    let service = Service::start().await;
+    let front = service.front_pid();
+    let g1 = service.hello().await;
+    assert_eq!(stderr_of(g1.pid), stderr_of(front), "generation 1");
+    service.signal_front(Signal::HUP);
+    let g2 = service.wait_generation(2).await;
+    assert_eq!(stderr_of(g2.pid), stderr_of(front), "generation 2");
+
+    service.signal_front(Signal::KILL);
+    service.wait_log("generation 2 lost the front").await;
+}

@@ -139,6 +139,14 @@ pub(crate) enum Action {
     SendListeners { peer: PeerId, generation: Gen },
     /// Send one message to a peer.
     Send { peer: PeerId, message: Message },
+    /// Tell a control client that the upgrade to `generation` failed: an `Error` with `reason`,
+    /// to which the shell adds the last lines that generation wrote to stderr, when it read
+    /// them. The peer is closed next, as after any answer.
+    Failed {
+        peer: PeerId,
+        generation: Gen,
+        reason: String,
+    },
     /// Connect the generation on `from`, about to be told to stop accepting (or still
     /// draining), to the one on `to`, which took over, so that `from` can hand its idle
     /// connections to `to` directly: a socket pair (a private pipe on Windows), one end to each
@@ -567,6 +575,16 @@ impl Machine {
     /// Answers a peer once and closes it.
     fn answer(&mut self, peer: PeerId, message: Message) {
         self.out.push(Action::Send { peer, message });
+        self.close_peer(peer);
+    }
+
+    /// Answers a control client that the upgrade to `generation` failed, and closes it.
+    fn answer_failed(&mut self, peer: PeerId, generation: Gen, reason: String) {
+        self.out.push(Action::Failed {
+            peer,
+            generation,
+            reason,
+        });
         self.close_peer(peer);
     }
 

@@ -12,12 +12,13 @@
 mod machine;
 mod orphans;
 mod peer;
+mod tail;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::io;
 use std::process::Stdio;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -26,14 +27,17 @@ use tokio::time::{Instant, sleep_until};
 
 use self::machine::{Action, Gen, Input, Machine, PeerId, Timeouts};
 use self::peer::{Command, Event, PeerContext};
+use self::tail::Tail;
 use crate::config::{Config, deadline_after};
 use crate::error::BindError;
 use crate::handoff::{self, ControlListener, Endpoint, FrontLock, ProcessHandle, Stream};
 use crate::net::{Target, bind_target};
-use crate::protocol::{Message, Program};
+use crate::protocol::{Message, Program, STDERR_TAIL};
 use crate::socket::Socket;
 use crate::systemd::Supervisor;
 
+/// How long a spawned generation's exit waits for the last of its stderr to be read.
+const TAIL_WAIT: Duration = Duration::from_millis(500);
 /// Control connections on the public endpoint served at once. When all are taken, the oldest
 /// that has not said Hello yet makes room; pre-connected generations do not count.
 const MAX_PEERS: usize = 64;
@@ -268,6 +272,9 @@ struct Front<'a> {
     /// The pids of the generations we spawned and have not seen exit: never reaped as
     /// orphans.
     child_pids: BTreeMap<Gen, u32>,
+    /// The last lines each spawned generation wrote to stderr before it was ready, until its
+    /// exit was reported: what a failed upgrade's answer adds.
+    tails: BTreeMap<Gen, Arc<Mutex<Tail>>>,
     /// Generations started by hand, held since their pid was verified.
     handles: BTreeMap<Gen, ProcessHandle>,
     /// The handle that came with a Hello, until the machine says which generation it is.
@@ -307,6 +314,7 @@ impl<'a> Front<'a> {
             next_peer: 0,
             children: BTreeMap::new(),
             child_pids: BTreeMap::new(),
+            tails: BTreeMap::new(),
             handles: BTreeMap::new(),
             hello_handles: BTreeMap::new(),
             events_tx,
@@ -383,6 +391,7 @@ impl<'a> Front<'a> {
                     self.children.remove(&generation);
                     self.child_pids.remove(&generation);
                     self.feed(Input::Exited { generation, status, success });
+                    self.tails.remove(&generation);
                 }
                 _ = hangup.recv() => self.feed(Input::Hangup),
                 () = orphans.changed() => {
@@ -477,6 +486,14 @@ impl<'a> Front<'a> {
                 self.command(peer, Command::SendListeners(generation))
             }
             Action::Send { peer, message } => self.command(peer, Command::Send(message)),
+            Action::Failed {
+                peer,
+                generation,
+                reason,
+            } => {
+                let reason = self.with_stderr_of(generation, reason);
+                self.command(peer, Command::Send(Message::Error { reason }))
+            }
             Action::Introduce { from, to } => self.introduce(from, to),
             Action::Close(peer) => {
                 if let Some(slot) = self.peers.remove(&peer)
@@ -788,12 +805,34 @@ impl<'a> Front<'a> {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES");
+        let lent = handoff::lend_stderr(&mut command).unwrap_or_else(|e| {
+            tracing::debug!(
+                generation = n,
+                "generation {n} keeps the front's stderr: {e}"
+            );
+            None
+        });
         let spawned = {
             // Held until the spawn returned; then the front keeps only its own end.
             let _inherited = theirs.attach(&mut command)?;
             command.spawn()
         };
         let mut child = spawned?;
+        // Dropped now, so that the pipe ends when the generation (and whatever it started)
+        // closes its stderr, not when the front does.
+        drop(command);
+        let reading = match lent.map(handoff::Lent::into_reader).transpose() {
+            Ok(Some(reader)) => {
+                let tail = Arc::new(Mutex::new(Tail::default()));
+                self.tails.insert(n, Arc::clone(&tail));
+                Some(tokio::spawn(tail::pass_through(reader, tail)))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(generation = n, "cannot read generation {n}'s stderr: {e}");
+                None
+            }
+        };
         let pid = child.id().unwrap_or_default();
         let (kill, killed) = oneshot::channel::<()>();
         self.children.insert(n, kill);
@@ -813,10 +852,30 @@ impl<'a> Front<'a> {
                 Ok(s) => (s.to_string(), s.success()),
                 Err(e) => (format!("unknown status ({e})"), false),
             };
+            // Its last words before its exit is reported; bounded, since a process it started
+            // may hold the pipe open long after.
+            if let Some(reading) = reading {
+                let _ = tokio::time::timeout(TAIL_WAIT, reading).await;
+            }
             let _ = exits.send((n, status, success));
         });
         let peer = self.start_peer(ours, Some(n));
         Ok((pid, peer))
+    }
+}
+
+impl Front<'_> {
+    /// `reason` with the last lines generation `n` wrote to stderr, when the front read them.
+    fn with_stderr_of(&self, n: Gen, reason: String) -> String {
+        let lines = self
+            .tails
+            .get(&n)
+            .and_then(|tail| tail.lock().ok().map(|t| t.lines()))
+            .unwrap_or_default();
+        if lines.is_empty() {
+            return reason;
+        }
+        format!("{reason}\n{STDERR_TAIL}\n{}", lines.join("\n"))
     }
 }
 

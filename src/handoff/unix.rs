@@ -24,6 +24,9 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::error::BindError;
 use crate::socket::Socket;
 
+mod stderr;
+pub(crate) use stderr::{Lent, borrow_stderr, lend_stderr, return_stderr};
+
 /// Most descriptors one frame may carry; a front has one per listening address.
 pub(crate) const MAX_FDS: usize = 64;
 

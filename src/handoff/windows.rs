@@ -3,8 +3,8 @@
 //! and listening sockets passed as `WSADuplicateSocketW` protocol info. By concern: the pipe
 //! endpoint ([`pipe`]), the security descriptor and the user checks ([`security`]), socket
 //! duplication ([`socket`]), a spawned child's private pipe ([`child`]), the pipe between two
-//! generations for the connection handoff ([`pair`]) and the handle on a process started by
-//! hand ([`process`]).
+//! generations for the connection handoff ([`pair`]), the handle on a process started by
+//! hand ([`process`]) and a starting generation's stderr ([`stderr`]).
 //!
 //! These files hold most of the crate's `unsafe` code (the rest adopts inherited descriptors in
 //! `handoff/unix.rs`): Win32 has no safe wrapper for the security descriptor, the pipe's
@@ -16,6 +16,7 @@ mod pipe;
 mod process;
 mod security;
 mod socket;
+mod stderr;
 
 use std::io;
 
@@ -27,6 +28,7 @@ pub(crate) use self::security::check_peer;
 pub(crate) use self::socket::{
     activated_listeners, duplicate_socket, listener_from_protocol_info, stream_from_protocol_info,
 };
+pub(crate) use self::stderr::{Lent, borrow_stderr, lend_stderr, return_stderr};
 
 /// Most sockets one frame may carry; a front has one per listening address.
 pub(crate) const MAX_FDS: usize = 64;

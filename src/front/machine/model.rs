@@ -560,6 +560,14 @@ impl Model {
     }
 
     fn perform(&mut self, action: Action, step: &Step, queue: &mut Vec<Input>) {
+        // To the client it is an `Error`; the shell adds what it knows of the generation.
+        let action = match action {
+            Action::Failed { peer, reason, .. } => Action::Send {
+                peer,
+                message: Message::Error { reason },
+            },
+            other => other,
+        };
         let stopping = self.stopping.is_some();
         let before = &step.before;
         match action {
@@ -647,6 +655,7 @@ impl Model {
                     p.view = View::Joined;
                 }
             }
+            Action::Failed { .. } => unreachable!("turned into a Send above"),
             Action::Send { peer, ref message } => {
                 assert!(self.open.contains(&peer), "{action:?} to a closed peer");
                 if let Some(client) = self.clients.get_mut(&peer) {

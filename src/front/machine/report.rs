@@ -67,12 +67,7 @@ impl Machine {
             }));
         }
         for client in failed.clients {
-            self.answer(
-                client,
-                Message::Error {
-                    reason: reason.clone(),
-                },
-            );
+            self.answer_failed(client, n, reason.clone());
         }
     }
 

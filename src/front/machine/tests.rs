@@ -205,7 +205,12 @@ fn error_to(out: &[Action], to: PeerId) -> Option<String> {
         Action::Send {
             peer,
             message: Message::Error { reason } | Message::Busy { reason },
-        } if *peer == to => Some(reason.clone()),
+        }
+        | Action::Failed { peer, reason, .. }
+            if *peer == to =>
+        {
+            Some(reason.clone())
+        }
         _ => None,
     })
 }
