@@ -13,6 +13,11 @@
 #   - the fd-store unit: the front killed with -9 under load, 0 failed (252 needs
 #     RISEFRONT_FDSTORE=1, which the unit sets);
 #   - socket activation: 2 reloads and a kill -9 of the front under load, 0 failed.
+# With SYSTEMD_VERSION=254, the container runs systemd 254 from bookworm-backports (installed in
+# the overlay only, from the mirror the host's apt uses) and these are checked too:
+#   - app-notify-reload.service (Type=notify-reload): start, 5 reloads under load, 0 failed;
+#     a reload to a failing build fails `systemctl reload`;
+#   - the fd store as systemd 254 announces it ($FDSTORE), without RISEFRONT_FDSTORE.
 # Needs root (mounts, a container). Usage: ci/systemd-test.sh [APP [CTL]] (defaults: the debug
 # builds of the hello example and of risefrontctl, which `cargo test --all-targets` builds).
 set -euo pipefail
@@ -20,7 +25,8 @@ cd "$(dirname "$0")/.."
 
 app=${1:-target/debug/examples/hello}
 ctl=${2:-target/debug/risefrontctl}
-log() { echo "[systemd-test] $*"; }
+version=${SYSTEMD_VERSION:-252}
+log() { echo "[systemd-test $version] $*"; }
 fail() {
     log "FAILED: $*"
     if [ -n "${C:-}" ]; then
@@ -30,6 +36,7 @@ fail() {
 }
 
 [ "$(id -u)" = 0 ] || fail "needs root: it mounts an overlay and boots a container"
+case "$version" in 252 | 254) ;; *) fail "SYSTEMD_VERSION=$version: 252 (Debian 12's) or 254 (bookworm-backports)" ;; esac
 [ -x "$app" ] || fail "$app is missing: build it first (cargo build --example hello)"
 [ -x "$ctl" ] || fail "$ctl is missing: build it first (cargo build --bin risefrontctl)"
 
@@ -67,6 +74,17 @@ trap teardown EXIT
 mount -t tmpfs -o size=4g tmpfs "$base"
 mkdir -p "$base/upper" "$base/work" "$root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$root"
+if [ "$version" = 254 ]; then
+    # Inside the overlay only: the host's systemd stays as it is.
+    mirror=$(sed -n 's/^URIs: *\(http[^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+    mirror=${mirror:-$(sed -n 's/^deb *\(http[^ ]*\/debian\) .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -1)}
+    mirror=${mirror:-http://deb.debian.org/debian}
+    echo "deb $mirror bookworm-backports main" >"$root/etc/apt/sources.list.d/risefront-backports.list"
+    systemd-nspawn -D "$root" --register=no --keep-unit --link-journal=no --pipe sh -c \
+        'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports systemd systemd-container >/dev/null' \
+        >"$base/apt.log" 2>&1 || fail "installing systemd 254 in the container: $(tail -5 "$base/apt.log")"
+    rm -rf /run/systemd/nspawn /run/systemd/nspawn-root 2>/dev/null || true
+fi
 install -m755 "$app" "$root/usr/local/bin/app"
 install -m755 "$ctl" "$root/usr/local/bin/risefrontctl"
 useradd -R "$root" --system --no-create-home --shell /usr/sbin/nologin app 2>/dev/null || true
@@ -76,7 +94,7 @@ cp contrib/systemd/app.socket "$root/etc/systemd/system/appsock.socket"
 sed 's/app\.socket/appsock.socket/g' contrib/systemd/app-socket.service \
     >"$root/etc/systemd/system/appsock.service"
 # The failing build of the reload check: the hello example fails while this file exists.
-for unit in app app-fdstore appsock; do
+for unit in app app-fdstore app-notify-reload appsock; do
     mkdir -p "$root/etc/systemd/system/$unit.service.d"
     printf '[Service]\nEnvironment=HELLO_FAIL_FILE=/srv/hello-fail\n' \
         >"$root/etc/systemd/system/$unit.service.d/test.conf"
@@ -117,8 +135,10 @@ for _ in $(seq 1 300); do
     case "$state" in running | degraded) break ;; esac
     sleep 0.2
 done
-log "systemd $(ctr systemctl --version | head -1 | cut -d' ' -f2) in the container: $state"
+running=$(ctr systemctl --version | head -1 | cut -d' ' -f2)
+log "systemd $running in the container: $state"
 case "$state" in running | degraded) ;; *) fail "the container's systemd is $state" ;; esac
+[ "$running" = "$version" ] || fail "systemd $running runs in the container, not $version"
 
 get() { ctrnet curl -s --max-time 10 "http://127.0.0.1:8080$1"; }
 generation() { get / | sed -n 's/^hello from generation \([0-9]*\) .*/\1/p'; }
@@ -148,10 +168,11 @@ done
 finish_load "5 reloads"
 [ "$(generation)" = 6 ] || fail "generation $(generation) serves after 5 reloads, not 6"
 
-# A reload to a build that fails ($1: how the reload runs) must fail, and generation $2 serve on.
+# A reload to a build that fails ($1: how the reload runs) must fail, and generation $2 serve on
+# ($3: the unit, app by default).
 failed_reload() {
     ctr sh -c 'echo exit > /srv/hello-fail'
-    if ctr systemctl reload app 2>/dev/null; then
+    if ctr systemctl reload "${3:-app}" 2>/dev/null; then
         fail "systemctl reload ($1) succeeded although the new build failed"
     fi
     ctr rm -f /srv/hello-fail
@@ -191,6 +212,35 @@ wait "$slow" || fail "the slow request in flight at systemctl stop failed"
 grep -q "hello from generation 8" "$base/slow.out" || fail "slow request: $(cat "$base/slow.out")"
 [ "$(ctr systemctl show app -p Result --value)" = success ] || fail "app.service did not stop cleanly"
 log "systemctl stop: the slow request in flight completed"
+
+if [ "$version" = 254 ]; then
+    # Type=notify-reload, as shipped: ExecReload= through risefrontctl, ReloadSignal=SIGCONT.
+    ctr systemctl start app-notify-reload
+    [ "$(ctr systemctl show app-notify-reload -p Type --value)" = notify-reload ] ||
+        fail "app-notify-reload.service is not Type=notify-reload"
+    [ "$(generation)" = 1 ] || fail "notify-reload: not answering right after systemctl start"
+    start_load 8
+    sleep 1
+    for n in 2 3 4 5 6; do
+        ctr systemctl reload app-notify-reload || fail "notify-reload: reload $n failed"
+        sleep 0.5
+    done
+    finish_load "notify-reload, 5 reloads"
+    [ "$(generation)" = 6 ] || fail "notify-reload: generation $(generation) serves after 5 reloads"
+    failed_reload "Type=notify-reload" 6 app-notify-reload
+    ctr systemctl status app-notify-reload --no-pager 2>/dev/null | grep -q "last upgrade failed" ||
+        fail "notify-reload: systemctl status does not say the upgrade failed"
+    ctr journalctl -u app-notify-reload --no-pager 2>/dev/null |
+        grep -q 'risefrontctl.*| HELLO_FAIL=exit: exiting before serving' ||
+        fail "notify-reload: the failed build's last lines are not in the reload's journal"
+    ctr systemctl stop app-notify-reload
+    log "Type=notify-reload: 5 reloads, 0 failed; a failed upgrade fails systemctl reload and the journal has why"
+
+    # 254 announces the store ($FDSTORE): nothing to opt in to.
+    printf '[Service]\nEnvironment=RISEFRONT_FDSTORE=0\n' \
+        >"$root/etc/systemd/system/app-fdstore.service.d/announced.conf"
+    ctr systemctl daemon-reload
+fi
 
 ctr systemctl start app-fdstore
 ctr journalctl -u app-fdstore --no-pager 2>/dev/null | grep -q "stored the socket" ||
