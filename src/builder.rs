@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::addr::ToListenAddr;
 use crate::config::{
-    Config, DRAIN_TIMEOUT_VAR, READY_TIMEOUT_VAR, control_handshake_var, deadline_after,
+    Config, DRAIN_TIMEOUT_VAR, NAME_VAR, READY_TIMEOUT_VAR, control_handshake_var, deadline_after,
     derive_name, env_duration, env_handoff, env_off, env_tls_handshake_timeout, env_unix_mode,
     env_upgrade, nonzero_timeout, program_name, validate_name, warn_unknown_vars,
 };
@@ -247,9 +247,16 @@ impl Builder {
     /// instead of taking it over. Set a name to let programs of different file names share one
     /// service.
     ///
+    /// A name also keeps a service's identity when a new build changes its address list: the
+    /// derived name includes the addresses, so a build that adds or drops one is another
+    /// service unless both builds share a name. With a name, the new build's addresses are
+    /// the service's from the upgrade on (the front binds the new ones and closes those no
+    /// generation uses any more).
+    ///
     /// Letters, digits, `.`, `_` and `-` only, at most 64, not starting with `.` (the name
     /// becomes a file name); [`bind`](Self::bind) refuses others with
     /// [`BindError::InvalidServiceName`](crate::BindError::InvalidServiceName).
+    /// `RISEFRONT_NAME` overrides it.
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -526,13 +533,13 @@ impl Builder {
         if let Some(stream) = handoff::inherited_channel()? {
             // Its stderr is a pipe the front reads until it is ready (`front/tail.rs`).
             handoff::borrow_stderr();
-            return generation::join(stream, &config).await;
+            return generation::join(stream, &config, &addrs).await;
         }
         let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
         let deadline = deadline_after(Instant::now(), config.handshake_timeout);
         loop {
             if let Some(stream) = endpoint.connect().await? {
-                return generation::join(stream, &config).await;
+                return generation::join(stream, &config, &addrs).await;
             }
             if let Some(lock) = endpoint.try_lock()? {
                 match front::run(config, addrs, endpoint, lock).await? {}
@@ -583,7 +590,8 @@ impl Builder {
         warn_unknown_vars();
         // Read by `TlsListener`, after `bind`: a bad value must stop the start here.
         env_tls_handshake_timeout()?;
-        let name = match &self.name {
+        let from_env = std::env::var(NAME_VAR).ok().filter(|n| !n.is_empty());
+        let name = match from_env.as_ref().or(self.name.as_ref()) {
             Some(name) => validate_name(name)?,
             None => {
                 let named: Vec<_> = addrs.iter().map(Target::named).collect();

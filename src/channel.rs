@@ -13,6 +13,11 @@ use crate::socket::Socket;
 pub(crate) struct Channel {
     stream: Stream,
     decoder: FrameDecoder,
+    /// The version this channel speaks: ours, or the previous one for a peer of the previous
+    /// release (set by its first message, when one version back is read).
+    version: u8,
+    /// A message was read, so `version` is the peer's.
+    settled: bool,
     /// Descriptors received and not yet claimed by a `Listeners` frame.
     #[cfg(unix)]
     fds: Vec<OwnedFd>,
@@ -30,6 +35,8 @@ impl Channel {
         Channel {
             stream,
             decoder: FrameDecoder::new(),
+            version: protocol::VERSION,
+            settled: false,
             #[cfg(unix)]
             fds: Vec::new(),
             #[cfg(unix)]
@@ -38,12 +45,35 @@ impl Channel {
         }
     }
 
+    /// Also reads a peer of the previous release, and answers it in its version
+    /// ([`protocol::OLDEST_VERSION`]): the front's side of a control connection, and the
+    /// receiving side of a connection handoff.
+    pub(crate) fn reading_one_version_back(mut self) -> Self {
+        self.decoder = FrameDecoder::reading_one_version_back();
+        self
+    }
+
     /// Reads the next message; `Ok(None)` at a clean end of stream.
     ///
     /// Cancel-safe: bytes already read stay in the decoder, so this can sit in a `select!`.
     pub(crate) async fn recv(&mut self) -> io::Result<Option<Message>> {
         loop {
             if let Some(msg) = self.decoder.next_message()? {
+                // A peer speaks one version for the whole connection: its first message's.
+                match self.decoder.version() {
+                    Some(v) if self.settled && v != self.version => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "risefront: control peer switched from protocol version {} to {v}",
+                                self.version
+                            ),
+                        ));
+                    }
+                    Some(v) => self.version = v,
+                    None => {}
+                }
+                self.settled = true;
                 return Ok(Some(msg));
             }
             let n = self.read_some().await?;
@@ -85,7 +115,7 @@ impl Channel {
 
     pub(crate) async fn send(&mut self, msg: &Message) -> io::Result<()> {
         let mut frame = Vec::new();
-        protocol::encode(msg, &mut frame)?;
+        protocol::encode_as(msg, self.version, &mut frame)?;
         #[cfg(unix)]
         return self.write_frame(&frame, &[]).await;
         #[cfg(windows)]
@@ -134,7 +164,7 @@ impl Channel {
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> io::Result<()> {
         let mut frame = Vec::new();
-        protocol::encode(msg, &mut frame)?;
+        protocol::encode_as(msg, self.version, &mut frame)?;
         self.write_frame(&frame, fds).await
     }
 

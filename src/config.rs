@@ -266,6 +266,7 @@ pub(crate) const KNOWN_VARS: &[&str] = &[
     "RISEFRONT_HANDOFF",
     "RISEFRONT_UNIX_MODE",
     "RISEFRONT_DIR",
+    NAME_VAR,
     READY_TIMEOUT_VAR,
     DRAIN_TIMEOUT_VAR,
     CONTROL_HANDSHAKE_TIMEOUT_VAR,
@@ -284,6 +285,8 @@ pub(crate) const KNOWN_VARS: &[&str] = &[
 ];
 
 pub(crate) const READY_TIMEOUT_VAR: &str = "RISEFRONT_READY_TIMEOUT";
+/// The service's name, as `Builder::name` sets it.
+pub(crate) const NAME_VAR: &str = "RISEFRONT_NAME";
 pub(crate) const DRAIN_TIMEOUT_VAR: &str = "RISEFRONT_DRAIN_TIMEOUT";
 pub(crate) const CONTROL_HANDSHAKE_TIMEOUT_VAR: &str = "RISEFRONT_CONTROL_HANDSHAKE_TIMEOUT";
 /// The control handshake's variable before it was told apart from the TLS one; still read.

@@ -10,12 +10,17 @@ use crate::config::Config;
 use crate::error::BindError;
 use crate::handoff::{self, Stream};
 use crate::listener::RiseFrontListener;
+use crate::net::Target;
 use crate::process::{Process, process};
 use crate::protocol::{Message, Program, Role, VERSION, other_version};
 
 /// Joins the front on `stream`: introduces ourselves, receives our generation number and the
 /// listening sockets, and keeps the channel open in the background for the rest of our life.
-pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFrontListener> {
+pub(crate) async fn join(
+    stream: Stream,
+    config: &Config,
+    addrs: &[Target],
+) -> io::Result<RiseFrontListener> {
     let mut channel = Channel::new(stream, true);
     // The front's ready deadline starts when it reads our Hello, after this.
     let introduced_at = tokio::time::Instant::now();
@@ -29,6 +34,7 @@ pub(crate) async fn join(stream: Stream, config: &Config) -> io::Result<RiseFron
                 probation: config.probation,
                 // Without it (a program that cannot say where it is) the front starts its own.
                 program: Program::of_this_process().ok(),
+                addresses: addrs.to_vec(),
             })
             .await;
         match (sent, channel.recv().await) {

@@ -34,6 +34,8 @@ pub struct Holder {
     /// Its risefront control socket, when it is a front and that socket is not where this
     /// program looked.
     pub control_socket: Option<PathBuf>,
+    /// The control socket this program looked for, to say what differs from the holder's.
+    looked_for: Option<PathBuf>,
 }
 
 impl Holder {
@@ -51,11 +53,22 @@ impl Holder {
             let user = if self.user_unit { " --user" } else { "" };
             ways.push(format!("upgrade it with `systemctl{user} reload {unit}`"));
         }
-        let dir = self
-            .control_socket
-            .as_deref()
-            .and_then(Path::parent)
-            .map(|dir| format!("RISEFRONT_DIR={}", dir.display()));
+        // Its control socket is `<dir>/<service name>.sock`: say which of the two differs.
+        let theirs = self.control_socket.as_deref();
+        let ours = self.looked_for.as_deref();
+        let differs = |part: fn(&Path) -> Option<&std::ffi::OsStr>| {
+            theirs
+                .and_then(part)
+                .filter(|t| ours.and_then(part) != Some(*t))
+        };
+        let mut settings = Vec::new();
+        if let Some(dir) = differs(|p| p.parent().map(Path::as_os_str)) {
+            settings.push(format!("RISEFRONT_DIR={}", Path::new(dir).display()));
+        }
+        if let Some(name) = differs(Path::file_stem) {
+            settings.push(format!("RISEFRONT_NAME={}", name.to_string_lossy()));
+        }
+        let dir = (!settings.is_empty()).then(|| settings.join(" "));
         match (dir, self.other_user) {
             (Some(dir), true) => ways.push(format!(
                 "start this build as user {} with {dir} (`sudo -u {} env {dir} ...`)",
@@ -164,6 +177,7 @@ mod linux {
             unit,
             user_unit,
             control_socket,
+            looked_for: ours.map(Path::to_path_buf),
         })
     }
 
@@ -348,6 +362,7 @@ mod tests {
             unit: None,
             user_unit: false,
             control_socket: None,
+            looked_for: Some("/tmp/risefront-0/app.sock".into()),
         };
         assert!(!holder.is_useful());
         holder.unit = Some("app.service".into());
@@ -364,6 +379,17 @@ mod tests {
         assert_eq!(
             holder.to_string(),
             "app (pid 12, user app), systemd unit app.service, whose risefront control socket is /run/app/risefront/app.sock"
+        );
+        // The same directory, another name (a build whose address list differs): the name.
+        holder.unit = None;
+        holder.other_user = false;
+        holder.looked_for =
+            Some("/run/app/risefront/app-0.0.0.0_8080_and_0.0.0.0_9090.sock".into());
+        assert_eq!(holder.advice(), "start this build with RISEFRONT_NAME=app");
+        holder.looked_for = None;
+        assert_eq!(
+            holder.advice(),
+            "start this build with RISEFRONT_DIR=/run/app/risefront RISEFRONT_NAME=app"
         );
     }
 

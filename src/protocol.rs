@@ -16,7 +16,7 @@
 //! | 1    | `Hello`      | pid `u32`, role `u8` (1 generation, 2 control), ready and drain    |
 //! |      |              | timeouts and probation window in ms `u64` each (the sender's own,  |
 //! |      |              | saturated), `u16` len + the program it runs (0: not said; see      |
-//! |      |              | `program.rs`)                                                      |
+//! |      |              | `program.rs`), the addresses it asked for (see `targets.rs`)       |
 //! | 2    | `Listeners`  | generation `u64`, count `u16` (≤ 1024), count × (`u16` len, bytes) |
 //! | 3    | `Ready`      |                                                                    |
 //! | 4    | `Superseded` |                                                                    |
@@ -84,8 +84,20 @@ pub(crate) const STDERR_TAIL: &str = "its last lines on stderr:";
 /// waits for before it reports an upgrade done. Version 5 added the connection handoff:
 /// `HandoffTo`, `HandoffFrom`, `Connections` and `Received`, and the liveness check of a
 /// generation that took over from one on probation: `Ping` and `Pong`. Version 6 added the
-/// program a generation runs to `Hello`, so that the front starts the newest build.
-pub(crate) const VERSION: u8 = 6;
+/// program a generation runs to `Hello`, so that the front starts the newest build. Version 7
+/// added the addresses a generation asked for to `Hello`, so that it gets exactly those.
+pub(crate) const VERSION: u8 = 7;
+
+/// The oldest version the front still reads, and answers in: one back, so that the generations
+/// and control clients of the previous release (a rollback, an old `--upgrade`, an old
+/// `risefrontctl`) keep working with a front of this one, and so does a connection handoff
+/// between generations of the two. Only the front's side (and the receiving side of a handoff)
+/// reads older frames: a generation or client that meets an older front reports the mismatch.
+/// Version 6 differs from 7 only in `Hello`, which has no addresses.
+pub(crate) const OLDEST_VERSION: u8 = 6;
+
+/// The first version whose `Hello` carries the addresses.
+const HELLO_ADDRESSES_SINCE: u8 = 7;
 
 /// Largest frame body accepted (after the 4-byte length prefix).
 pub(crate) const MAX_FRAME: usize = 64 * 1024;
@@ -182,6 +194,9 @@ pub(crate) enum Message {
         /// The program a generation runs (none from a control client, or one too large to
         /// describe): what the front starts next while this generation serves.
         program: Option<Program>,
+        /// The addresses a generation asked `bind` for, in its order (none from a control
+        /// client): the sockets it is handed, bound by the front if they are new.
+        addresses: Vec<crate::net::Target>,
     },
     /// Front -> generation: your generation number and one opaque blob per
     /// listening socket (empty on Unix, where the descriptors ride on this
@@ -343,9 +358,23 @@ impl From<ProtocolError> for io::Error {
 /// not fit, this fails with [`ProtocolError::TooLarge`], or with `Malformed`
 /// past the 1024-socket limit the decoder enforces. On error `out` is left as
 /// it was.
+#[cfg(any(test, fuzzing))]
 pub(crate) fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    encode_as(msg, VERSION, out)
+}
+
+/// [`encode`] in protocol `version`, [`OLDEST_VERSION`] or later: how the front answers a peer
+/// of the previous release. Fields an older version does not have are left out.
+pub(crate) fn encode_as(
+    msg: &Message,
+    version: u8,
+    out: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
+        return Err(ProtocolError::UnsupportedVersion { got: version });
+    }
     let start = out.len();
-    let res = write_frame(msg, out);
+    let res = write_frame(msg, version, out);
     if res.is_err() {
         // Never leave half a frame behind for the caller to send.
         out.truncate(start);
@@ -353,13 +382,13 @@ pub(crate) fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolErr
     res
 }
 
-fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+fn write_frame(msg: &Message, version: u8, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
     // Sized up front so an oversized message fails before anything is copied.
-    let len = body_len(msg)?;
+    let len = body_len(msg, version)?;
     out.reserve(LEN_PREFIX + len);
     let len = u32::try_from(len).map_err(|_| ProtocolError::TooLarge { len })?;
     out.extend_from_slice(&len.to_be_bytes());
-    out.push(VERSION);
+    out.push(version);
     out.push(msg.kind());
     match msg {
         Message::Hello {
@@ -369,6 +398,7 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
             drain_timeout,
             probation,
             program,
+            addresses,
         } => {
             out.extend_from_slice(&pid.to_be_bytes());
             out.push(role.to_wire());
@@ -378,6 +408,9 @@ fn write_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
             let program = program_wire(program.as_ref());
             put_u16_len(out, program.len())?;
             out.extend_from_slice(&program);
+            if version >= HELLO_ADDRESSES_SINCE {
+                out.extend_from_slice(&targets_wire(addresses));
+            }
         }
         Message::Listeners {
             generation,
@@ -436,10 +469,17 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Length of the frame body `msg` encodes to, if it is one we may send.
-fn body_len(msg: &Message) -> Result<usize, ProtocolError> {
+fn body_len(msg: &Message, version: u8) -> Result<usize, ProtocolError> {
     let payload = match msg {
-        Message::Hello { program, .. } => {
-            4 + 1 + 8 + 8 + 8 + 2 + program_wire(program.as_ref()).len()
+        Message::Hello {
+            program, addresses, ..
+        } => {
+            let addresses = if version >= HELLO_ADDRESSES_SINCE {
+                targets_wire(addresses).len()
+            } else {
+                0
+            };
+            4 + 1 + 8 + 8 + 8 + 2 + program_wire(program.as_ref()).len() + addresses
         }
         Message::Listeners { sockets, .. } => {
             if sockets.len() > MAX_SOCKETS {
@@ -517,7 +557,17 @@ fn truncate_reason(reason: &str) -> &str {
 /// `Ok(Some((message, consumed)))` once it is whole. A length prefix that
 /// announces more than [`MAX_FRAME`] is rejected as soon as the prefix itself
 /// is in, without waiting for a body that would have to be buffered.
+#[cfg(any(test, fuzzing))]
 pub(crate) fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, ProtocolError> {
+    Ok(decode_from(buf, VERSION)?.map(|(msg, consumed, _)| (msg, consumed)))
+}
+
+/// [`decode`], reading versions `oldest` (at least [`OLDEST_VERSION`]) to [`VERSION`]; also
+/// returns the frame's version.
+pub(crate) fn decode_from(
+    buf: &[u8],
+    oldest: u8,
+) -> Result<Option<(Message, usize, u8)>, ProtocolError> {
     let Some((prefix, rest)) = buf.split_first_chunk::<LEN_PREFIX>() else {
         return Ok(None);
     };
@@ -531,15 +581,16 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, ProtocolErr
     let Some(body) = rest.get(..len) else {
         return Ok(None);
     };
-    Ok(Some((decode_body(body)?, LEN_PREFIX + len)))
+    let (msg, version) = decode_body(body, oldest)?;
+    Ok(Some((msg, LEN_PREFIX + len, version)))
 }
 
-fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
+fn decode_body(body: &[u8], oldest: u8) -> Result<(Message, u8), ProtocolError> {
     let mut r = Reader { rest: body };
     let version = u8::from_be_bytes(r.take("frame shorter than its header")?);
     // Before the kind: another release may number its messages differently, so
     // its kind byte tells us nothing.
-    if version != VERSION {
+    if !(oldest.max(OLDEST_VERSION)..=VERSION).contains(&version) {
         return Err(ProtocolError::UnsupportedVersion { got: version });
     }
     let kind = u8::from_be_bytes(r.take("frame shorter than its header")?);
@@ -555,6 +606,11 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
                 [] => None,
                 described => Some(Program::from_wire(described)?),
             };
+            let addresses = if version >= HELLO_ADDRESSES_SINCE {
+                targets::from_wire(&mut r)?
+            } else {
+                Vec::new()
+            };
             Message::Hello {
                 pid,
                 role,
@@ -562,6 +618,7 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
                 drain_timeout: Duration::from_millis(drain_timeout),
                 probation: Duration::from_millis(probation),
                 program,
+                addresses,
             }
         }
         KIND_LISTENERS => {
@@ -650,12 +707,16 @@ fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
     if !r.rest.is_empty() {
         return Err(ProtocolError::Malformed("trailing bytes"));
     }
-    Ok(msg)
+    Ok((msg, version))
 }
 
 /// A program's wire form; empty when there is none to describe or it is too large to.
 fn program_wire(program: Option<&Program>) -> Vec<u8> {
     program.and_then(Program::to_wire).unwrap_or_default()
+}
+
+fn targets_wire(addresses: &[crate::net::Target]) -> Vec<u8> {
+    targets::to_wire(addresses).unwrap_or_else(|| targets::NOT_SAID.to_vec())
 }
 
 /// A `u16`-length-prefixed UTF-8 string.
@@ -702,17 +763,40 @@ impl<'a> Reader<'a> {
 /// Errors are not recoverable: the offending bytes stay put and the same error
 /// comes back on every call, since a peer that sent them is out of sync or
 /// incompatible and the connection should be dropped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FrameDecoder {
     buf: Vec<u8>,
     /// Bytes of `buf` already returned as messages. Advancing this instead of
     /// shifting `buf` keeps draining many small frames linear.
     start: usize,
+    /// The oldest version read: [`VERSION`], or [`OLDEST_VERSION`] on the front's side.
+    oldest: u8,
+    /// The version of the last message returned.
+    version: Option<u8>,
 }
 
 impl FrameDecoder {
+    /// A decoder of this version's frames only.
     pub(crate) fn new() -> Self {
-        Self::default()
+        FrameDecoder {
+            buf: Vec::new(),
+            start: 0,
+            oldest: VERSION,
+            version: None,
+        }
+    }
+
+    /// A decoder that also reads frames one version back ([`OLDEST_VERSION`]).
+    pub(crate) fn reading_one_version_back() -> Self {
+        FrameDecoder {
+            oldest: OLDEST_VERSION,
+            ..Self::new()
+        }
+    }
+
+    /// The version of the last message returned, if any was.
+    pub(crate) fn version(&self) -> Option<u8> {
+        self.version
     }
 
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
@@ -731,9 +815,10 @@ impl FrameDecoder {
 
     pub(crate) fn next_message(&mut self) -> Result<Option<Message>, ProtocolError> {
         let pending = self.buf.get(self.start..).unwrap_or_default();
-        let Some((msg, consumed)) = decode(pending)? else {
+        let Some((msg, consumed, version)) = decode_from(pending, self.oldest)? else {
             return Ok(None);
         };
+        self.version = Some(version);
         self.start = self.start.saturating_add(consumed);
         if self.start >= self.buf.len() {
             // The common case: everything read has been handed out, so the
@@ -752,6 +837,7 @@ impl FrameDecoder {
 }
 
 mod program;
+mod targets;
 
 pub(crate) use program::Program;
 

@@ -61,8 +61,7 @@ pub(crate) fn store_listeners(listeners: &[crate::socket::Socket]) {
             let Some(addr) = listener.local_addr() else {
                 continue;
             };
-            // Names may not contain ':' (the separator of LISTEN_FDNAMES).
-            let name = format!("risefront-{addr}").replace(':', "_");
+            let name = store_name(&addr);
             let states = [
                 sd_notify::NotifyState::FdStore,
                 sd_notify::NotifyState::FdName(&name),
@@ -75,6 +74,36 @@ pub(crate) fn store_listeners(listeners: &[crate::socket::Socket]) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = listeners;
+}
+
+/// Takes a socket the front closes out of systemd's fd store, so that the store does not keep
+/// an address listening that the service no longer serves.
+pub(crate) fn unstore_listener(listener: &crate::socket::Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        if std::env::var_os(NOTIFY_SOCKET).is_none() || !has_fd_store() {
+            return;
+        }
+        let Some(addr) = listener.local_addr() else {
+            return;
+        };
+        let name = store_name(&addr);
+        let states = [
+            sd_notify::NotifyState::FdStoreRemove,
+            sd_notify::NotifyState::FdName(&name),
+        ];
+        if let Err(e) = sd_notify::notify(&states) {
+            tracing::warn!("cannot take the socket for {addr} out of systemd's store: {e}");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = listener;
+}
+
+/// A stored socket's name. Names may not contain ':' (the separator of LISTEN_FDNAMES).
+#[cfg(target_os = "linux")]
+fn store_name(addr: &crate::addr::ListenAddr) -> String {
+    format!("risefront-{addr}").replace(':', "_")
 }
 
 /// Whether the unit has an fd store: systemd says so (`$FDSTORE`, 254+), or the unit does

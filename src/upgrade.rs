@@ -171,6 +171,7 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> Result<u64,
         drain_timeout: config.drain_timeout,
         probation: config.probation,
         program: None,
+        addresses: Vec::new(),
     };
     // The front answers once the new generation is ready or has failed, which its own ready
     // deadline bounds; the margin covers a build whose ready timeout differs from ours.
@@ -335,6 +336,7 @@ mod tests {
             drain_timeout: Duration::from_secs(1),
             probation: Duration::ZERO,
             program: None,
+            addresses: Vec::new(),
         };
         let outcome = ask(
             &mut channel,

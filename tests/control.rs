@@ -91,13 +91,14 @@ async fn a_peer_claiming_another_process_id_is_refused() {
     let g1 = service.hello().await;
 
     // A Hello that claims to be the active generation: our version, kind 1 (Hello), pid,
-    // role 1, ready and drain timeouts, probation window, no program described.
-    let mut hello = vec![0, 0, 0, 33, common::PROTOCOL_VERSION, 1];
+    // role 1, ready and drain timeouts, probation window, no program described, no addresses.
+    let mut hello = vec![0, 0, 0, 35, common::PROTOCOL_VERSION, 1];
     hello.extend_from_slice(&g1.pid.to_be_bytes());
     hello.push(1);
     hello.extend_from_slice(&60_000u64.to_be_bytes());
     hello.extend_from_slice(&30_000u64.to_be_bytes());
     hello.extend_from_slice(&10_000u64.to_be_bytes());
+    hello.extend_from_slice(&0u16.to_be_bytes());
     hello.extend_from_slice(&0u16.to_be_bytes());
     let mut stream = connect(&service).await;
     stream.write_all(&hello).await.unwrap();
@@ -164,4 +165,44 @@ async fn a_pipe_squatting_the_predictable_name_changes_nothing() {
     let output = service.upgrade_command().await;
     assert!(output.status.success(), "{output:?}");
     assert_ne!(service.hello().await, g1);
+}
+
+/// A control client of the previous release (protocol one version back, as an old
+/// `app --upgrade` or `risefrontctl` speaks it) still upgrades the service, and is answered in
+/// its own version.
+#[tokio::test]
+async fn a_control_client_of_the_previous_protocol_version_is_answered_in_it() {
+    let service = Service::start().await;
+    let old = common::PROTOCOL_VERSION - 1;
+    // Version 6's Hello: pid, role 2 (control), three timeouts, no program, and no addresses
+    // (which version 7 added). Then Upgrade (kind 5).
+    let mut payload = std::process::id().to_be_bytes().to_vec();
+    payload.push(2);
+    payload.extend(60_000u64.to_be_bytes());
+    payload.extend(30_000u64.to_be_bytes());
+    payload.extend(10_000u64.to_be_bytes());
+    payload.extend(0u16.to_be_bytes());
+    let mut frames = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
+    frames.extend([old, 1]);
+    frames.extend(payload);
+    frames.extend([0, 0, 0, 2, old, 5]);
+    let mut stream = connect(&service).await;
+    stream.write_all(&frames).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(common::PATIENCE, async {
+        let mut buf = [0u8; 256];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer to the upgrade:\n{}", service.log());
+    // Upgraded (kind 6) to generation 2, in version 6.
+    let mut upgraded = vec![0, 0, 0, 10, old, 6];
+    upgraded.extend(2u64.to_be_bytes());
+    assert_eq!(answer, upgraded, "{}", service.log());
+    assert_eq!(service.hello().await.generation, 2);
 }

@@ -386,7 +386,8 @@ mod unix {
         payload.extend(60_000u64.to_be_bytes());
         payload.extend(30_000u64.to_be_bytes());
         payload.extend(10_000u64.to_be_bytes());
-        // No program described.
+        // No program described, no addresses.
+        payload.extend(0u16.to_be_bytes());
         payload.extend(0u16.to_be_bytes());
         let mut out = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
         out.extend([common::PROTOCOL_VERSION, 1]);

@@ -30,7 +30,8 @@ fn hello(pid: u32, role: u8) -> Vec<u8> {
     payload.extend(60_000u64.to_be_bytes());
     payload.extend(30_000u64.to_be_bytes());
     payload.extend(10_000u64.to_be_bytes());
-    // No program described.
+    // No program described, no addresses.
+    payload.extend(0u16.to_be_bytes());
     payload.extend(0u16.to_be_bytes());
     frame(1, &payload)
 }

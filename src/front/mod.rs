@@ -9,6 +9,7 @@
 //! gets its control channel pre-connected, so no crowd of peers on the public endpoint can
 //! keep it out.
 
+mod listeners;
 mod machine;
 mod orphans;
 mod peer;
@@ -18,13 +19,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::io;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 
+use self::listeners::Listeners;
 use self::machine::{Action, Gen, Input, Machine, PeerId, Timeouts};
 use self::peer::{Command, Event, PeerContext};
 use self::tail::Tail;
@@ -67,15 +69,13 @@ pub(crate) async fn run(
     endpoint: Endpoint,
     lock: FrontLock,
 ) -> io::Result<Infallible> {
-    // Socket files this front creates (not those systemd passed: a socket unit's file must
-    // outlive the service), removed when it stops.
-    #[cfg_attr(windows, allow(unused_mut))]
-    let mut files: Vec<crate::net::SocketFile> = Vec::new();
+    // The sockets, with the socket files this front creates (not those systemd passed: a
+    // socket unit's file must outlive the service), removed when it stops.
+    let mut initial: Vec<(Target, Socket, Option<crate::net::SocketFile>)> = Vec::new();
     let started = async {
         let own = Program::of_this_process()?;
         // Sockets systemd passed (socket activation) are used for the addresses they match.
         let mut activated = handoff::activated_listeners()?;
-        let mut sockets = Vec::with_capacity(addrs.len());
         for target in &addrs {
             let passed = activated.iter().position(|(listener, _)| {
                 listener
@@ -85,18 +85,18 @@ pub(crate) async fn run(
             if let Some(i) = passed {
                 let (listener, name) = activated.remove(i);
                 tracing::info!("using the socket systemd passed for {target} ({name:?})");
-                sockets.push(listener);
+                initial.push((target.clone(), listener, None));
                 continue;
             }
             let socket = bind_retrying(target, config.unix_mode)
                 .await
                 .map_err(|e| explain_bind_error(e, target, &config.name, &endpoint))?;
-            #[cfg(unix)]
-            if let Target::Unix(path) = target {
-                files.extend(crate::net::SocketFile::of(path));
-            }
-            sockets.push(socket);
+            initial.push((target.clone(), socket, socket_file(target)));
         }
+        let sockets: Vec<Socket> = initial
+            .iter()
+            .map(|(_, socket, _)| socket.try_clone())
+            .collect::<io::Result<_>>()?;
         crate::systemd::store_listeners(&sockets);
         for (listener, name) in activated {
             tracing::warn!(
@@ -105,13 +105,13 @@ pub(crate) async fn run(
             );
         }
         let control = endpoint.listen(&lock)?;
-        Ok::<_, io::Error>((own, sockets, control))
+        Ok::<_, io::Error>((own, control))
     };
-    let (own, sockets, control) = match started.await {
+    let (own, control) = match started.await {
         Ok(started) => started,
         Err(e) => {
             // Nothing of a front that never started is left behind.
-            for file in &files {
+            for file in initial.iter().filter_map(|(_, _, file)| file.as_ref()) {
                 file.remove();
             }
             endpoint.remove();
@@ -119,7 +119,8 @@ pub(crate) async fn run(
             return Err(e);
         }
     };
-    let addresses: Vec<_> = sockets.iter().filter_map(Socket::local_addr).collect();
+    let listeners = Arc::new(Mutex::new(Listeners::new(initial)));
+    let addresses = lock_listeners(&listeners).addresses();
     tracing::info!(
         pid = std::process::id(),
         addresses = ?addresses,
@@ -127,15 +128,28 @@ pub(crate) async fn run(
         "front started for service {:?}",
         config.name
     );
-    let code = Front::new(config, own, sockets, &endpoint)
+    let code = Front::new(config, own, Arc::clone(&listeners), &endpoint)
         .run(control)
         .await;
     endpoint.remove();
-    for file in &files {
-        file.remove();
-    }
+    lock_listeners(&listeners).remove_files();
     drop(lock);
     std::process::exit(code)
+}
+
+/// The socket file the front creates for a Unix address, to remove when the socket closes.
+fn socket_file(target: &Target) -> Option<crate::net::SocketFile> {
+    match target {
+        #[cfg(unix)]
+        Target::Unix(path) => crate::net::SocketFile::of(path),
+        Target::Tcp(_) => None,
+    }
+}
+
+/// The registry, whatever a panicking holder left it as (it holds no invariant a panic could
+/// break halfway).
+fn lock_listeners(listeners: &Mutex<Listeners>) -> std::sync::MutexGuard<'_, Listeners> {
+    listeners.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Binds, retrying briefly while the port (or socket file) is still held: after a front is
@@ -260,9 +274,9 @@ struct Front<'a> {
     /// What the generation serving now (or last) runs, as it said in its Hello: the newest
     /// build, which respawns and upgrades start.
     serving: Option<Program>,
-    /// The listening sockets, shared with the peer tasks that hand them over; emptied (so
-    /// closed) when the service stops.
-    sockets: Arc<RwLock<Vec<Socket>>>,
+    /// The listening sockets, shared with the peer tasks that bind and hand them over; emptied
+    /// (so closed) when the service stops.
+    sockets: Arc<Mutex<Listeners>>,
     endpoint: &'a Endpoint,
     machine: Machine,
     peers: BTreeMap<PeerId, PeerSlot>,
@@ -292,7 +306,12 @@ struct Front<'a> {
 }
 
 impl<'a> Front<'a> {
-    fn new(config: Config, own: Program, sockets: Vec<Socket>, endpoint: &'a Endpoint) -> Self {
+    fn new(
+        config: Config,
+        own: Program,
+        sockets: Arc<Mutex<Listeners>>,
+        endpoint: &'a Endpoint,
+    ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (exits_tx, exits) = mpsc::unbounded_channel();
         let machine = Machine::new(
@@ -307,7 +326,7 @@ impl<'a> Front<'a> {
             config,
             own,
             serving: None,
-            sockets: Arc::new(RwLock::new(sockets)),
+            sockets,
             endpoint,
             machine,
             peers: BTreeMap::new(),
@@ -441,6 +460,8 @@ impl<'a> Front<'a> {
         self.hello_handles.clear();
         let machine = &self.machine;
         self.handles.retain(|n, _| machine.has_generation(*n));
+        lock_listeners(&self.sockets)
+            .release(|n| machine.has_generation(n), machine.active_generation());
         // Whoever serves now is the build to start next; once it is gone (a crash), the last
         // one that served still is.
         if let Some(program) = self
@@ -529,10 +550,7 @@ impl<'a> Front<'a> {
                 None
             }
             Action::CloseListeners => {
-                self.sockets
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clear();
+                lock_listeners(&self.sockets).close_all();
                 None
             }
             Action::Exit(code) => {
@@ -673,6 +691,7 @@ impl<'a> Front<'a> {
             Event::Pong { peer } => self.feed(Input::Pong { peer }),
             Event::Gone { peer, why } => {
                 self.peers.remove(&peer);
+                lock_listeners(&self.sockets).unreserve(peer);
                 self.feed(Input::PeerGone { peer, why });
             }
         }
@@ -741,6 +760,7 @@ impl<'a> Front<'a> {
             events: self.events_tx.clone(),
             sockets: Arc::clone(&self.sockets),
             handshake: self.config.handshake_timeout,
+            unix_mode: self.config.unix_mode,
         };
         let task = tokio::spawn(peer::run(peer, stream, preconnected, commands, cx)).abort_handle();
         self.peers.insert(

@@ -3,18 +3,19 @@
 //! ends it. A slow or hostile peer only ever stalls its own task.
 
 use std::io;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::listeners::{Listeners, Picks};
 use super::machine::{Gen, PeerId, Timeouts};
 use crate::channel::Channel;
 use crate::config::deadline_after;
 use crate::handoff::{self, ProcessHandle, Stream};
+use crate::net::{SocketFile, Target, bind_target};
 use crate::protocol::{Message, Program, Role};
-use crate::socket::Socket;
 
 /// What a peer task tells the front.
 pub(crate) enum Event {
@@ -67,8 +68,10 @@ pub(crate) enum Command {
 /// Everything a peer task needs besides its connection.
 pub(crate) struct PeerContext {
     pub(crate) events: mpsc::UnboundedSender<Event>,
-    pub(crate) sockets: Arc<RwLock<Vec<Socket>>>,
+    pub(crate) sockets: Arc<Mutex<Listeners>>,
     pub(crate) handshake: Duration,
+    /// The mode of Unix socket files the front binds (`Builder::unix_mode`).
+    pub(crate) unix_mode: Option<u32>,
 }
 
 /// Runs one control connection to its end and reports it gone. `preconnected` names the
@@ -125,10 +128,10 @@ async fn serve(
         introduced = introduce(peer, stream, preconnected, cx) => introduced?,
         () = closed => return Ok(()),
     };
-    let Some((mut channel, pid, role)) = introduced else {
+    let Some((mut channel, pid, role, picks)) = introduced else {
         return Ok(());
     };
-    talk(peer, &mut channel, pid, role, commands, cx).await
+    talk(peer, &mut channel, pid, role, &picks, commands, cx).await
 }
 
 /// Verifies the peer and reads its Hello; `None` if it hung up first.
@@ -137,7 +140,7 @@ async fn introduce(
     stream: Stream,
     preconnected: Option<Gen>,
     cx: &PeerContext,
-) -> io::Result<Option<(Channel, u32, Role)>> {
+) -> io::Result<Option<(Channel, u32, Role, Picks)>> {
     let handshake = cx.handshake;
     let verified_pid = if preconnected.is_some() {
         handoff::wait_connected(&stream).await?;
@@ -145,7 +148,7 @@ async fn introduce(
     } else {
         handoff::check_peer(&stream)?.pid
     };
-    let mut channel = Channel::new(stream, false);
+    let mut channel = Channel::new(stream, false).reading_one_version_back();
     let hello = if preconnected.is_some() {
         channel.recv().await
     } else {
@@ -168,7 +171,7 @@ async fn introduce(
             return Err(e);
         }
     };
-    let (pid, role, timeouts, program) = match hello {
+    let (pid, role, timeouts, program, addresses) = match hello {
         Some(Message::Hello {
             pid,
             role,
@@ -176,6 +179,7 @@ async fn introduce(
             drain_timeout,
             probation,
             program,
+            addresses,
         }) => (
             pid,
             role,
@@ -185,6 +189,7 @@ async fn introduce(
                 probation,
             },
             program.filter(|_| role == Role::Generation),
+            addresses,
         ),
         Some(other) => {
             return Err(io::Error::new(
@@ -211,6 +216,16 @@ async fn introduce(
     } else {
         None
     };
+    // The sockets it asked for, bound now if they are new: an address the front cannot bind
+    // fails this build before it is ready, and the one serving serves on.
+    let picks = if role == Role::Generation {
+        match sockets_for(peer, &addresses, cx).await {
+            Ok(picks) => picks,
+            Err(reason) => return Err(refuse(&mut channel, handshake, reason).await),
+        }
+    } else {
+        Picks::new()
+    };
     let _ = cx.events.send(Event::Hello {
         peer,
         pid,
@@ -219,7 +234,42 @@ async fn introduce(
         handle,
         program,
     });
-    Ok(Some((channel, pid, role)))
+    Ok(Some((channel, pid, role, picks)))
+}
+
+/// Reserves for `peer` the sockets of `addresses`, binding those no socket serves yet.
+async fn sockets_for(
+    peer: PeerId,
+    addresses: &[Target],
+    cx: &PeerContext,
+) -> Result<Picks, String> {
+    let missing = lock(&cx.sockets).missing(addresses);
+    let mut new = Vec::with_capacity(missing.len());
+    for target in missing {
+        match bind_target(&target, cx.unix_mode).await {
+            Ok(socket) => {
+                let file = super::socket_file(&target);
+                new.push((target, socket, file));
+            }
+            Err(e) => {
+                for file in new
+                    .iter()
+                    .filter_map(|(_, _, f): &(_, _, Option<SocketFile>)| f.as_ref())
+                {
+                    file.remove();
+                }
+                tracing::warn!("cannot bind {target}, which a new build asks for: {e}");
+                return Err(format!(
+                    "the front cannot bind {target}, which this build asks for: {e}"
+                ));
+            }
+        }
+    }
+    Ok(lock(&cx.sockets).reserve(peer, addresses, new))
+}
+
+fn lock(listeners: &Mutex<Listeners>) -> std::sync::MutexGuard<'_, Listeners> {
+    super::lock_listeners(listeners)
 }
 
 /// Relays frames both ways once the peer said Hello, until either side ends it.
@@ -228,6 +278,7 @@ async fn talk(
     channel: &mut Channel,
     pid: u32,
     role: Role,
+    picks: &Picks,
     mut commands: mpsc::Receiver<Command>,
     cx: &PeerContext,
 ) -> io::Result<()> {
@@ -247,17 +298,13 @@ async fn talk(
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::SendListeners(generation)) => {
-                    // Duplicates, so that no lock is held across the send.
-                    let sockets = cx
-                        .sockets
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .iter()
-                        .map(Socket::try_clone)
-                        .collect::<io::Result<Vec<_>>>()?;
+                    // Duplicates, so that no lock is held across the send; counted as the
+                    // generation's only once handed over.
+                    let sockets = lock(&cx.sockets).copies(picks)?;
                     timeout(handshake, channel.send_listeners(generation, &sockets, pid))
                         .await
                         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
+                    lock(&cx.sockets).handed(peer, generation, picks);
                 }
                 Some(Command::Send(message)) => {
                     if matches!(message, Message::Probation | Message::Superseded) {
@@ -397,8 +444,9 @@ mod tests {
         let (tx, commands) = mpsc::channel(8);
         let cx = PeerContext {
             events,
-            sockets: Arc::new(RwLock::new(Vec::new())),
+            sockets: Arc::new(Mutex::new(Listeners::default())),
             handshake: Duration::from_secs(60),
+            unix_mode: None,
         };
         let task = tokio::spawn(run(7, ours, Some(1), commands, cx));
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -2,9 +2,10 @@
 //! credentials checked on every connection, and listening sockets passed with `SCM_RIGHTS`.
 //!
 //! Nearly everything here is safe Rust: `rustix` wraps `sendmsg`/`recvmsg` and the descriptors
-//! come back as `OwnedFd`. The two `unsafe` blocks adopt descriptors known only by number: the
-//! control channel a front-spawned generation inherits, and the sockets systemd passes a
-//! socket-activated front; no safe API can express either.
+//! come back as `OwnedFd`. The `unsafe` blocks adopt descriptors known only by number: the
+//! control channel a front-spawned generation inherits, the sockets systemd passes a
+//! socket-activated front, and (in [`stderr`]) the front's stderr lent to a starting
+//! generation; no safe API can express any of them.
 
 use std::fs;
 use std::io::{self, IoSlice, IoSliceMut};

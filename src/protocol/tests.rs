@@ -34,6 +34,15 @@ fn every_variant() -> Vec<Message> {
                 args: vec!["0.0.0.0:8080".into(), "--config".into(), "".into()],
                 cwd: "/srv/app".into(),
             }),
+            addresses: vec![
+                crate::net::Target::Tcp(vec![
+                    "[::1]:8080".parse().expect("v6"),
+                    "127.0.0.1:8080".parse().expect("v4"),
+                ]),
+                crate::net::Target::Tcp(vec!["0.0.0.0:0".parse().expect("any")]),
+                #[cfg(unix)]
+                crate::net::Target::Unix("/run/app/http.sock".into()),
+            ],
         },
         Message::Hello {
             pid: u32::MAX,
@@ -42,6 +51,7 @@ fn every_variant() -> Vec<Message> {
             drain_timeout: Duration::from_millis(u64::MAX),
             probation: Duration::ZERO,
             program: None,
+            addresses: Vec::new(),
         },
         Message::Listeners {
             generation: 0,
@@ -126,10 +136,11 @@ fn wire_format_is_fixed() {
                 drain_timeout: Duration::from_millis(7),
                 probation: Duration::from_millis(0x0809),
                 program: None,
+                addresses: Vec::new(),
             },
             &[
-                0, 0, 0, 33, 6, 1, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0, 7,
-                0, 0, 0, 0, 0, 0, 8, 9, 0, 0,
+                0, 0, 0, 35, 7, 1, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0, 7,
+                0, 0, 0, 0, 0, 0, 8, 9, 0, 0, 0, 0,
             ],
         ),
         (
@@ -140,10 +151,11 @@ fn wire_format_is_fixed() {
                 drain_timeout: Duration::ZERO,
                 probation: Duration::ZERO,
                 program: None,
+                addresses: Vec::new(),
             },
             &[
-                0, 0, 0, 33, 6, 1, 0, 0, 0, 9, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0, 0, 0, 35, 7, 1, 0, 0, 0, 9, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
             ],
         ),
         (
@@ -152,22 +164,22 @@ fn wire_format_is_fixed() {
                 sockets: vec![vec![0xaa], vec![]],
             },
             &[
-                0, 0, 0, 17, 6, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
+                0, 0, 0, 17, 7, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
             ],
         ),
         (
             Message::Upgraded {
                 generation: 0x0102_0304_0506_0708,
             },
-            &[0, 0, 0, 10, 6, 6, 1, 2, 3, 4, 5, 6, 7, 8],
+            &[0, 0, 0, 10, 7, 6, 1, 2, 3, 4, 5, 6, 7, 8],
         ),
         (
             Message::Error {
                 reason: "hé".to_owned(),
             },
-            &[0, 0, 0, 7, 6, 8, 0, 3, b'h', 0xc3, 0xa9],
+            &[0, 0, 0, 7, 7, 8, 0, 3, b'h', 0xc3, 0xa9],
         ),
-        (Message::Ready, &[0, 0, 0, 2, 6, 3]),
+        (Message::Ready, &[0, 0, 0, 2, 7, 3]),
         (
             Message::Connections {
                 moved: vec![
@@ -182,21 +194,21 @@ fn wire_format_is_fixed() {
                 ],
             },
             &[
-                0, 0, 0, 15, 6, 17, 0, 2, 0, 0, 0, 2, b'G', b'E', 0, 1, 0xbb, 0, 0,
+                0, 0, 0, 15, 7, 17, 0, 2, 0, 0, 0, 2, b'G', b'E', 0, 1, 0xbb, 0, 0,
             ],
         ),
         (
             Message::Received {
                 taken: vec![true, false],
             },
-            &[0, 0, 0, 6, 6, 18, 0, 2, 1, 0],
+            &[0, 0, 0, 6, 7, 18, 0, 2, 1, 0],
         ),
         (
             Message::HandoffTo {
                 pid: 0x0102_0304,
                 pipe: "p".to_owned(),
             },
-            &[0, 0, 0, 9, 6, 15, 1, 2, 3, 4, 0, 1, b'p'],
+            &[0, 0, 0, 9, 7, 15, 1, 2, 3, 4, 0, 1, b'p'],
         ),
     ];
     for (msg, bytes) in cases {
@@ -325,8 +337,8 @@ fn long_reason_is_truncated_at_a_char_boundary() {
 #[test]
 fn wrong_version_is_reported_before_kind() {
     assert_eq!(
-        decode(&raw(7, KIND_HELLO, &[0, 0, 0, 1, 1])),
-        Err(ProtocolError::UnsupportedVersion { got: 7 })
+        decode(&raw(8, KIND_HELLO, &[0, 0, 0, 1, 1])),
+        Err(ProtocolError::UnsupportedVersion { got: 8 })
     );
     assert_eq!(
         decode(&raw(0, 200, &[])),
@@ -417,7 +429,7 @@ fn trailing_bytes() {
             KIND_HELLO,
             &[
                 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,
-                1, 0, 0, 9,
+                1, 0, 0, 0, 0, 9,
             ],
         ),
         (KIND_UPGRADED, &[0, 0, 0, 0, 0, 0, 0, 1, 0]),
@@ -510,7 +522,7 @@ fn decoder_byte_at_a_time_matches_all_at_once() {
     drain(&mut whole, &mut at_once);
     assert!(whole.is_empty());
 
-    let mut trickle = FrameDecoder::default();
+    let mut trickle = FrameDecoder::new();
     let mut one_by_one = Vec::new();
     for byte in &stream {
         trickle.push(std::slice::from_ref(byte)).unwrap();
@@ -602,8 +614,8 @@ fn error_messages_say_what_failed() {
         "control frame of 4294967295 bytes exceeds the 65536-byte limit"
     );
     assert_eq!(
-        ProtocolError::UnsupportedVersion { got: 7 }.to_string(),
-        "peer speaks risefront protocol version 7, this build speaks 6"
+        ProtocolError::UnsupportedVersion { got: 8 }.to_string(),
+        "peer speaks risefront protocol version 8, this build speaks 7"
     );
     assert_eq!(
         ProtocolError::UnknownMessage { kind: 42 }.to_string(),
@@ -621,7 +633,7 @@ fn converts_to_invalid_data_io_error() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     assert_eq!(
         err.to_string(),
-        "peer speaks risefront protocol version 1, this build speaks 6"
+        "peer speaks risefront protocol version 1, this build speaks 7"
     );
     let inner = err
         .get_ref()
@@ -641,6 +653,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     drain_timeout: Duration::from_millis(drain),
                     probation: Duration::from_millis(probation),
                     program: None,
+                    addresses: Vec::new(),
                 }
             }
         ),
@@ -778,6 +791,7 @@ fn a_program_too_large_to_describe_is_left_out_of_the_hello() {
         drain_timeout: Duration::ZERO,
         probation: Duration::ZERO,
         program: Some(huge),
+        addresses: Vec::new(),
     };
     let Ok(Some((Message::Hello { program, .. }, _))) = decode(&frame(&hello)) else {
         panic!("the hello is still sent");
@@ -793,4 +807,91 @@ fn this_process_describes_itself() {
         "{program:?}"
     );
     assert_eq!(program.cwd, std::env::current_dir().unwrap());
+}
+
+#[test]
+fn the_previous_version_is_read_and_answered_in_its_own_layout() {
+    use super::{OLDEST_VERSION, decode_from, encode_as};
+    let hello = Message::Hello {
+        pid: 7,
+        role: Role::Generation,
+        ready_timeout: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(2),
+        probation: Duration::ZERO,
+        program: None,
+        addresses: vec![crate::net::Target::Tcp(vec![
+            "127.0.0.1:8080".parse().expect("addr"),
+        ])],
+    };
+    // Version 6's Hello has no addresses: they are left out, and read back as none.
+    let mut old = Vec::new();
+    encode_as(&hello, OLDEST_VERSION, &mut old).expect("encodes");
+    assert_eq!(old[4], OLDEST_VERSION);
+    let mut new = Vec::new();
+    encode_as(&hello, VERSION, &mut new).expect("encodes");
+    assert_eq!(new.len(), old.len() + 2 + 1 + 2 + "127.0.0.1:8080".len());
+    let Ok(Some((Message::Hello { addresses, pid, .. }, consumed, version))) =
+        decode_from(&old, OLDEST_VERSION)
+    else {
+        panic!("a version 6 hello is read");
+    };
+    assert_eq!(
+        (addresses, pid, consumed, version),
+        (Vec::new(), 7, old.len(), 6)
+    );
+    assert_eq!(
+        decode_from(&new, OLDEST_VERSION)
+            .expect("reads")
+            .map(|(m, _, v)| (m, v)),
+        Some((hello.clone(), VERSION))
+    );
+    // Everything else is laid out alike in both.
+    for msg in every_variant() {
+        if matches!(msg, Message::Hello { .. }) {
+            continue;
+        }
+        let mut frame = Vec::new();
+        encode_as(&msg, OLDEST_VERSION, &mut frame).expect("encodes");
+        let (read, _, version) = decode_from(&frame, OLDEST_VERSION)
+            .expect("reads")
+            .expect("whole");
+        assert_eq!((read, version), (msg, OLDEST_VERSION));
+    }
+    // Only where asked for, and never further back.
+    assert_eq!(
+        decode(&old),
+        Err(ProtocolError::UnsupportedVersion {
+            got: OLDEST_VERSION
+        })
+    );
+    let older = raw(OLDEST_VERSION - 1, KIND_READY, &[]);
+    assert_eq!(
+        decode_from(&older, OLDEST_VERSION),
+        Err(ProtocolError::UnsupportedVersion {
+            got: OLDEST_VERSION - 1
+        })
+    );
+    assert_eq!(
+        encode_as(&Message::Ready, OLDEST_VERSION - 1, &mut Vec::new()),
+        Err(ProtocolError::UnsupportedVersion {
+            got: OLDEST_VERSION - 1
+        })
+    );
+    assert!(encode_as(&Message::Ready, VERSION + 1, &mut Vec::new()).is_err());
+}
+
+#[test]
+fn a_decoder_reading_one_version_back_says_which_it_read() {
+    let mut decoder = FrameDecoder::reading_one_version_back();
+    assert_eq!(decoder.version(), None);
+    decoder
+        .push(&raw(super::OLDEST_VERSION, KIND_READY, &[]))
+        .expect("fits");
+    assert_eq!(decoder.next_message(), Ok(Some(Message::Ready)));
+    assert_eq!(decoder.version(), Some(super::OLDEST_VERSION));
+    let mut strict = FrameDecoder::new();
+    strict
+        .push(&raw(super::OLDEST_VERSION, KIND_READY, &[]))
+        .expect("fits");
+    assert!(strict.next_message().is_err());
 }

@@ -20,7 +20,7 @@ pub(crate) fn receive_from(
 ) {
     tokio::spawn(async move {
         match pair.await {
-            Ok(pair) => run(Channel::new(pair, true)).await,
+            Ok(pair) => run(Channel::new(pair, true).reading_one_version_back()).await,
             Err(e) => {
                 tracing::warn!("connection handoff from a superseded generation unavailable: {e}")
             }

@@ -27,7 +27,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The control protocol version this build speaks (`src/protocol.rs`), for the tests that
 /// write raw frames.
-pub const PROTOCOL_VERSION: u8 = 6;
+pub const PROTOCOL_VERSION: u8 = 7;
 
 /// Path of an example binary, next to the test binaries.
 ///
