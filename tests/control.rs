@@ -40,6 +40,25 @@ async fn connect(service: &Service) -> tokio::net::windows::named_pipe::NamedPip
     }
 }
 
+/// Sends `bytes` and reads everything the front answers until it hangs up; `None` if it has
+/// not hung up within `limit`.
+async fn exchange(service: &Service, bytes: &[u8], limit: Duration) -> Option<Vec<u8>> {
+    let mut stream = connect(service).await;
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 256];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.is_ok().then_some(answer)
+}
+
 /// Sends `bytes` and expects the front to hang up on us within the handshake deadline.
 async fn expect_dropped(service: &Service, bytes: &[u8]) {
     let mut stream = connect(service).await;
@@ -100,20 +119,8 @@ async fn a_peer_claiming_another_process_id_is_refused() {
     hello.extend_from_slice(&10_000u64.to_be_bytes());
     hello.extend_from_slice(&0u16.to_be_bytes());
     hello.extend_from_slice(&0u16.to_be_bytes());
-    let mut stream = connect(&service).await;
-    stream.write_all(&hello).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 256];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the front kept an impostor connected");
+    let answer = exchange(&service, &hello, Duration::from_secs(10)).await;
+    let answer = answer.expect("the front kept an impostor connected");
     // An Error frame (kind 8), and no Listeners frame (kind 2) handed to the impostor.
     assert_eq!(
         answer.get(5),
@@ -186,20 +193,9 @@ async fn a_control_client_of_the_previous_protocol_version_is_answered_in_it() {
     frames.extend([old, 1]);
     frames.extend(payload);
     frames.extend([0, 0, 0, 2, old, 5]);
-    let mut stream = connect(&service).await;
-    stream.write_all(&frames).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(common::PATIENCE, async {
-        let mut buf = [0u8; 256];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "no answer to the upgrade:\n{}", service.log());
+    let answer = exchange(&service, &frames, common::PATIENCE)
+        .await
+        .unwrap_or_else(|| panic!("no answer to the upgrade:\n{}", service.log()));
     // Upgraded (kind 6) to generation 2, in version 6.
     let mut upgraded = vec![0, 0, 0, 10, old, 6];
     upgraded.extend(2u64.to_be_bytes());
