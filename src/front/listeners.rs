@@ -324,6 +324,51 @@ mod tests {
         assert!(registry.find(&c).is_none(), "kept after its build was gone");
     }
 
+    /// A Unix socket with the file the front would remove, in a scratch directory.
+    #[cfg(unix)]
+    fn unix_listener(dir: &std::path::Path) -> (Target, Socket, Option<crate::net::SocketFile>) {
+        let path = dir.join("http.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let file = crate::net::SocketFile::of(&path);
+        assert!(file.is_some());
+        (Target::Unix(path), Socket::Unix(l), file)
+    }
+
+    #[cfg(unix)]
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("risefront-listeners-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch");
+        dir
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_closed_unix_socket_leaves_no_file() {
+        let dir = scratch("closed");
+        let (a, sa) = listener();
+        let (u, su, file) = unix_listener(&dir);
+        let path = dir.join("http.sock");
+        let mut registry = Listeners::new(vec![(a.clone(), sa, None), (u, su, file)]);
+        let picks = registry.reserve(1, std::slice::from_ref(&a), Vec::new());
+        registry.handed(1, 1, &picks);
+        registry.release(|g| g == 1, Some(1));
+        assert!(!path.exists(), "the socket file outlived its socket");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_front_leaves_no_socket_file_when_it_exits() {
+        let dir = scratch("exit");
+        let (u, su, file) = unix_listener(&dir);
+        let registry = Listeners::new(vec![(u, su, file)]);
+        registry.remove_files();
+        assert!(!dir.join("http.sock").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn close_all_closes_everything() {
         let (mut registry, a, _) = two();

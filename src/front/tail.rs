@@ -141,6 +141,24 @@ mod tests {
     }
 
     #[test]
+    fn a_long_line_of_wide_characters_keeps_its_first_characters() {
+        let mut tail = Tail::default();
+        tail.push("é".repeat(LINE_CHARS + 100).as_bytes());
+        let line = &tail.lines()[0];
+        assert_eq!(line.chars().count(), LINE_CHARS + 1, "{line}");
+        assert!(line.starts_with('é') && line.ends_with('…'));
+    }
+
+    #[tokio::test]
+    async fn what_is_passed_through_is_kept() {
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(Tail::default()));
+        let written: &[u8] = b"starting\nError: no certificate\n";
+        super::pass_through(written, std::sync::Arc::clone(&tail)).await;
+        let lines = tail.lock().expect("lock").lines();
+        assert_eq!(lines, ["starting", "Error: no certificate"]);
+    }
+
+    #[test]
     fn long_lines_are_cut() {
         let mut tail = Tail::default();
         tail.push(&vec![b'x'; LINE_CHARS * 10]);

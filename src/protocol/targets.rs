@@ -121,11 +121,25 @@ mod tests {
         ] {
             assert!(read(bad).is_err(), "{bad:?} read");
         }
-        let too_many = u16::try_from(MAX_TARGETS + 1).expect("small").to_be_bytes();
+        // An empty Unix path is not an address.
+        #[cfg(unix)]
+        assert!(read(&[0, 1, 2, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn as_many_addresses_as_sockets_fit_and_no_more() {
+        let one = Target::Tcp(vec!["127.0.0.1:1".parse().expect("addr")]);
+        let most = vec![one.clone(); MAX_TARGETS];
+        let wire = to_wire(&most).expect("the most there may be");
+        assert_eq!(read(&wire).expect("reads"), most);
+        assert_eq!(to_wire(&vec![one.clone(); MAX_TARGETS + 1]), None);
+        // Well formed, one too many: refused for the count, not for lack of bytes.
+        let mut too_many = u16::try_from(MAX_TARGETS + 1)
+            .expect("small")
+            .to_be_bytes()
+            .to_vec();
+        let each = to_wire(std::slice::from_ref(&one)).expect("one");
+        too_many.extend_from_slice(&each[2..].repeat(MAX_TARGETS + 1));
         assert!(read(&too_many).is_err());
-        assert_eq!(
-            to_wire(&vec![Target::Tcp(Vec::new()); MAX_TARGETS + 1]),
-            None
-        );
     }
 }
