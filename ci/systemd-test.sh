@@ -4,7 +4,7 @@
 # describes. What the README's systemd section says, checked against systemd itself:
 #   - `systemctl start` returns once the app answers (Type=notify);
 #   - 5 reloads under load: 0 failed; a reload to a build that fails makes `systemctl reload`
-#     fail, and the old generation serves on;
+#     fail, the journal has that build's last lines on stderr, and the old generation serves on;
 #   - a build or `--upgrade` started by hand as root, outside the unit, names the unit to
 #     reload (`systemctl reload app.service`);
 #   - `ExecReload=risefrontctl upgrade $MAINPID` (runs none of the app's code) reloads, and
@@ -177,11 +177,15 @@ failed_reload() {
     fi
     ctr rm -f /srv/hello-fail
     [ "$(generation)" = "$2" ] || fail "a failed reload ($1) left generation $(generation) serving"
+    # Why, in the reload's own journal lines: the failed build's last lines on stderr.
+    ctr journalctl -u "${3:-app}" --no-pager 2>/dev/null |
+        grep -q '| HELLO_FAIL=exit: exiting before serving' ||
+        fail "a failed reload ($1): the failed build's last lines are not in the journal"
 }
 failed_reload "the app with RISEFRONT_UPGRADE=1" 6
 ctr systemctl status app --no-pager 2>/dev/null | grep -q "last upgrade failed" ||
     fail "systemctl status does not say the upgrade failed"
-log "a reload to a failing build: systemctl reload failed, generation 6 serves on"
+log "a reload to a failing build: systemctl reload failed, the journal has why, generation 6 serves on"
 
 # From a shell, as root and outside the unit (no RuntimeDirectory=, another user): a build or
 # --upgrade started by hand finds no front where it looks, and says which unit to reload.
@@ -232,7 +236,7 @@ if [ "$version" = 254 ]; then
         fail "notify-reload: systemctl status does not say the upgrade failed"
     ctr journalctl -u app-notify-reload --no-pager 2>/dev/null |
         grep -q 'risefrontctl.*| HELLO_FAIL=exit: exiting before serving' ||
-        fail "notify-reload: the failed build's last lines are not in the reload's journal"
+        fail "notify-reload: the failed build's last lines are not in risefrontctl's journal lines"
     ctr systemctl stop app-notify-reload
     log "Type=notify-reload: 5 reloads, 0 failed; a failed upgrade fails systemctl reload and the journal has why"
 
