@@ -61,8 +61,8 @@ pub enum UpgradeError {
         /// missed).
         reason: String,
         /// The last lines (at most 12) the failed generation wrote to stderr before it failed,
-        /// oldest first: usually the error that stopped it. Empty when it wrote none, and on
-        /// Windows, where the front does not read its generations' stderr.
+        /// oldest first: usually the error that stopped it. Empty when it wrote none (or when
+        /// the front could not read it: a front of an earlier release).
         stderr: Vec<String>,
     },
     /// Refused before the front was asked, or by a front of another release, for a cause

@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::{Service, example, free_addr, get, parse_hello};
 
-async fn start_named() -> Service {
-    Service::start_with(&example("hello"), &[("RISEFRONT_NAME", "addresses-test")]).await
+/// A service named `name` (with this test process's pid, so that parallel runs, which on
+/// Windows share one control directory, never meet).
+async fn start_named(name: &str) -> (Service, String) {
+    let name = format!("{name}-{}", std::process::id());
+    let service = Service::start_with(&example("hello"), &[("RISEFRONT_NAME", &name)]).await;
+    (service, name)
 }
 
 /// The generation answering at `addr`.
@@ -39,7 +43,7 @@ async fn wait_closed(service: &Service, addr: SocketAddr) {
 
 #[tokio::test]
 async fn a_port_added_by_a_build_is_served_and_one_it_drops_is_closed() {
-    let mut service = start_named().await;
+    let (mut service, name) = start_named("added-dropped").await;
     let first = service.addr;
     let second = free_addr();
 
@@ -56,7 +60,7 @@ async fn a_port_added_by_a_build_is_served_and_one_it_drops_is_closed() {
     // Changing nothing binds and closes nothing; the reload starts the build that serves now,
     // with its two addresses.
     let before = service.log();
-    let client = risefront::Builder::new().name("addresses-test");
+    let client = risefront::Builder::new().name(name);
     #[cfg(unix)]
     let client = client.control_dir(service.runtime_dir().join("risefront"));
     let upgraded = client.upgrade([first, second]).await;
@@ -84,7 +88,7 @@ async fn a_port_added_by_a_build_is_served_and_one_it_drops_is_closed() {
 
 #[tokio::test]
 async fn a_build_asking_for_an_address_the_front_cannot_bind_fails_before_ready() {
-    let mut service = start_named().await;
+    let (mut service, _) = start_named("unbindable").await;
     let g1 = service.hello().await;
     // Taken by someone else.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -61,9 +61,8 @@ async fn a_generation_the_front_starts_that_fails_before_ready_is_rolled_back() 
             && !stderr.contains("pid 0"),
         "{stderr}"
     );
-    // Why, where it was asked: what the failing build wrote to stderr (Unix; on Windows the
-    // front does not read its generations' stderr), and still in the service's log.
-    #[cfg(unix)]
+    // Why, where it was asked: what the failing build wrote to stderr, and still in the
+    // service's log.
     assert!(
         stderr.contains("its last lines on stderr:\n  | ")
             && stderr.contains("\n  | HELLO_FAIL=exit: exiting before serving"),
@@ -440,7 +439,6 @@ async fn upgrade_errors_say_which_case_it_is() {
         matches!(&failed, Err(UpgradeError::Failed { reason, .. }) if reason.contains("generation 3")),
         "{failed:?}"
     );
-    #[cfg(unix)]
     assert!(
         matches!(&failed, Err(UpgradeError::Failed { stderr, .. }) if stderr.last().is_some_and(|l| l == "HELLO_FAIL=exit: exiting before serving")),
         "{failed:?}"
@@ -460,7 +458,6 @@ async fn upgrade_errors_say_which_case_it_is() {
         "{timed_out:?}"
     );
     // Killed at its ready timeout: what it said before is returned with the failure.
-    #[cfg(unix)]
     assert!(
         matches!(&timed_out, Err(UpgradeError::Failed { stderr, .. }) if stderr.iter().any(|l| l.contains("HELLO_FAIL=hang: never serving"))),
         "{timed_out:?}"
