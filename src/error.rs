@@ -69,8 +69,9 @@ pub enum BindError {
         /// This program's service, which would have bound it.
         ours: String,
         /// The holder is this same program with another address list (`0.0.0.0:8080`
-        /// against a service on `127.0.0.1:8080`, say): a build joins its service only with
-        /// the same addresses.
+        /// against a service on `127.0.0.1:8080`, say), so another service name: a build
+        /// whose address list changed joins its service by name (`RISEFRONT_NAME`,
+        /// `Builder::name`).
         same_program: bool,
     },
     /// The control directory is not private to this user: another user owns it, others can
@@ -200,7 +201,7 @@ impl fmt::Display for BindError {
                 same_program: true,
             } => write!(
                 f,
-                "risefront: {address} is in use by risefront service {service:?} of this user: the same program with another address list (this one would be service {ours:?}). A build joins a service only with the same addresses: start it with that service's addresses, or give both the same Builder::name"
+                "risefront: {address} is in use by risefront service {service:?} of this user: the same program with another address list (this one would be service {ours:?}). To make this build that service's next generation, with this address list, start it with RISEFRONT_NAME={service} (or Builder::name): the front then binds the new addresses and closes those no generation uses"
             ),
             BindError::InUseByService {
                 address,

@@ -446,6 +446,9 @@ async fn the_newest_build_is_what_reloads_and_respawns_start() {
     // v2 deployed by starting it by hand, from its own directory.
     let pid = service.start_program_in(&v2.join("hello"), Some(&v2), &[]);
     assert_eq!(service.wait_generation(2).await.pid, pid);
+    // A generation answers a moment before the front has heard it is ready, and a SIGHUP in
+    // between is refused as "an upgrade is already in progress" (seen in CI).
+    service.wait_log("generation 2 ready after").await;
 
     // A reload, then a crash: both start v2 again, in v2's directory, not the front's v1.
     service.signal_front(Signal::HUP);
@@ -464,6 +467,8 @@ async fn the_newest_build_is_what_reloads_and_respawns_start() {
         "{}",
         service.log()
     );
+
+    service.wait_log("generation 4 ready after").await;
 
     // v2's file gone: the front's own program, and the log says why.
     fs::remove_file(v2.join("hello")).expect("remove v2");

@@ -246,7 +246,8 @@ async fn the_same_program_on_an_overlapping_address_is_told_what_differs() {
     assert!(!output.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!("risefront service \"hello-127.0.0.1_{port}\""))
-            && stderr.contains("the same program with another address list"),
+            && stderr.contains("the same program with another address list")
+            && stderr.contains(&format!("RISEFRONT_NAME=hello-127.0.0.1_{port}")),
         "{stderr}"
     );
     assert!(
