@@ -13,11 +13,9 @@ use crate::socket::Socket;
 pub(crate) struct Channel {
     stream: Stream,
     decoder: FrameDecoder,
-    /// The version this channel speaks: ours, or the previous one for a peer of the previous
-    /// release (set by its first message, when one version back is read).
-    version: u8,
-    /// A message was read, so `version` is the peer's.
-    settled: bool,
+    /// The peer's version, from its first message: ours, or the previous one for a peer of the
+    /// previous release (when one version back is read). Ours until it has said anything.
+    version: Option<u8>,
     /// Descriptors received and not yet claimed by a `Listeners` frame.
     #[cfg(unix)]
     fds: Vec<OwnedFd>,
@@ -35,8 +33,7 @@ impl Channel {
         Channel {
             stream,
             decoder: FrameDecoder::new(),
-            version: protocol::VERSION,
-            settled: false,
+            version: None,
             #[cfg(unix)]
             fds: Vec::new(),
             #[cfg(unix)]
@@ -53,6 +50,11 @@ impl Channel {
         self
     }
 
+    /// The version this channel writes in: the peer's.
+    fn speaks(&self) -> u8 {
+        self.version.unwrap_or(protocol::VERSION)
+    }
+
     /// Reads the next message; `Ok(None)` at a clean end of stream.
     ///
     /// Cancel-safe: bytes already read stay in the decoder, so this can sit in a `select!`.
@@ -60,20 +62,18 @@ impl Channel {
         loop {
             if let Some(msg) = self.decoder.next_message()? {
                 // A peer speaks one version for the whole connection: its first message's.
-                match self.decoder.version() {
-                    Some(v) if self.settled && v != self.version => {
+                match (self.version, self.decoder.version()) {
+                    (Some(first), Some(now)) if now != first => {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
                             format!(
-                                "risefront: control peer switched from protocol version {} to {v}",
-                                self.version
+                                "risefront: control peer switched from protocol version {first} to {now}"
                             ),
                         ));
                     }
-                    Some(v) => self.version = v,
-                    None => {}
+                    (None, now) => self.version = now,
+                    _ => {}
                 }
-                self.settled = true;
                 return Ok(Some(msg));
             }
             let n = self.read_some().await?;
@@ -115,7 +115,7 @@ impl Channel {
 
     pub(crate) async fn send(&mut self, msg: &Message) -> io::Result<()> {
         let mut frame = Vec::new();
-        protocol::encode_as(msg, self.version, &mut frame)?;
+        protocol::encode_as(msg, self.speaks(), &mut frame)?;
         #[cfg(unix)]
         return self.write_frame(&frame, &[]).await;
         #[cfg(windows)]
@@ -164,7 +164,7 @@ impl Channel {
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> io::Result<()> {
         let mut frame = Vec::new();
-        protocol::encode_as(msg, self.version, &mut frame)?;
+        protocol::encode_as(msg, self.speaks(), &mut frame)?;
         self.write_frame(&frame, fds).await
     }
 

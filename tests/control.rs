@@ -109,16 +109,8 @@ async fn a_peer_claiming_another_process_id_is_refused() {
     let service = Service::start().await;
     let g1 = service.hello().await;
 
-    // A Hello that claims to be the active generation: our version, kind 1 (Hello), pid,
-    // role 1, ready and drain timeouts, probation window, no program described, no addresses.
-    let mut hello = vec![0, 0, 0, 35, common::PROTOCOL_VERSION, 1];
-    hello.extend_from_slice(&g1.pid.to_be_bytes());
-    hello.push(1);
-    hello.extend_from_slice(&60_000u64.to_be_bytes());
-    hello.extend_from_slice(&30_000u64.to_be_bytes());
-    hello.extend_from_slice(&10_000u64.to_be_bytes());
-    hello.extend_from_slice(&0u16.to_be_bytes());
-    hello.extend_from_slice(&0u16.to_be_bytes());
+    // A Hello that claims to be the active generation (role 1, its pid), in our version.
+    let hello = common::raw_hello(common::PROTOCOL_VERSION, g1.pid, 1);
     let answer = exchange(&service, &hello, Duration::from_secs(10)).await;
     let answer = answer.expect("the front kept an impostor connected");
     // An Error frame (kind 8), and no Listeners frame (kind 2) handed to the impostor.
@@ -181,17 +173,14 @@ async fn a_pipe_squatting_the_predictable_name_changes_nothing() {
 async fn a_control_client_of_the_previous_protocol_version_is_answered_in_it() {
     let service = Service::start().await;
     let old = common::PROTOCOL_VERSION - 1;
-    // Version 6's Hello: pid, role 2 (control), three timeouts, no program, and no addresses
-    // (which version 7 added). Then Upgrade (kind 5).
-    let mut payload = std::process::id().to_be_bytes().to_vec();
-    payload.push(2);
-    payload.extend(60_000u64.to_be_bytes());
-    payload.extend(30_000u64.to_be_bytes());
-    payload.extend(10_000u64.to_be_bytes());
-    payload.extend(0u16.to_be_bytes());
-    let mut frames = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
-    frames.extend([old, 1]);
-    frames.extend(payload);
+    // Version 6's Hello (role 2, control: no addresses, which version 7 added), then Upgrade
+    // (kind 5).
+    let mut frames = common::raw_hello(old, std::process::id(), 2);
+    assert_eq!(
+        &frames[..4],
+        &[0, 0, 0, 33],
+        "version 6's Hello is 33 bytes long"
+    );
     frames.extend([0, 0, 0, 2, old, 5]);
     let answer = exchange(&service, &frames, common::PATIENCE)
         .await

@@ -380,18 +380,7 @@ mod unix {
 
     /// `Hello { pid: ours, role: control }` in this build's protocol version.
     fn control_hello() -> Vec<u8> {
-        let mut payload = std::process::id().to_be_bytes().to_vec();
-        payload.push(2);
-        payload.extend(60_000u64.to_be_bytes());
-        payload.extend(30_000u64.to_be_bytes());
-        payload.extend(10_000u64.to_be_bytes());
-        // No program described, no addresses.
-        payload.extend(0u16.to_be_bytes());
-        payload.extend(0u16.to_be_bytes());
-        let mut out = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
-        out.extend([common::PROTOCOL_VERSION, 1]);
-        out.extend(payload);
-        out
+        common::raw_hello(common::PROTOCOL_VERSION, std::process::id(), 2)
     }
 
     #[tokio::test]

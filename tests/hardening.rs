@@ -25,15 +25,7 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 
 /// `Hello { pid, role, ready, drain, probation }`; role 1 = generation, 2 = control client.
 fn hello(pid: u32, role: u8) -> Vec<u8> {
-    let mut payload = pid.to_be_bytes().to_vec();
-    payload.push(role);
-    payload.extend(60_000u64.to_be_bytes());
-    payload.extend(30_000u64.to_be_bytes());
-    payload.extend(10_000u64.to_be_bytes());
-    // No program described, no addresses.
-    payload.extend(0u16.to_be_bytes());
-    payload.extend(0u16.to_be_bytes());
-    frame(1, &payload)
+    common::raw_hello(common::PROTOCOL_VERSION, pid, role)
 }
 
 /// Writes `bytes` with `fds` attached to them (`SCM_RIGHTS`).

@@ -10,12 +10,14 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::listeners::{Listeners, Picks};
+use super::lock_listeners;
 use super::machine::{Gen, PeerId, Timeouts};
 use crate::channel::Channel;
 use crate::config::deadline_after;
 use crate::handoff::{self, ProcessHandle, Stream};
 use crate::net::{SocketFile, Target, bind_target};
 use crate::protocol::{Message, Program, Role};
+use crate::socket::Socket;
 
 /// What a peer task tells the front.
 pub(crate) enum Event {
@@ -243,8 +245,8 @@ async fn sockets_for(
     addresses: &[Target],
     cx: &PeerContext,
 ) -> Result<Picks, String> {
-    let missing = lock(&cx.sockets).missing(addresses);
-    let mut new = Vec::with_capacity(missing.len());
+    let missing = lock_listeners(&cx.sockets).missing(addresses);
+    let mut new: Vec<(Target, Socket, Option<SocketFile>)> = Vec::with_capacity(missing.len());
     for target in missing {
         match bind_target(&target, cx.unix_mode).await {
             Ok(socket) => {
@@ -252,10 +254,7 @@ async fn sockets_for(
                 new.push((target, socket, file));
             }
             Err(e) => {
-                for file in new
-                    .iter()
-                    .filter_map(|(_, _, f): &(_, _, Option<SocketFile>)| f.as_ref())
-                {
+                for file in new.iter().filter_map(|(_, _, f)| f.as_ref()) {
                     file.remove();
                 }
                 tracing::warn!("cannot bind {target}, which a new build asks for: {e}");
@@ -265,11 +264,7 @@ async fn sockets_for(
             }
         }
     }
-    Ok(lock(&cx.sockets).reserve(peer, addresses, new))
-}
-
-fn lock(listeners: &Mutex<Listeners>) -> std::sync::MutexGuard<'_, Listeners> {
-    super::lock_listeners(listeners)
+    Ok(lock_listeners(&cx.sockets).reserve(peer, addresses, new))
 }
 
 /// Relays frames both ways once the peer said Hello, until either side ends it.
@@ -300,11 +295,11 @@ async fn talk(
                 Some(Command::SendListeners(generation)) => {
                     // Duplicates, so that no lock is held across the send; counted as the
                     // generation's only once handed over.
-                    let sockets = lock(&cx.sockets).copies(picks)?;
+                    let sockets = lock_listeners(&cx.sockets).copies(picks)?;
                     timeout(handshake, channel.send_listeners(generation, &sockets, pid))
                         .await
                         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
-                    lock(&cx.sockets).handed(peer, generation, picks);
+                    lock_listeners(&cx.sockets).handed(peer, generation, picks);
                 }
                 Some(Command::Send(message)) => {
                     if matches!(message, Message::Probation | Message::Superseded) {

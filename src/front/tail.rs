@@ -5,10 +5,9 @@
 //! (see `handoff::lend_stderr`).
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Lines kept: enough for an error and its causes, few enough for a terminal.
 const LINES: usize = 12;
@@ -88,6 +87,9 @@ fn clean(raw: &[u8]) -> String {
 /// Copies what `reader` yields to the front's stderr, keeping the last lines in `tail`, until
 /// the generation closes its end (it exited, or took its stderr back once ready).
 pub(crate) async fn pass_through(mut reader: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
+    // tokio's, which writes on a blocking thread: a front whose own stderr is slow to drain
+    // (a pipe to a busy reader) must not stall its runtime for a generation's output.
+    let mut stderr = tokio::io::stderr();
     let mut buf = [0u8; 8192];
     loop {
         let n = match reader.read(&mut buf).await {
@@ -95,7 +97,7 @@ pub(crate) async fn pass_through(mut reader: impl AsyncRead + Unpin, tail: Arc<M
             Ok(n) => n,
         };
         // A closed stderr is not the generation's problem: what it wrote is still kept.
-        let _ = std::io::stderr().write_all(&buf[..n]);
+        let _ = stderr.write_all(&buf[..n]).await;
         if let Ok(mut tail) = tail.lock() {
             tail.push(&buf[..n]);
         }

@@ -29,6 +29,29 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// write raw frames.
 pub const PROTOCOL_VERSION: u8 = 7;
 
+/// A raw `Hello` frame as a peer speaking protocol `version` writes it: `pid`, `role` (1
+/// generation, 2 control client), ready, drain and probation timeouts of 60 s, 30 s and 10 s,
+/// no program described and (from version 7) no addresses. For the tests that write frames by
+/// hand, so that a protocol change is made here once.
+pub fn raw_hello(version: u8, pid: u32, role: u8) -> Vec<u8> {
+    let mut payload = pid.to_be_bytes().to_vec();
+    payload.push(role);
+    payload.extend(60_000u64.to_be_bytes());
+    payload.extend(30_000u64.to_be_bytes());
+    payload.extend(10_000u64.to_be_bytes());
+    payload.extend(0u16.to_be_bytes());
+    if version >= 7 {
+        payload.extend(0u16.to_be_bytes());
+    }
+    let mut frame = u32::try_from(payload.len() + 2)
+        .expect("a short frame")
+        .to_be_bytes()
+        .to_vec();
+    frame.extend([version, 1]);
+    frame.extend(payload);
+    frame
+}
+
 /// Path of an example binary, next to the test binaries.
 ///
 /// `cargo test --all-targets` compiles the examples only as test harnesses (with hashed
