@@ -171,16 +171,28 @@ finish_load "5 reloads"
 # A reload to a build that fails ($1: how the reload runs) must fail, and generation $2 serve on
 # ($3: the unit, app by default).
 failed_reload() {
+    local said
+    said=$(journal_count "${3:-app}" '| HELLO_FAIL=exit: exiting before serving')
     ctr sh -c 'echo exit > /srv/hello-fail'
     if ctr systemctl reload "${3:-app}" 2>/dev/null; then
         fail "systemctl reload ($1) succeeded although the new build failed"
     fi
     ctr rm -f /srv/hello-fail
     [ "$(generation)" = "$2" ] || fail "a failed reload ($1) left generation $(generation) serving"
-    # Why, in the reload's own journal lines: the failed build's last lines on stderr.
-    ctr journalctl -u "${3:-app}" --no-pager 2>/dev/null |
-        grep -q '| HELLO_FAIL=exit: exiting before serving' ||
+    # Why, in the reload's own journal lines: the failed build's last lines on stderr (journald
+    # writes them a moment after the reload returned).
+    in_journal "${3:-app}" '| HELLO_FAIL=exit: exiting before serving' "$said" ||
         fail "a failed reload ($1): the failed build's last lines are not in the journal"
+}
+# How many lines of unit $1's journal match $2.
+journal_count() { ctr journalctl -u "$1" --no-pager 2>/dev/null | grep -c -- "$2" || true; }
+# Whether unit $1's journal has more than $3 (default 0) lines matching $2 within 10 s.
+in_journal() {
+    for _ in $(seq 1 50); do
+        [ "$(journal_count "$1" "$2")" -gt "${3:-0}" ] && return 0
+        sleep 0.2
+    done
+    return 1
 }
 failed_reload "the app with RISEFRONT_UPGRADE=1" 6
 ctr systemctl status app --no-pager 2>/dev/null | grep -q "last upgrade failed" ||
@@ -234,8 +246,7 @@ if [ "$version" = 254 ]; then
     failed_reload "Type=notify-reload" 6 app-notify-reload
     ctr systemctl status app-notify-reload --no-pager 2>/dev/null | grep -q "last upgrade failed" ||
         fail "notify-reload: systemctl status does not say the upgrade failed"
-    ctr journalctl -u app-notify-reload --no-pager 2>/dev/null |
-        grep -q 'risefrontctl.*| HELLO_FAIL=exit: exiting before serving' ||
+    in_journal app-notify-reload 'risefrontctl.*| HELLO_FAIL=exit: exiting before serving' ||
         fail "notify-reload: the failed build's last lines are not in risefrontctl's journal lines"
     ctr systemctl stop app-notify-reload
     log "Type=notify-reload: 5 reloads, 0 failed; a failed upgrade fails systemctl reload and the journal has why"
