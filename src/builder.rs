@@ -117,6 +117,38 @@ where
 /// # }
 /// ```
 pub async fn upgrade_pid(pid: u32) -> Result<u64, UpgradeError> {
+    let (endpoint, config) = front_of_pid(pid)?;
+    crate::upgrade::request(&endpoint, &config).await
+}
+
+/// Asks the front whose process id is `pid` to re-execute itself into the build that serves
+/// (what upgrades start), keeping its process id, its listening sockets, its control socket
+/// and the serving generation: how a front gets a newer risefront's fixes without a restart.
+/// Returns the generation serving once the new front image answered; the serving generation
+/// is not touched, and no connection is refused meanwhile.
+///
+/// The front re-executes only at a quiet point (one generation serving, no upgrade, probation
+/// or stop under way); otherwise it answers [`UpgradeError::Busy`], and asking again later
+/// works. Unix only: Windows has no `exec` that keeps handles, and a front there answers
+/// [`UpgradeError::Failed`] saying so. Finding the front by pid needs Linux (as
+/// [`upgrade_pid`]). The crate's `risefrontctl reexec PID` calls this.
+///
+/// ```no_run
+/// # async fn run() {
+/// match risefront::reexec_front_pid(812).await {
+///     Ok(generation) => println!("the front runs the newest build; generation {generation} serves"),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// # }
+/// ```
+pub async fn reexec_front_pid(pid: u32) -> Result<u64, UpgradeError> {
+    let (endpoint, config) = front_of_pid(pid)?;
+    crate::upgrade::reexec(&endpoint, &config).await
+}
+
+/// The control endpoint of the front with process id `pid`, and a configuration to talk to
+/// it with.
+fn front_of_pid(pid: u32) -> Result<(Endpoint, Config), UpgradeError> {
     if !cfg!(target_os = "linux") {
         return Err(UpgradeError::Io(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -143,7 +175,7 @@ pub async fn upgrade_pid(pid: u32) -> Result<u64, UpgradeError> {
     }
     let config = builder.config(&[])?;
     let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
-    crate::upgrade::request(&endpoint, &config).await
+    Ok((endpoint, config))
 }
 
 /// Options for [`bind`]; every timeout has a default suitable for HTTP services.
@@ -510,6 +542,8 @@ impl Builder {
     {
         let addrs = resolve(addrs).await?;
         let config = self.config(&addrs)?;
+        // A front that re-executed itself into this build goes on here, as the front.
+        front::resume_if_reexecuted(&config).await?;
         if env_upgrade()? {
             // `ExecReload=` for any program: ask the running front, report, exit.
             let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;

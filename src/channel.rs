@@ -50,6 +50,25 @@ impl Channel {
         self
     }
 
+    /// A connection whose peer already spoke, in `version`: the front's side of a control
+    /// connection that crossed a re-exec of the front (see [`Channel::into_parts`]).
+    #[cfg(unix)]
+    pub(crate) fn resumed(stream: Stream, version: Option<u8>) -> Self {
+        let mut channel = Channel::new(stream, false).reading_one_version_back();
+        channel.version = version;
+        channel
+    }
+
+    /// The connection and the version its peer speaks, if nothing of a frame is waiting to be
+    /// read (else the channel back, unchanged): what crosses a re-exec of the front.
+    #[cfg(unix)]
+    pub(crate) fn into_parts(self) -> Result<(Stream, Option<u8>), Self> {
+        if !self.decoder.is_empty() || !self.fds.is_empty() {
+            return Err(self);
+        }
+        Ok((self.stream, self.version))
+    }
+
     /// The version this channel writes in: the peer's.
     fn speaks(&self) -> u8 {
         self.version.unwrap_or(protocol::VERSION)

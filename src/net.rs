@@ -383,6 +383,18 @@ impl SocketFile {
             .map(|m| (m.dev(), m.ino()))
     }
 
+    /// The path and the identity of the file, for a front's next image.
+    #[cfg(unix)]
+    pub(crate) fn parts(&self) -> (&std::path::Path, (u64, u64)) {
+        (&self.path, self.inode)
+    }
+
+    /// The file a front's previous image bound.
+    #[cfg(unix)]
+    pub(crate) fn from_parts(path: PathBuf, inode: (u64, u64)) -> SocketFile {
+        SocketFile { path, inode }
+    }
+
     /// Removes the file if it is still the one bound: a service that stopped leaves nothing.
     pub(crate) fn remove(&self) {
         #[cfg(unix)]

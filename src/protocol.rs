@@ -86,15 +86,20 @@ pub(crate) const STDERR_TAIL: &str = "its last lines on stderr:";
 /// generation that took over from one on probation: `Ping` and `Pong`. Version 6 added the
 /// program a generation runs to `Hello`, so that the front starts the newest build. Version 7
 /// added the addresses a generation asked for to `Hello`, so that it gets exactly those.
-pub(crate) const VERSION: u8 = 7;
+/// Version 8 added `ReExec`, with which a control client has the front re-execute itself into
+/// another build.
+pub(crate) const VERSION: u8 = 8;
 
 /// The oldest version the front still reads, and answers in: one back, so that the generations
 /// and control clients of the previous release (a rollback, an old `--upgrade`, an old
 /// `risefrontctl`) keep working with a front of this one, and so does a connection handoff
 /// between generations of the two. Only the front's side (and the receiving side of a handoff)
 /// reads older frames: a generation or client that meets an older front reports the mismatch.
-/// Version 6 differs from 7 only in `Hello`, which has no addresses.
-pub(crate) const OLDEST_VERSION: u8 = 6;
+/// Version 7 differs from 8 only in having no `ReExec`.
+pub(crate) const OLDEST_VERSION: u8 = 7;
+
+/// The first version with `ReExec`.
+const REEXEC_SINCE: u8 = 8;
 
 /// The first version whose `Hello` carries the addresses.
 const HELLO_ADDRESSES_SINCE: u8 = 7;
@@ -154,6 +159,7 @@ const KIND_CONNECTIONS: u8 = 17;
 const KIND_RECEIVED: u8 = 18;
 const KIND_PING: u8 = 19;
 const KIND_PONG: u8 = 20;
+const KIND_REEXEC: u8 = 21;
 
 /// Who is on the other end of a control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +262,10 @@ pub(crate) enum Message {
     Ping,
     /// Generation -> front: the answer to the oldest unanswered `Ping`.
     Pong,
+    /// Control client -> front: re-execute yourself into `program` (none: the program the
+    /// serving generation runs), keeping your pid, sockets and generations. Answered
+    /// `Upgraded` with the serving generation by the new image, or `Busy` or `Error`.
+    ReExec { program: Option<Program> },
 }
 
 /// One connection in a `Connections` frame.
@@ -291,6 +301,7 @@ impl Message {
             Message::Received { .. } => KIND_RECEIVED,
             Message::Ping => KIND_PING,
             Message::Pong => KIND_PONG,
+            Message::ReExec { .. } => KIND_REEXEC,
             Message::Error { .. } => KIND_ERROR,
         }
     }
@@ -424,6 +435,11 @@ fn write_frame(msg: &Message, version: u8, out: &mut Vec<u8>) -> Result<(), Prot
             }
         }
         Message::Upgraded { generation } => out.extend_from_slice(&generation.to_be_bytes()),
+        Message::ReExec { program } => {
+            let program = program_wire(program.as_ref());
+            put_u16_len(out, program.len())?;
+            out.extend_from_slice(&program);
+        }
         Message::Error { reason } | Message::Busy { reason } => {
             let reason = truncate_reason(reason);
             put_u16_len(out, reason.len())?;
@@ -490,6 +506,12 @@ fn body_len(msg: &Message, version: u8) -> Result<usize, ProtocolError> {
             })
         }
         Message::Upgraded { .. } => 8,
+        Message::ReExec { program } => {
+            if version < REEXEC_SINCE {
+                return Err(ProtocolError::UnknownMessage { kind: KIND_REEXEC });
+            }
+            2 + program_wire(program.as_ref()).len()
+        }
         Message::Error { reason } | Message::Busy { reason } => 2 + truncate_reason(reason).len(),
         Message::Connections { moved } => {
             if moved.len() > MAX_BATCH {
@@ -663,6 +685,14 @@ fn decode_body(body: &[u8], oldest: u8) -> Result<(Message, u8), ProtocolError> 
         }
         KIND_PING => Message::Ping,
         KIND_PONG => Message::Pong,
+        KIND_REEXEC if version >= REEXEC_SINCE => {
+            let len = usize::from(u16::from_be_bytes(r.take("truncated re-exec")?));
+            let program = match r.bytes(len, "truncated re-exec")? {
+                [] => None,
+                described => Some(Program::from_wire(described)?),
+            };
+            Message::ReExec { program }
+        }
         KIND_CONNECTIONS => {
             let count = usize::from(u16::from_be_bytes(r.take("truncated connections")?));
             if count > MAX_BATCH {
@@ -717,6 +747,23 @@ fn program_wire(program: Option<&Program>) -> Vec<u8> {
 
 fn targets_wire(addresses: &[crate::net::Target]) -> Vec<u8> {
     targets::to_wire(addresses).unwrap_or_else(|| targets::NOT_SAID.to_vec())
+}
+
+/// Addresses in their wire form outside a frame: what a front's re-exec carries.
+#[cfg(unix)]
+pub(crate) fn targets_to_bytes(addresses: &[crate::net::Target]) -> Option<Vec<u8>> {
+    targets::to_wire(addresses)
+}
+
+/// Reads what [`targets_to_bytes`] wrote.
+#[cfg(unix)]
+pub(crate) fn targets_from_bytes(bytes: &[u8]) -> Result<Vec<crate::net::Target>, ProtocolError> {
+    let mut r = Reader { rest: bytes };
+    let addresses = targets::from_wire(&mut r)?;
+    if !r.rest.is_empty() {
+        return Err(ProtocolError::Malformed("trailing bytes"));
+    }
+    Ok(addresses)
 }
 
 /// A `u16`-length-prefixed UTF-8 string.

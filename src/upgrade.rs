@@ -156,6 +156,20 @@ impl From<UpgradeError> for io::Error {
 }
 
 pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> Result<u64, UpgradeError> {
+    request_for(endpoint, config, &Message::Upgrade).await
+}
+
+/// Asks the front to re-execute itself into the build that serves; the generation serving
+/// once it did.
+pub(crate) async fn reexec(endpoint: &Endpoint, config: &Config) -> Result<u64, UpgradeError> {
+    request_for(endpoint, config, &Message::ReExec { program: None }).await
+}
+
+async fn request_for(
+    endpoint: &Endpoint,
+    config: &Config,
+    request: &Message,
+) -> Result<u64, UpgradeError> {
     let Some(stream) = endpoint.connect().await? else {
         return Err(UpgradeError::NoFront {
             service: config.name.clone(),
@@ -182,6 +196,7 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> Result<u64,
     ask(
         &mut channel,
         &hello,
+        request,
         wait,
         config.handshake_timeout,
         &config.name,
@@ -189,10 +204,12 @@ pub(crate) async fn request(endpoint: &Endpoint, config: &Config) -> Result<u64,
     .await
 }
 
-/// Says `hello`, asks for an upgrade, and waits up to `wait` for the outcome.
+/// Says `hello`, asks for `request` (an upgrade or a re-exec), and waits up to `wait` for the
+/// outcome.
 async fn ask(
     channel: &mut Channel,
     hello: &Message,
+    request: &Message,
     wait: Duration,
     handshake: Duration,
     service: &str,
@@ -208,7 +225,7 @@ async fn ask(
     };
     let sent = async {
         channel.send(hello).await?;
-        channel.send(&Message::Upgrade).await
+        channel.send(request).await
     }
     .await;
     let answer = match sent {
@@ -341,6 +358,7 @@ mod tests {
         let outcome = ask(
             &mut channel,
             &hello,
+            &Message::Upgrade,
             Duration::from_secs(5),
             Duration::from_secs(5),
             "svc",

@@ -173,19 +173,18 @@ async fn a_pipe_squatting_the_predictable_name_changes_nothing() {
 async fn a_control_client_of_the_previous_protocol_version_is_answered_in_it() {
     let service = Service::start().await;
     let old = common::PROTOCOL_VERSION - 1;
-    // Version 6's Hello (role 2, control: no addresses, which version 7 added), then Upgrade
-    // (kind 5).
+    // Version 7's Hello (role 2, control), then Upgrade (kind 5).
     let mut frames = common::raw_hello(old, std::process::id(), 2);
     assert_eq!(
         &frames[..4],
-        &[0, 0, 0, 33],
-        "version 6's Hello is 33 bytes long"
+        &[0, 0, 0, 35],
+        "version 7's Hello is 35 bytes long"
     );
     frames.extend([0, 0, 0, 2, old, 5]);
     let answer = exchange(&service, &frames, common::PATIENCE)
         .await
         .unwrap_or_else(|| panic!("no answer to the upgrade:\n{}", service.log()));
-    // Upgraded (kind 6) to generation 2, in version 6.
+    // Upgraded (kind 6) to generation 2, in version 7.
     let mut upgraded = vec![0, 0, 0, 10, old, 6];
     upgraded.extend(2u64.to_be_bytes());
     assert_eq!(answer, upgraded, "{}", service.log());

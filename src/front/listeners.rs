@@ -182,6 +182,36 @@ impl Listeners {
     }
 
     /// Closes every socket: the service is stopping.
+    /// Each socket with what a front's next image must know of it: its address, the
+    /// generations using it and its socket file. Only at a quiet point (nothing reserved).
+    #[cfg(unix)]
+    pub(crate) fn carried(&self) -> Vec<(&Target, &Socket, Vec<Gen>, Option<&SocketFile>)> {
+        self.bound
+            .values()
+            .map(|b| {
+                (
+                    &b.target,
+                    &b.socket,
+                    b.users.iter().copied().collect(),
+                    b.file.as_ref(),
+                )
+            })
+            .collect()
+    }
+
+    /// The registry a front's previous image left: [`Listeners::carried`], back.
+    #[cfg(unix)]
+    pub(crate) fn resumed(carried: Vec<(Target, Socket, Vec<Gen>, Option<SocketFile>)>) -> Self {
+        let mut listeners = Listeners::default();
+        for (target, socket, users, file) in carried {
+            let id = listeners.insert(target, socket, file);
+            if let Some(bound) = listeners.bound.get_mut(&id) {
+                bound.users.extend(users);
+            }
+        }
+        listeners
+    }
+
     pub(crate) fn close_all(&mut self) {
         for (_, bound) in std::mem::take(&mut self.bound) {
             bound.close();

@@ -20,7 +20,8 @@
 //! and [`Input::Tick`] walk. The rest is split by concern: starting and taking over
 //! ([`starting`]), probation and the liveness check of the generation that took over
 //! ([`probation`]), generations ending ([`ending`]), the stop ([`stopping`]), the respawn
-//! policy ([`backoff`]) and what systemd and control clients hear ([`report`]).
+//! policy ([`backoff`]), what systemd and control clients hear ([`report`]), and the front's
+//! re-exec into another build at a quiet point ([`reexec`]).
 //!
 //! An upgrade is reported done (to the control client that asked, and to systemd) only once
 //! every generation it superseded has said it stepped aside, or after [`STEP_ASIDE_TIMEOUT`]:
@@ -35,6 +36,7 @@
 mod backoff;
 mod ending;
 mod probation;
+mod reexec;
 mod report;
 mod starting;
 mod stopping;
@@ -51,6 +53,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::backoff::{Backoff, STABLE_AFTER};
+pub(crate) use self::reexec::Snapshot;
 use self::timers::{Timer, Timers};
 use crate::notice::report;
 use crate::protocol::{Message, Role};
@@ -128,6 +131,15 @@ pub(crate) enum Input {
     Terminate { signal: &'static str },
     /// [`Machine::next_deadline`] has passed.
     Tick,
+    /// A control client that said Hello asked the front to re-execute (into a newer build).
+    ReExecRequested { peer: PeerId },
+    /// The re-exec [`Action::ReExec`] asked for did not happen; the old image goes on. `busy`
+    /// when it may work if asked again (something happened meanwhile).
+    ReExecFailed {
+        peer: PeerId,
+        why: String,
+        busy: bool,
+    },
 }
 
 /// What the shell must do.
@@ -163,6 +175,9 @@ pub(crate) enum Action {
     Notify(Supervisor),
     /// Exit the front with this status. Nothing follows.
     Exit(i32),
+    /// Re-execute the front with this state (a quiet point: see [`reexec`]). Nothing follows
+    /// unless it fails, which the shell reports as [`Input::ReExecFailed`].
+    ReExec(Snapshot),
 }
 
 /// Where one generation is in its life. The deadline of each phase that has one is in the
@@ -383,6 +398,8 @@ impl Machine {
             } => self.on_exited(now, generation, &status, success),
             Input::Terminate { signal } => self.on_terminate(now, signal),
             Input::Tick => self.on_tick(now),
+            Input::ReExecRequested { peer } => self.on_reexec_requested(now, peer),
+            Input::ReExecFailed { peer, why, busy } => self.on_reexec_failed(peer, why, busy),
         }
         // Whatever just happened (a confirmation, an exit, a lost channel, a stop) may settle
         // the pending report, or end the probation whose successor is being watched.

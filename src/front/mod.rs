@@ -13,6 +13,8 @@ mod listeners;
 mod machine;
 mod orphans;
 mod peer;
+#[cfg(unix)]
+mod reexec;
 mod tail;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -27,14 +29,14 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 
 use self::listeners::Listeners;
-use self::machine::{Action, Gen, Input, Machine, PeerId, Timeouts};
+use self::machine::{Action, Gen, Input, Machine, PeerId, Snapshot, Timeouts};
 use self::peer::{Command, Event, PeerContext};
 use self::tail::Tail;
 use crate::config::{Config, deadline_after};
 use crate::error::BindError;
 use crate::handoff::{self, ControlListener, Endpoint, FrontLock, ProcessHandle, Stream};
 use crate::net::{Target, bind_target};
-use crate::protocol::{Message, Program, STDERR_TAIL};
+use crate::protocol::{Message, Program, Role, STDERR_TAIL};
 use crate::socket::Socket;
 use crate::systemd::Supervisor;
 
@@ -128,13 +130,68 @@ pub(crate) async fn run(
         "front started for service {:?}",
         config.name
     );
-    let code = Front::new(config, own, Arc::clone(&listeners), &endpoint)
-        .run(control)
+    let code = Front::new(config, own, Arc::clone(&listeners), &endpoint, &lock)
+        .run(control, None)
         .await;
     endpoint.remove();
     lock_listeners(&listeners).remove_files();
     drop(lock);
     std::process::exit(code)
+}
+
+/// Goes on as the front if this process is a front that re-executed itself into this build
+/// (see [`reexec`]): never returns then. Returns at once otherwise.
+pub(crate) async fn resume_if_reexecuted(config: &Config) -> io::Result<()> {
+    #[cfg(unix)]
+    if let Some(state) = reexec::take()? {
+        match resume(config.clone(), state).await? {}
+    }
+    #[cfg(not(unix))]
+    let _ = config;
+    Ok(())
+}
+
+/// The front's new image: what the old one carried across `exec`, adopted, and the loop
+/// resumed where it stopped. Returns only errors from before the loop.
+#[cfg(unix)]
+async fn resume(config: Config, state: reexec::State) -> io::Result<Infallible> {
+    let lock = FrontLock::carried(handoff::adopt(state.lock)?);
+    let control = ControlListener::carried(handoff::adopt(state.control)?)?;
+    let endpoint = Endpoint::at(state.endpoint.0.clone(), state.endpoint.1.clone());
+    let mut carried = Vec::with_capacity(state.listeners.len());
+    for c in &state.listeners {
+        let socket = Socket::try_from(handoff::adopt(c.fd)?)?;
+        let file = c
+            .file
+            .clone()
+            .map(|(path, inode)| crate::net::SocketFile::from_parts(path, inode));
+        carried.push((c.target.clone(), socket, c.users.clone(), file));
+    }
+    let listeners = Arc::new(Mutex::new(Listeners::resumed(carried)));
+    let own = Program::of_this_process()?;
+    tracing::info!(
+        pid = std::process::id(),
+        generation = state.snapshot.generation,
+        "front re-executed into {} (protocol {}): generation {} serves on",
+        own.exe.display(),
+        crate::protocol::VERSION,
+        state.snapshot.generation
+    );
+    let mut front = Front::new(config, own, Arc::clone(&listeners), &endpoint, &lock);
+    let first = front.resumed(&state)?;
+    let code = front.run(control, Some(first)).await;
+    endpoint.remove();
+    lock_listeners(&listeners).remove_files();
+    drop(lock);
+    std::process::exit(code)
+}
+
+/// A control connection carried across `exec`, as the stream it was.
+#[cfg(unix)]
+fn carried_stream(connection: reexec::Connection) -> io::Result<Stream> {
+    let stream = std::os::unix::net::UnixStream::from(handoff::adopt(connection.fd)?);
+    stream.set_nonblocking(true)?;
+    Stream::from_std(stream)
 }
 
 /// The socket file the front creates for a Unix address, to remove when the socket closes.
@@ -143,6 +200,15 @@ fn socket_file(target: &Target) -> Option<crate::net::SocketFile> {
         #[cfg(unix)]
         Target::Unix(path) => crate::net::SocketFile::of(path),
         Target::Tcp(_) => None,
+    }
+}
+
+/// The deadlines generations get until their Hello says otherwise.
+fn timeouts(config: &Config) -> Timeouts {
+    Timeouts {
+        ready: config.ready_timeout,
+        drain: config.drain_timeout,
+        probation: config.probation,
     }
 }
 
@@ -278,6 +344,9 @@ struct Front<'a> {
     /// (so closed) when the service stops.
     sockets: Arc<Mutex<Listeners>>,
     endpoint: &'a Endpoint,
+    /// The service's lock, which a re-exec carries.
+    #[cfg(unix)]
+    lock: &'a FrontLock,
     machine: Machine,
     peers: BTreeMap<PeerId, PeerSlot>,
     next_peer: PeerId,
@@ -302,6 +371,14 @@ struct Front<'a> {
     /// A spawn that failed for a reason that passes: its generation, the attempts so far, and
     /// when to try again.
     spawn_retry: Option<(Gen, u32, Instant)>,
+    /// What control clients asked the front to re-execute into, until answered.
+    reexec_programs: BTreeMap<PeerId, Option<Program>>,
+    /// A re-exec the machine decided, for the loop to perform before anything else.
+    reexec: Option<Snapshot>,
+    /// A copy of the read end of each spawned generation's stderr pipe, to carry across a
+    /// re-exec: a process it started before ready may still write there.
+    #[cfg(unix)]
+    stderr_copies: BTreeMap<Gen, std::os::fd::OwnedFd>,
     exit: Option<i32>,
 }
 
@@ -311,23 +388,21 @@ impl<'a> Front<'a> {
         own: Program,
         sockets: Arc<Mutex<Listeners>>,
         endpoint: &'a Endpoint,
+        lock: &'a FrontLock,
     ) -> Self {
+        #[cfg(not(unix))]
+        let _ = lock;
         let (events_tx, events) = mpsc::unbounded_channel();
         let (exits_tx, exits) = mpsc::unbounded_channel();
-        let machine = Machine::new(
-            Timeouts {
-                ready: config.ready_timeout,
-                drain: config.drain_timeout,
-                probation: config.probation,
-            },
-            config.stop_delay,
-        );
+        let machine = Machine::new(timeouts(&config), config.stop_delay);
         Front {
             config,
             own,
             serving: None,
             sockets,
             endpoint,
+            #[cfg(unix)]
+            lock,
             machine,
             peers: BTreeMap::new(),
             next_peer: 0,
@@ -342,11 +417,17 @@ impl<'a> Front<'a> {
             exits,
             evicted: 0,
             spawn_retry: None,
+            reexec_programs: BTreeMap::new(),
+            reexec: None,
+            #[cfg(unix)]
+            stderr_copies: BTreeMap::new(),
             exit: None,
         }
     }
 
-    async fn run(mut self, mut control: ControlListener) -> i32 {
+    /// Runs the front until it exits: from its first start (`resumed` is `None`), or from the
+    /// actions a resumed machine began with.
+    async fn run(mut self, mut control: ControlListener, resumed: Option<Vec<Action>>) -> i32 {
         let mut terminate = match crate::signal::Terminate::new() {
             Ok(t) => t,
             Err(e) => {
@@ -362,9 +443,21 @@ impl<'a> Front<'a> {
                 return 1;
             }
         };
-        self.feed(Input::Start);
+        // Blocked across a re-exec until the handlers above were installed; a no-op otherwise.
+        #[cfg(unix)]
+        if let Err(e) = handoff::unblock_signals() {
+            tracing::warn!("cannot unblock SIGHUP, SIGTERM and SIGINT: {e}");
+        }
+        match resumed {
+            None => self.feed(Input::Start),
+            Some(actions) => self.perform_all(actions),
+        }
         let mut accept_paused_until: Option<Instant> = None;
         loop {
+            if let Some(snapshot) = self.reexec.take() {
+                let failed = self.reexec_now(snapshot, &control).await;
+                self.feed(failed);
+            }
             if let Some(code) = self.exit {
                 return code;
             }
@@ -409,6 +502,8 @@ impl<'a> Front<'a> {
                 Some((generation, status, success)) = self.exits.recv() => {
                     self.children.remove(&generation);
                     self.child_pids.remove(&generation);
+                    #[cfg(unix)]
+                    self.stderr_copies.remove(&generation);
                     self.feed(Input::Exited { generation, status, success });
                     self.tails.remove(&generation);
                 }
@@ -449,7 +544,21 @@ impl<'a> Front<'a> {
     /// Gives the machine one input and performs what it decides, including the inputs those
     /// actions produce (a spawn reports its pid or its failure at once).
     fn feed(&mut self, input: Input) {
-        let mut queue = VecDeque::from([input]);
+        self.settle(VecDeque::from([input]), Vec::new());
+    }
+
+    /// Performs actions the machine decided outside [`Machine::handle`] (a resumed machine's
+    /// first), then as [`Front::feed`].
+    fn perform_all(&mut self, actions: Vec<Action>) {
+        self.settle(VecDeque::new(), actions);
+    }
+
+    fn settle(&mut self, mut queue: VecDeque<Input>, first: Vec<Action>) {
+        for action in first {
+            if let Some(next) = self.perform(action) {
+                queue.push_back(next);
+            }
+        }
         while let Some(input) = queue.pop_front() {
             for action in self.machine.handle(Instant::now(), input) {
                 if let Some(next) = self.perform(action) {
@@ -555,6 +664,10 @@ impl<'a> Front<'a> {
             }
             Action::Exit(code) => {
                 self.exit = Some(code);
+                None
+            }
+            Action::ReExec(snapshot) => {
+                self.reexec = Some(snapshot);
                 None
             }
         }
@@ -689,8 +802,13 @@ impl<'a> Front<'a> {
             Event::StopRequested { peer } => self.feed(Input::StopRequested { peer }),
             Event::SteppedAside { peer } => self.feed(Input::SteppedAside { peer }),
             Event::Pong { peer } => self.feed(Input::Pong { peer }),
+            Event::ReExec { peer, program } => {
+                self.reexec_programs.insert(peer, program);
+                self.feed(Input::ReExecRequested { peer });
+            }
             Event::Gone { peer, why } => {
                 self.peers.remove(&peer);
+                self.reexec_programs.remove(&peer);
                 lock_listeners(&self.sockets).unreserve(peer);
                 self.feed(Input::PeerGone { peer, why });
             }
@@ -752,16 +870,20 @@ impl<'a> Front<'a> {
         silent.len()
     }
 
-    fn start_peer(&mut self, stream: Stream, preconnected: Option<Gen>) -> PeerId {
-        let peer = self.next_peer;
-        self.next_peer += 1;
-        let (tx, commands) = mpsc::channel(8);
-        let cx = PeerContext {
+    fn peer_context(&self) -> PeerContext {
+        PeerContext {
             events: self.events_tx.clone(),
             sockets: Arc::clone(&self.sockets),
             handshake: self.config.handshake_timeout,
             unix_mode: self.config.unix_mode,
-        };
+        }
+    }
+
+    fn start_peer(&mut self, stream: Stream, preconnected: Option<Gen>) -> PeerId {
+        let peer = self.next_peer;
+        self.next_peer += 1;
+        let (tx, commands) = mpsc::channel(8);
+        let cx = self.peer_context();
         let task = tokio::spawn(peer::run(peer, stream, preconnected, commands, cx)).abort_handle();
         self.peers.insert(
             peer,
@@ -825,6 +947,8 @@ impl<'a> Front<'a> {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES");
+        #[cfg(unix)]
+        command.env_remove(reexec::STATE_VAR);
         let lent = handoff::lend_stderr(&mut command).unwrap_or_else(|e| {
             tracing::debug!(
                 generation = n,
@@ -841,6 +965,10 @@ impl<'a> Front<'a> {
         // Dropped now, so that the pipe ends when the generation (and whatever it started)
         // closes its stderr, not when the front does.
         drop(command);
+        #[cfg(unix)]
+        if let Some(copy) = lent.as_ref().and_then(|l| l.reader_copy().ok()) {
+            self.stderr_copies.insert(n, copy);
+        }
         let reading = match lent.map(handoff::Lent::into_reader).transpose() {
             Ok(Some(reader)) => {
                 let tail = Arc::new(Mutex::new(Tail::default()));
@@ -881,6 +1009,290 @@ impl<'a> Front<'a> {
         });
         let peer = self.start_peer(ours, Some(n));
         Ok((pid, peer))
+    }
+}
+
+/// The front re-executing itself (Unix): the old image's side, then the new one's.
+#[cfg(unix)]
+impl Front<'_> {
+    /// Re-executes into the program the client asked for (or what serves), carrying the
+    /// serving generation's connection and the client's; returns only if that did not happen,
+    /// as the input that tells the machine why.
+    async fn reexec_now(&mut self, snapshot: Snapshot, control: &ControlListener) -> Input {
+        let client = snapshot.client;
+        let failed = |why: String, busy: bool| Input::ReExecFailed {
+            peer: client,
+            why,
+            busy,
+        };
+        let program = match self.reexec_programs.remove(&client).flatten() {
+            Some(asked) => asked,
+            None => self.program_to_start().clone(),
+        };
+        if !program.exe.is_file() {
+            return failed(
+                format!(
+                    "cannot re-execute into {}: no such file",
+                    program.exe.display()
+                ),
+                false,
+            );
+        }
+        let (generation, talking) = (snapshot.peer, snapshot.client);
+        let Some(carried_generation) = self.detach(generation).await else {
+            return failed(
+                format!(
+                    "generation {} is busy talking to the front; try again",
+                    snapshot.generation
+                ),
+                true,
+            );
+        };
+        let Some(carried_client) = self.detach(talking).await else {
+            self.reattach(generation, carried_generation, Role::Generation);
+            return failed("the client's connection is busy".to_owned(), true);
+        };
+        // An event already queued (an exit, a frame relayed just before the detach) would be
+        // lost with this image: the machine hears it first, and the client asks again.
+        if !self.events.is_empty() || !self.exits.is_empty() {
+            self.reattach(generation, carried_generation, Role::Generation);
+            self.reattach(talking, carried_client, Role::Control);
+            return failed(
+                "the service changed while the front prepared to re-execute; try again".to_owned(),
+                true,
+            );
+        }
+        let outcome = self.exec_with(
+            &snapshot,
+            &program,
+            control,
+            (&carried_generation.1, carried_generation.0.1),
+            (&carried_client.1, carried_client.0.1),
+        );
+        // Only a failed exec comes back.
+        self.reattach(generation, carried_generation, Role::Generation);
+        self.reattach(talking, carried_client, Role::Control);
+        failed(
+            format!(
+                "cannot re-execute into {}: {outcome}",
+                program.exe.display()
+            ),
+            false,
+        )
+    }
+
+    /// Writes the state, lets every descriptor in it cross `exec`, and execs; returns the
+    /// error if `exec` failed, with the descriptors closed on exec again.
+    fn exec_with(
+        &self,
+        snapshot: &Snapshot,
+        program: &Program,
+        control: &ControlListener,
+        generation: (&Stream, Option<u8>),
+        client: (&Stream, Option<u8>),
+    ) -> io::Error {
+        use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+        let registry = lock_listeners(&self.sockets);
+        let listeners = registry.carried();
+        let stderr = self.stderr_copies.get(&snapshot.generation);
+        let (socket_path, lock_path) = self.endpoint.paths();
+        let state = reexec::State {
+            front: std::process::id(),
+            snapshot: snapshot.clone(),
+            endpoint: (socket_path.to_owned(), lock_path.to_owned()),
+            control: control.fd().as_raw_fd(),
+            lock: self.lock.fd().as_raw_fd(),
+            generation: reexec::Connection {
+                fd: generation.0.as_raw_fd(),
+                version: generation.1,
+            },
+            client: reexec::Connection {
+                fd: client.0.as_raw_fd(),
+                version: client.1,
+            },
+            stderr: stderr.map(AsRawFd::as_raw_fd),
+            serving: self.serving.clone(),
+            next_peer: self.next_peer,
+            listeners: listeners
+                .iter()
+                .map(|(target, socket, users, file)| reexec::Carried {
+                    target: (*target).clone(),
+                    fd: socket.as_fd().as_raw_fd(),
+                    users: users.clone(),
+                    file: file.map(|f| {
+                        let (path, inode) = f.parts();
+                        (path.to_owned(), inode)
+                    }),
+                })
+                .collect(),
+        };
+        let mut fds: Vec<BorrowedFd<'_>> = vec![
+            control.fd(),
+            self.lock.fd(),
+            generation.0.as_fd(),
+            client.0.as_fd(),
+        ];
+        fds.extend(stderr.map(AsFd::as_fd));
+        fds.extend(listeners.iter().map(|(_, socket, _, _)| socket.as_fd()));
+        let kept = fds
+            .iter()
+            .try_for_each(|fd| handoff::keep_across_exec(*fd, true));
+        let e = match kept {
+            Ok(()) => {
+                tracing::info!(
+                    "front re-executing into {}; generation {} serves on",
+                    program.exe.display(),
+                    snapshot.generation
+                );
+                handoff::exec(
+                    &program.exe,
+                    &program.args,
+                    &program.cwd,
+                    (reexec::STATE_VAR, &state.encode()),
+                )
+            }
+            Err(e) => e,
+        };
+        for fd in fds {
+            let _ = handoff::keep_across_exec(fd, false);
+        }
+        tracing::warn!(
+            "the front could not re-execute into {}: {e}",
+            program.exe.display()
+        );
+        e
+    }
+
+    /// Takes a peer's connection back from its task, which ends without a word; `None` if it
+    /// cannot be had now (a frame half read, the task gone or not answering).
+    async fn detach(&mut self, peer: PeerId) -> Option<((PeerSlot, Option<u8>), Stream)> {
+        let (reply, answer) = oneshot::channel();
+        let slot = self.peers.get(&peer)?;
+        slot.tx.try_send(Command::Detach(reply)).ok()?;
+        let (stream, version) = tokio::time::timeout(Duration::from_secs(1), answer)
+            .await
+            .ok()?
+            .ok()??;
+        let slot = self.peers.remove(&peer)?;
+        Some(((slot, version), stream))
+    }
+
+    /// Gives a detached connection a task again, as it was.
+    fn reattach(&mut self, peer: PeerId, detached: ((PeerSlot, Option<u8>), Stream), role: Role) {
+        let ((slot, version), stream) = detached;
+        let talk = peer::Talk::resumed(role, slot.pid.unwrap_or_default());
+        self.resume_peer(peer, stream, version, talk, slot.program, slot.preconnected);
+    }
+
+    fn resume_peer(
+        &mut self,
+        peer: PeerId,
+        stream: Stream,
+        version: Option<u8>,
+        talk: peer::Talk,
+        program: Option<Program>,
+        preconnected: Option<Gen>,
+    ) {
+        let pid = talk.pid();
+        let (tx, commands) = mpsc::channel(8);
+        let cx = self.peer_context();
+        let channel = crate::channel::Channel::resumed(stream, version);
+        let task = tokio::spawn(peer::resume(peer, channel, talk, commands, cx)).abort_handle();
+        self.peers.insert(
+            peer,
+            PeerSlot {
+                tx,
+                said_hello: true,
+                pid: Some(pid),
+                program,
+                preconnected,
+                task,
+            },
+        );
+    }
+
+    /// The new image: adopts what the old one carried and returns the resumed machine's first
+    /// actions (the answer to the client that asked).
+    fn resumed(&mut self, state: &reexec::State) -> io::Result<Vec<Action>> {
+        let s = &state.snapshot;
+        let (machine, first) = Machine::resume(
+            timeouts(&self.config),
+            self.config.stop_delay,
+            Instant::now(),
+            s,
+        );
+        self.machine = machine;
+        self.next_peer = state.next_peer.max(s.peer + 1).max(s.client + 1);
+        self.serving = state.serving.clone();
+        let generation = carried_stream(state.generation)?;
+        let client = carried_stream(state.client)?;
+        let preconnected = s.spawned.then_some(s.generation);
+        self.resume_peer(
+            s.peer,
+            generation,
+            state.generation.version,
+            peer::Talk::resumed(Role::Generation, s.pid),
+            state.serving.clone(),
+            preconnected,
+        );
+        self.resume_peer(
+            s.client,
+            client,
+            state.client.version,
+            peer::Talk::resumed(Role::Control, 0),
+            None,
+            None,
+        );
+        if let Some(fd) = state.stderr {
+            let copy = handoff::adopt(fd)?;
+            let again = copy.try_clone()?;
+            let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(copy)?;
+            let tail = Arc::new(Mutex::new(Tail::default()));
+            self.tails.insert(s.generation, Arc::clone(&tail));
+            self.stderr_copies.insert(s.generation, again);
+            tokio::spawn(tail::pass_through(reader, tail));
+        }
+        if s.spawned {
+            self.adopt_child(s.generation, s.pid);
+        } else {
+            match ProcessHandle::open(s.pid) {
+                Ok(handle) => {
+                    self.handles.insert(s.generation, handle);
+                }
+                Err(e) => tracing::warn!(
+                    "cannot take hold of generation {} (pid {}) again: {e}",
+                    s.generation,
+                    s.pid
+                ),
+            }
+        }
+        Ok(first)
+    }
+
+    /// Waits for a child the previous image spawned (still ours: `exec` keeps children), as
+    /// a spawned one is waited for: its exit reported, killed when asked.
+    fn adopt_child(&mut self, n: Gen, pid: u32) {
+        let (kill, killed) = oneshot::channel::<()>();
+        self.children.insert(n, kill);
+        self.child_pids.insert(n, pid);
+        let exits = self.exits_tx.clone();
+        tokio::spawn(async move {
+            let (status, success) = handoff::wait_adopted(pid, killed).await;
+            let _ = exits.send((n, status, success));
+        });
+    }
+}
+
+/// Windows has no `exec` that keeps handles: a front there upgrades by a restart.
+#[cfg(windows)]
+impl Front<'_> {
+    async fn reexec_now(&mut self, snapshot: Snapshot, _control: &ControlListener) -> Input {
+        self.reexec_programs.remove(&snapshot.client);
+        Input::ReExecFailed {
+            peer: snapshot.client,
+            why: "a front on Windows cannot re-execute itself (Windows has no exec that keeps handles); restart the service to run a newer front".to_owned(),
+            busy: false,
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+#[cfg(unix)]
+use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::listeners::{Listeners, Picks};
@@ -50,6 +52,11 @@ pub(crate) enum Event {
     Pong {
         peer: PeerId,
     },
+    /// A control client asks the front to re-execute into `program` (none: what serves).
+    ReExec {
+        peer: PeerId,
+        program: Option<Program>,
+    },
     /// The task ended; `why` is for the log.
     Gone {
         peer: PeerId,
@@ -65,7 +72,18 @@ pub(crate) enum Command {
     #[cfg(unix)]
     SendWithFd(Message, std::os::fd::OwnedFd),
     Close,
+    /// Hand the connection back, with the version its peer speaks, and end without a word to
+    /// the front: it crosses a re-exec of the front. `None` if a frame is half read (or the
+    /// task ended meanwhile), and the task goes on.
+    #[cfg(unix)]
+    Detach(Detaching),
 }
+
+/// Where the front's request for a connection back is answered.
+#[cfg(unix)]
+type Detaching = oneshot::Sender<Option<(Stream, Option<u8>)>>;
+#[cfg(not(unix))]
+type Detaching = std::convert::Infallible;
 
 /// Everything a peer task needs besides its connection.
 pub(crate) struct PeerContext {
@@ -88,7 +106,8 @@ pub(crate) async fn run(
     cx: PeerContext,
 ) {
     let why = match serve(peer, stream, preconnected, commands, &cx).await {
-        Ok(()) => "closed the connection".to_owned(),
+        Ok(Ended::Detached) => return,
+        Ok(Ended::Closed) => "closed the connection".to_owned(),
         Err(e) => {
             // Refusals and protocol violations are worth an operator's attention; a
             // generation's connection resetting as it exits is not.
@@ -107,13 +126,93 @@ pub(crate) async fn run(
     let _ = cx.events.send(Event::Gone { peer, why });
 }
 
+/// How a connection the peer task served ended, when it ended well.
+enum Ended {
+    Closed,
+    /// Handed back to the front ([`Command::Detach`]).
+    Detached,
+}
+
+/// Where a conversation stands, kept across a detach that did not happen (a frame was half
+/// read) and given to a conversation that crossed a re-exec.
+pub(crate) struct Talk {
+    role: Role,
+    pid: u32,
+    /// A control client sent its request, or a generation said Ready.
+    asked: bool,
+    stop_asked: bool,
+    /// `Probation` and `Superseded` sent and not yet answered with `SteppedAside`: no more
+    /// answers than that are relayed, so a confused peer cannot flood the front with them.
+    unanswered: u32,
+    /// Likewise for `Ping` and `Pong`.
+    pinged: u32,
+    /// When a control client must have asked by.
+    request_deadline: Option<Instant>,
+}
+
+impl Talk {
+    fn new(role: Role, pid: u32, handshake: Duration) -> Self {
+        // A control client must ask for something promptly; a generation may take its time to
+        // warm up (the front's ready deadline covers it).
+        Talk {
+            role,
+            pid,
+            asked: false,
+            stop_asked: false,
+            unanswered: 0,
+            pinged: 0,
+            request_deadline: (role == Role::Control)
+                .then(|| deadline_after(Instant::now(), handshake)),
+        }
+    }
+
+    /// The verified pid of the peer.
+    #[cfg(unix)]
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// A conversation that crossed a re-exec: the serving generation (ready long ago, every
+    /// `Probation` and `Superseded` answered, no ping out), or the client that asked for it.
+    #[cfg(unix)]
+    pub(crate) fn resumed(role: Role, pid: u32) -> Self {
+        Talk {
+            role,
+            pid,
+            asked: true,
+            stop_asked: false,
+            unanswered: 0,
+            pinged: 0,
+            request_deadline: None,
+        }
+    }
+}
+
+/// Runs a control connection that crossed a re-exec of the front: no handshake, the peer is
+/// who it said it was to the previous image.
+#[cfg(unix)]
+pub(crate) async fn resume(
+    peer: PeerId,
+    channel: Channel,
+    mut talk: Talk,
+    mut commands: mpsc::Receiver<Command>,
+    cx: PeerContext,
+) {
+    let why = match converse(peer, channel, &mut talk, &Picks::new(), &mut commands, &cx).await {
+        Ok(Ended::Detached) => return,
+        Ok(Ended::Closed) => "closed the connection".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let _ = cx.events.send(Event::Gone { peer, why });
+}
+
 async fn serve(
     peer: PeerId,
     stream: Stream,
     preconnected: Option<Gen>,
     mut commands: mpsc::Receiver<Command>,
     cx: &PeerContext,
-) -> io::Result<()> {
+) -> io::Result<Ended> {
     // Until its Hello, a peer has no deadline of its own if it is a spawned child (whose
     // pipe, on Windows, waits for a connection that a child dying first never makes): the
     // front's word to close it must still end the task, and with it the pipe.
@@ -121,19 +220,59 @@ async fn serve(
         loop {
             match commands.recv().await {
                 Some(Command::Close) | None => return,
-                // Nothing is sent to a peer before its Hello.
+                // Nothing is sent to a peer before its Hello, and one that has not said it
+                // does not cross a re-exec.
+                #[cfg(unix)]
+                Some(Command::Detach(reply)) => {
+                    let _ = reply.send(None);
+                }
                 Some(_) => {}
             }
         }
     };
     let introduced = tokio::select! {
         introduced = introduce(peer, stream, preconnected, cx) => introduced?,
-        () = closed => return Ok(()),
+        () = closed => return Ok(Ended::Closed),
     };
-    let Some((mut channel, pid, role, picks)) = introduced else {
-        return Ok(());
+    let Some((channel, pid, role, picks)) = introduced else {
+        return Ok(Ended::Closed);
     };
-    talk(peer, &mut channel, pid, role, &picks, commands, cx).await
+    let mut talk = Talk::new(role, pid, cx.handshake);
+    converse(peer, channel, &mut talk, &picks, &mut commands, cx).await
+}
+
+/// Talks until the end, or until the front takes the connection back (if it can: not with a
+/// frame half read).
+async fn converse(
+    peer: PeerId,
+    mut channel: Channel,
+    talk: &mut Talk,
+    picks: &Picks,
+    commands: &mut mpsc::Receiver<Command>,
+    cx: &PeerContext,
+) -> io::Result<Ended> {
+    loop {
+        match relay(peer, &mut channel, talk, picks, commands, cx).await? {
+            None => return Ok(Ended::Closed),
+            #[cfg(unix)]
+            Some(reply) => match channel.into_parts() {
+                Ok(parts) => {
+                    if let Err(Some(parts)) = reply.send(Some(parts)) {
+                        // The front gave up waiting: the connection stays here.
+                        channel = Channel::resumed(parts.0, parts.1);
+                        continue;
+                    }
+                    return Ok(Ended::Detached);
+                }
+                Err(kept) => {
+                    channel = kept;
+                    let _ = reply.send(None);
+                }
+            },
+            #[cfg(not(unix))]
+            Some(never) => match never {},
+        }
+    }
 }
 
 /// Verifies the peer and reads its Hello; `None` if it hung up first.
@@ -267,29 +406,20 @@ async fn sockets_for(
     Ok(lock_listeners(&cx.sockets).reserve(peer, addresses, new))
 }
 
-/// Relays frames both ways once the peer said Hello, until either side ends it.
-async fn talk(
+/// Relays frames both ways once the peer said Hello, until either side ends it (`None`) or
+/// the front asks for the connection back (the reply to send it on).
+async fn relay(
     peer: PeerId,
     channel: &mut Channel,
-    pid: u32,
-    role: Role,
+    talk: &mut Talk,
     picks: &Picks,
-    mut commands: mpsc::Receiver<Command>,
+    commands: &mut mpsc::Receiver<Command>,
     cx: &PeerContext,
-) -> io::Result<()> {
+) -> io::Result<Option<Detaching>> {
     let handshake = cx.handshake;
-    // A control client must ask for something promptly; a generation may take its time to
-    // warm up (the front's ready deadline covers it).
-    let request_deadline =
-        (role == Role::Control).then(|| deadline_after(Instant::now(), handshake));
-    let mut asked = false;
-    let mut stop_asked = false;
-    // `Probation` and `Superseded` sent and not yet answered with `SteppedAside`: no more
-    // answers than that are relayed, so a confused peer cannot flood the front with them.
-    let mut unanswered: u32 = 0;
-    // Likewise for `Ping` and `Pong`.
-    let mut pinged: u32 = 0;
+    let (role, pid) = (talk.role, talk.pid);
     loop {
+        let request_deadline = talk.request_deadline;
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::SendListeners(generation)) => {
@@ -303,10 +433,10 @@ async fn talk(
                 }
                 Some(Command::Send(message)) => {
                     if matches!(message, Message::Probation | Message::Superseded) {
-                        unanswered = unanswered.saturating_add(1);
+                        talk.unanswered = talk.unanswered.saturating_add(1);
                     }
                     if message == Message::Ping {
-                        pinged = pinged.saturating_add(1);
+                        talk.pinged = talk.pinged.saturating_add(1);
                     }
                     timeout(handshake, channel.send(&message))
                         .await
@@ -319,29 +449,35 @@ async fn talk(
                         .await
                         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
                 }
-                Some(Command::Close) | None => return Ok(()),
+                Some(Command::Close) | None => return Ok(None),
+                #[cfg(unix)]
+                Some(Command::Detach(reply)) => return Ok(Some(reply)),
             },
             message = channel.recv() => match message? {
-                Some(Message::Ready) if role == Role::Generation && !asked => {
-                    asked = true;
+                Some(Message::Ready) if role == Role::Generation && !talk.asked => {
+                    talk.asked = true;
                     let _ = cx.events.send(Event::Ready { peer });
                 }
-                Some(Message::Upgrade) if role == Role::Control && !asked => {
-                    asked = true;
+                Some(Message::Upgrade) if role == Role::Control && !talk.asked => {
+                    talk.asked = true;
                     let _ = cx.events.send(Event::Upgrade { peer });
                 }
-                Some(Message::StopRequested) if role == Role::Generation && !stop_asked => {
-                    stop_asked = true;
+                Some(Message::ReExec { program }) if role == Role::Control && !talk.asked => {
+                    talk.asked = true;
+                    let _ = cx.events.send(Event::ReExec { peer, program });
+                }
+                Some(Message::StopRequested) if role == Role::Generation && !talk.stop_asked => {
+                    talk.stop_asked = true;
                     let _ = cx.events.send(Event::StopRequested { peer });
                 }
                 // Once per probation or supersession, and a generation can be reinstated and
                 // superseded again: not a one-shot like the requests above.
-                Some(Message::SteppedAside) if role == Role::Generation && unanswered > 0 => {
-                    unanswered -= 1;
+                Some(Message::SteppedAside) if role == Role::Generation && talk.unanswered > 0 => {
+                    talk.unanswered -= 1;
                     let _ = cx.events.send(Event::SteppedAside { peer });
                 }
-                Some(Message::Pong) if role == Role::Generation && pinged > 0 => {
-                    pinged -= 1;
+                Some(Message::Pong) if role == Role::Generation && talk.pinged > 0 => {
+                    talk.pinged -= 1;
                     let _ = cx.events.send(Event::Pong { peer });
                 }
                 Some(other) => {
@@ -350,10 +486,10 @@ async fn talk(
                         format!("unexpected {other:?} from a {role:?} peer"),
                     ));
                 }
-                None => return Ok(()),
+                None => return Ok(None),
             },
             _ = sleep_until(request_deadline.unwrap_or_else(|| deadline_after(Instant::now(), Duration::MAX))),
-                if request_deadline.is_some() && !asked =>
+                if request_deadline.is_some() && !talk.asked =>
             {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,

@@ -4,8 +4,9 @@
 //! Nearly everything here is safe Rust: `rustix` wraps `sendmsg`/`recvmsg` and the descriptors
 //! come back as `OwnedFd`. The `unsafe` blocks adopt descriptors known only by number: the
 //! control channel a front-spawned generation inherits, the sockets systemd passes a
-//! socket-activated front, and (in [`stderr`]) the front's stderr lent to a starting
-//! generation; no safe API can express any of them.
+//! socket-activated front, (in [`stderr`]) the front's stderr lent to a starting generation,
+//! and (in [`reexec`]) what a front's previous image left open across `exec`, with the signal
+//! mask that keeps the front alive meanwhile; no safe API can express any of them.
 
 use std::fs;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -25,7 +26,9 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::error::BindError;
 use crate::socket::Socket;
 
+mod reexec;
 mod stderr;
+pub(crate) use reexec::{adopt, exec, keep_across_exec, unblock_signals, wait_adopted};
 pub(crate) use stderr::{Lent, borrow_stderr, lend_stderr, return_stderr};
 
 /// Most descriptors one frame may carry; a front has one per listening address.
@@ -214,7 +217,7 @@ impl Endpoint {
         };
         let same = named.is_some_and(|n| (n.dev(), n.ino()) == (held.dev(), held.ino()));
         Ok(if same {
-            Locked::Ours(FrontLock { _file: file })
+            Locked::Ours(FrontLock { file })
         } else {
             Locked::Stale
         })
@@ -254,6 +257,16 @@ impl Endpoint {
             .collect()
     }
 
+    /// The socket and lock files, for a front's next image (see `front/reexec.rs`).
+    pub(crate) fn paths(&self) -> (&Path, &Path) {
+        (&self.socket, &self.lock)
+    }
+
+    /// The endpoint whose files a front's previous image named.
+    pub(crate) fn at(socket: PathBuf, lock: PathBuf) -> Self {
+        Endpoint { socket, lock }
+    }
+
     /// Removes the socket and lock files; called by a front on its way out.
     pub(crate) fn remove(&self) {
         let _ = fs::remove_file(&self.socket);
@@ -269,11 +282,38 @@ impl ControlListener {
     pub(crate) async fn accept(&mut self) -> io::Result<Stream> {
         self.0.accept().await.map(|(stream, _)| stream)
     }
+
+    /// The listening socket, to keep across a re-exec of the front.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// The listening socket a front's previous image kept open for this one.
+    pub(crate) fn carried(fd: OwnedFd) -> io::Result<Self> {
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        listener.set_nonblocking(true)?;
+        UnixListener::from_std(listener).map(ControlListener)
+    }
 }
 
 /// Held by the front for its whole life; the kernel releases it if the front dies.
 pub(crate) struct FrontLock {
-    _file: fs::File,
+    file: fs::File,
+}
+
+impl FrontLock {
+    /// The locked file, to keep across a re-exec of the front (the lock is the open file's,
+    /// so it holds for the new image).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The lock a front's previous image kept open for this one.
+    pub(crate) fn carried(fd: OwnedFd) -> Self {
+        FrontLock {
+            file: fs::File::from(fd),
+        }
+    }
 }
 
 /// What locking an opened lock file gave.

@@ -85,6 +85,14 @@ fn every_variant() -> Vec<Message> {
         },
         Message::Ping,
         Message::Pong,
+        Message::ReExec { program: None },
+        Message::ReExec {
+            program: Some(Program {
+                exe: "/srv/app/releases/v3/app".into(),
+                args: vec!["[::]:8080".into()],
+                cwd: "/".into(),
+            }),
+        },
         Message::Connections { moved: vec![] },
         Message::Connections {
             moved: vec![
@@ -127,7 +135,11 @@ fn round_trips_every_variant() {
 
 #[test]
 fn wire_format_is_fixed() {
-    let cases: [(Message, &[u8]); 9] = [
+    let cases: [(Message, &[u8]); 10] = [
+        (
+            Message::ReExec { program: None },
+            &[0, 0, 0, 4, 8, 21, 0, 0],
+        ),
         (
             Message::Hello {
                 pid: 0x0102_0304,
@@ -139,7 +151,7 @@ fn wire_format_is_fixed() {
                 addresses: Vec::new(),
             },
             &[
-                0, 0, 0, 35, 7, 1, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0, 7,
+                0, 0, 0, 35, 8, 1, 1, 2, 3, 4, 1, 0, 0, 0, 0, 0, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0, 7,
                 0, 0, 0, 0, 0, 0, 8, 9, 0, 0, 0, 0,
             ],
         ),
@@ -154,7 +166,7 @@ fn wire_format_is_fixed() {
                 addresses: Vec::new(),
             },
             &[
-                0, 0, 0, 35, 7, 1, 0, 0, 0, 9, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                0, 0, 0, 35, 8, 1, 0, 0, 0, 9, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
             ],
         ),
@@ -164,22 +176,22 @@ fn wire_format_is_fixed() {
                 sockets: vec![vec![0xaa], vec![]],
             },
             &[
-                0, 0, 0, 17, 7, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
+                0, 0, 0, 17, 8, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 1, 0xaa, 0, 0,
             ],
         ),
         (
             Message::Upgraded {
                 generation: 0x0102_0304_0506_0708,
             },
-            &[0, 0, 0, 10, 7, 6, 1, 2, 3, 4, 5, 6, 7, 8],
+            &[0, 0, 0, 10, 8, 6, 1, 2, 3, 4, 5, 6, 7, 8],
         ),
         (
             Message::Error {
                 reason: "hé".to_owned(),
             },
-            &[0, 0, 0, 7, 7, 8, 0, 3, b'h', 0xc3, 0xa9],
+            &[0, 0, 0, 7, 8, 8, 0, 3, b'h', 0xc3, 0xa9],
         ),
-        (Message::Ready, &[0, 0, 0, 2, 7, 3]),
+        (Message::Ready, &[0, 0, 0, 2, 8, 3]),
         (
             Message::Connections {
                 moved: vec![
@@ -194,21 +206,21 @@ fn wire_format_is_fixed() {
                 ],
             },
             &[
-                0, 0, 0, 15, 7, 17, 0, 2, 0, 0, 0, 2, b'G', b'E', 0, 1, 0xbb, 0, 0,
+                0, 0, 0, 15, 8, 17, 0, 2, 0, 0, 0, 2, b'G', b'E', 0, 1, 0xbb, 0, 0,
             ],
         ),
         (
             Message::Received {
                 taken: vec![true, false],
             },
-            &[0, 0, 0, 6, 7, 18, 0, 2, 1, 0],
+            &[0, 0, 0, 6, 8, 18, 0, 2, 1, 0],
         ),
         (
             Message::HandoffTo {
                 pid: 0x0102_0304,
                 pipe: "p".to_owned(),
             },
-            &[0, 0, 0, 9, 7, 15, 1, 2, 3, 4, 0, 1, b'p'],
+            &[0, 0, 0, 9, 8, 15, 1, 2, 3, 4, 0, 1, b'p'],
         ),
     ];
     for (msg, bytes) in cases {
@@ -337,8 +349,8 @@ fn long_reason_is_truncated_at_a_char_boundary() {
 #[test]
 fn wrong_version_is_reported_before_kind() {
     assert_eq!(
-        decode(&raw(8, KIND_HELLO, &[0, 0, 0, 1, 1])),
-        Err(ProtocolError::UnsupportedVersion { got: 8 })
+        decode(&raw(9, KIND_HELLO, &[0, 0, 0, 1, 1])),
+        Err(ProtocolError::UnsupportedVersion { got: 9 })
     );
     assert_eq!(
         decode(&raw(0, 200, &[])),
@@ -348,7 +360,7 @@ fn wrong_version_is_reported_before_kind() {
 
 #[test]
 fn unknown_kind() {
-    for kind in [0, 21, 255] {
+    for kind in [0, 22, 255] {
         assert_eq!(
             decode(&raw(VERSION, kind, &[])),
             Err(ProtocolError::UnknownMessage { kind })
@@ -614,8 +626,8 @@ fn error_messages_say_what_failed() {
         "control frame of 4294967295 bytes exceeds the 65536-byte limit"
     );
     assert_eq!(
-        ProtocolError::UnsupportedVersion { got: 8 }.to_string(),
-        "peer speaks risefront protocol version 8, this build speaks 7"
+        ProtocolError::UnsupportedVersion { got: 9 }.to_string(),
+        "peer speaks risefront protocol version 9, this build speaks 8"
     );
     assert_eq!(
         ProtocolError::UnknownMessage { kind: 42 }.to_string(),
@@ -633,7 +645,7 @@ fn converts_to_invalid_data_io_error() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     assert_eq!(
         err.to_string(),
-        "peer speaks risefront protocol version 1, this build speaks 7"
+        "peer speaks risefront protocol version 1, this build speaks 8"
     );
     let inner = err
         .get_ref()
@@ -812,52 +824,31 @@ fn this_process_describes_itself() {
 #[test]
 fn the_previous_version_is_read_and_answered_in_its_own_layout() {
     use super::{OLDEST_VERSION, decode_from, encode_as};
-    let hello = Message::Hello {
-        pid: 7,
-        role: Role::Generation,
-        ready_timeout: Duration::from_secs(1),
-        drain_timeout: Duration::from_secs(2),
-        probation: Duration::ZERO,
-        program: None,
-        addresses: vec![crate::net::Target::Tcp(vec![
-            "127.0.0.1:8080".parse().expect("addr"),
-        ])],
-    };
-    // Version 6's Hello has no addresses: they are left out, and read back as none.
-    let mut old = Vec::new();
-    encode_as(&hello, OLDEST_VERSION, &mut old).expect("encodes");
-    assert_eq!(old[4], OLDEST_VERSION);
-    let mut new = Vec::new();
-    encode_as(&hello, VERSION, &mut new).expect("encodes");
-    assert_eq!(new.len(), old.len() + 2 + 1 + 2 + "127.0.0.1:8080".len());
-    let Ok(Some((Message::Hello { addresses, pid, .. }, consumed, version))) =
-        decode_from(&old, OLDEST_VERSION)
-    else {
-        panic!("a version 6 hello is read");
-    };
-    assert_eq!(
-        (addresses, pid, consumed, version),
-        (Vec::new(), 7, old.len(), 6)
-    );
-    assert_eq!(
-        decode_from(&new, OLDEST_VERSION)
-            .expect("reads")
-            .map(|(m, _, v)| (m, v)),
-        Some((hello.clone(), VERSION))
-    );
-    // Everything else is laid out alike in both.
+    // Every message of the previous version is laid out alike in both.
     for msg in every_variant() {
-        if matches!(msg, Message::Hello { .. }) {
+        if matches!(msg, Message::ReExec { .. }) {
             continue;
         }
         let mut frame = Vec::new();
         encode_as(&msg, OLDEST_VERSION, &mut frame).expect("encodes");
+        assert_eq!(frame[4], OLDEST_VERSION);
         let (read, _, version) = decode_from(&frame, OLDEST_VERSION)
             .expect("reads")
             .expect("whole");
         assert_eq!((read, version), (msg, OLDEST_VERSION));
     }
+    // `ReExec` is new in this version: never written in the previous one, nor read from it.
+    let reexec = Message::ReExec { program: None };
+    assert_eq!(
+        encode_as(&reexec, OLDEST_VERSION, &mut Vec::new()),
+        Err(ProtocolError::UnknownMessage { kind: 21 })
+    );
+    assert_eq!(
+        decode_from(&raw(OLDEST_VERSION, 21, &[0, 0]), OLDEST_VERSION),
+        Err(ProtocolError::UnknownMessage { kind: 21 })
+    );
     // Only where asked for, and never further back.
+    let old = raw(OLDEST_VERSION, KIND_READY, &[]);
     assert_eq!(
         decode(&old),
         Err(ProtocolError::UnsupportedVersion {

@@ -27,7 +27,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The control protocol version this build speaks (`src/protocol.rs`), for the tests that
 /// write raw frames.
-pub const PROTOCOL_VERSION: u8 = 7;
+pub const PROTOCOL_VERSION: u8 = 8;
 
 /// A raw `Hello` frame as a peer speaking protocol `version` writes it: `pid`, `role` (1
 /// generation, 2 control client), ready, drain and probation timeouts of 60 s, 30 s and 10 s,

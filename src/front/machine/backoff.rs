@@ -49,6 +49,16 @@ impl Backoff {
         self.failures
     }
 
+    pub(super) fn ever_ready(&self) -> bool {
+        self.ever_ready
+    }
+
+    /// The count as a front's previous image left it (see `reexec`).
+    pub(super) fn resume(&mut self, failures: u32, ever_ready: bool) {
+        self.failures = failures;
+        self.ever_ready = ever_ready;
+    }
+
     /// How many consecutive failures make the front give up.
     pub(super) fn limit(&self) -> u32 {
         if self.ever_ready {

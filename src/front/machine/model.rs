@@ -99,6 +99,10 @@ enum Op {
     SteppedAside(usize),
     /// A generation answers the ping it was sent.
     Pong(usize),
+    /// A control client connects, says Hello and asks the front to re-execute; if it does,
+    /// the shell's part is played here: the old image's connections other than the serving
+    /// generation's and the client's end, and a new machine resumes from the snapshot.
+    ReExec,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -127,6 +131,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::StopRequested),
         3 => any::<usize>().prop_map(Op::SteppedAside),
         4 => any::<usize>().prop_map(Op::Pong),
+        1 => Just(Op::ReExec),
     ]
 }
 
@@ -192,6 +197,10 @@ struct Step {
 /// The world outside the machine.
 struct Model {
     m: Machine,
+    defaults: Timeouts,
+    stop_delay: Duration,
+    /// Re-execs done, for the test to show it explored them.
+    reexecs: u32,
     now: Instant,
     next_peer: PeerId,
     next_pid: u32,
@@ -241,6 +250,9 @@ impl Model {
         };
         let mut model = Model {
             m: Machine::new(timeouts, stop_delay),
+            defaults: timeouts,
+            stop_delay,
+            reexecs: 0,
             now: Instant::now(),
             next_peer: 100,
             next_pid: 1000,
@@ -731,6 +743,7 @@ impl Model {
                     }
                 }
             }
+            Action::ReExec(snapshot) => self.reexec(&snapshot, queue),
             Action::Exit(code) => {
                 let why = self.stopping.expect("Exit with no stop begun");
                 assert!(
@@ -746,6 +759,94 @@ impl Model {
                 );
                 self.exited = Some(code);
             }
+        }
+    }
+
+    /// The shell's part of a re-exec: checked against the world (one live process, serving,
+    /// nothing else under way), given up with `Busy` if the shell still holds an event about
+    /// the serving generation, else the old image's other connections end, its queue goes
+    /// with it, and a machine resumed from the snapshot takes over.
+    fn reexec(&mut self, snapshot: &super::Snapshot, queue: &mut Vec<Input>) {
+        assert!(self.stopping.is_none(), "re-exec while the service stops");
+        // The shell gives up (Busy) while it holds an event about the serving generation or
+        // an exit, which would be lost with the old image: a process that died is one.
+        let concerns_it = |input: &Input| match input {
+            Input::Exited { .. } => true,
+            Input::PeerGone { peer, .. }
+            | Input::Ready { peer }
+            | Input::StopRequested { peer }
+            | Input::SteppedAside { peer }
+            | Input::Pong { peer } => *peer == snapshot.peer || *peer == snapshot.client,
+            _ => false,
+        };
+        if self.pending.iter().chain(queue.iter()).any(concerns_it) {
+            queue.push(Input::ReExecFailed {
+                peer: snapshot.client,
+                why: "something happened meanwhile".to_owned(),
+                busy: true,
+            });
+            return;
+        }
+        assert!(!self.reloading, "re-exec with RELOADING=1 unanswered");
+        let live: Vec<(u32, &Proc)> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.alive)
+            .map(|(pid, p)| (*pid, p))
+            .collect();
+        assert!(
+            live.iter()
+                .all(|(_, p)| p.generation == Some(snapshot.generation) || !p.spawned),
+            "re-exec with another spawned process alive: {live:?}"
+        );
+        let serving = live
+            .iter()
+            .find(|(_, p)| p.generation == Some(snapshot.generation))
+            .map(|(pid, p)| (*pid, p.peer, p.view));
+        assert_eq!(
+            serving,
+            Some((snapshot.pid, Some(snapshot.peer), View::Accepting)),
+            "re-exec while generation {} is not the one serving in touch",
+            snapshot.generation
+        );
+        assert!(
+            self.open.contains(&snapshot.client),
+            "re-exec for a client gone"
+        );
+        self.reexecs += 1;
+        // The old image's connections end with it, but for the two that cross.
+        let ending: Vec<PeerId> = self
+            .open
+            .iter()
+            .copied()
+            .filter(|peer| *peer != snapshot.peer && *peer != snapshot.client)
+            .collect();
+        for peer in ending {
+            self.open.remove(&peer);
+            self.channel_ended(peer);
+            if let Some(client) = self.clients.get_mut(&peer) {
+                client.left = true;
+            }
+        }
+        self.pending.clear();
+        queue.clear();
+        let (m, actions) = Machine::resume(self.defaults, self.stop_delay, self.now, snapshot);
+        self.m = m;
+        let step = Step {
+            before: self.m.phases(),
+            is_tick: false,
+            answering: None,
+            may_begin_upgrade: false,
+            getting_ready: None,
+            busy_only: false,
+        };
+        assert_eq!(
+            self.m.backoff.failures(),
+            self.failures,
+            "failures across the re-exec"
+        );
+        for action in actions {
+            self.perform(action, &step, queue);
         }
     }
 
@@ -1056,6 +1157,27 @@ impl Model {
                 });
                 if self.open.contains(&peer) {
                     self.input(Input::UpgradeRequested { peer });
+                }
+            }
+            Op::ReExec => {
+                let peer = self.new_peer();
+                self.clients.insert(
+                    peer,
+                    Client {
+                        asked: true,
+                        ..Client::default()
+                    },
+                );
+                let pid = self.new_pid();
+                self.input(Input::Hello {
+                    peer,
+                    pid,
+                    role: Role::Control,
+                    timeouts: self.defaults,
+                    preconnected: None,
+                });
+                if self.open.contains(&peer) {
+                    self.input(Input::ReExecRequested { peer });
                 }
             }
             Op::ClientLeaves(i) => {
@@ -1412,4 +1534,26 @@ proptest! {
         }
         model.stops();
     }
+}
+
+/// The property test reaches re-execs: a history that makes one, then goes on through an
+/// upgrade and a crash, and stops; every invariant is checked on the way.
+#[test]
+fn a_re_exec_in_a_history_keeps_the_invariants() {
+    let mut model = Model::new(Duration::ZERO);
+    model.step(Op::Hello(0, false, false));
+    model.step(Op::Ready(0));
+    model.step(Op::ReExec);
+    assert_eq!(model.reexecs, 1, "a quiet service re-executed");
+    model.step(Op::Takeover(true));
+    model.step(Op::SteppedAside(0));
+    model.step(Op::ReExec);
+    assert_eq!(model.reexecs, 1, "not while one is on probation");
+    model.step(Op::Exit(0, 101));
+    for _ in 0..10 {
+        model.step(Op::Deliver(0));
+        model.step(Op::Tick);
+    }
+    model.step(Op::ReExec);
+    model.stops();
 }

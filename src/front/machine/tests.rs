@@ -1815,3 +1815,119 @@ fn the_shell_learns_which_generation_serves_and_its_peer() {
     assert_eq!(w.m.active_generation(), Some(2));
     assert_eq!(w.m.active_peer(), Some(w.peer_of(2)));
 }
+
+#[test]
+fn a_quiet_service_re_executes_and_the_new_machine_serves_on() {
+    let mut w = serving();
+    // A crash and a respawn first: the failure count must cross the exec.
+    w.advance(2 * SEC);
+    let old = w.peer_of(1);
+    w.feed(Input::PeerGone {
+        peer: old,
+        why: "end of stream".to_owned(),
+    });
+    w.exited(1, "exit status: 101");
+    let out = w.tick_after(MAX_RESPAWN_DELAY);
+    assert_eq!(out, vec![Action::Spawn(2)]);
+    w.bring_up(2);
+    w.advance(3 * SEC);
+    let client = w.control_client();
+    let out = w.feed(Input::ReExecRequested { peer: client });
+    let [Action::ReExec(snapshot)] = out.as_slice() else {
+        panic!("a quiet service re-executes: {out:?}");
+    };
+    assert_eq!(
+        (
+            snapshot.generation,
+            snapshot.pid,
+            snapshot.peer,
+            snapshot.client
+        ),
+        (2, w.pid(2), w.peer_of(2), client)
+    );
+    assert_eq!((snapshot.served, snapshot.failures), (3 * SEC, 1));
+    assert!(snapshot.spawned && snapshot.ever_ready);
+    assert_eq!(snapshot.next_generation, 3);
+
+    // The new image: the client hears the generation that serves, and the rules go on.
+    let (m, out) = Machine::resume(defaults(), Duration::ZERO, w.now, snapshot);
+    assert_eq!(
+        out,
+        vec![
+            Action::Send {
+                peer: client,
+                message: Message::Upgraded { generation: 2 }
+            },
+            Action::Close(client),
+        ]
+    );
+    w.m = m;
+    assert!(is_active(w.phase(2)));
+    assert_eq!(w.m.backoff.failures(), 1);
+    assert_eq!(w.m.next_deadline(), None);
+    assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(3)]);
+    w.spawned(3);
+    w.hello(3, defaults());
+    let out = w.ready(3);
+    assert!(
+        out.contains(&Action::Send {
+            peer: w.peer_of(2),
+            message: Message::Superseded
+        }),
+        "the resumed generation is superseded as any other: {out:?}"
+    );
+}
+
+#[test]
+fn a_re_exec_is_refused_while_anything_is_under_way() {
+    let mut w = serving();
+    assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(2)]);
+    let client = w.control_client();
+    let out = w.feed(Input::ReExecRequested { peer: client });
+    let reason = error_to(&out, client).expect("an answer");
+    assert!(reason.contains("upgrade is in progress"), "{reason}");
+    assert!(out.contains(&Action::Close(client)));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::ReExec(_))),
+        "{out:?}"
+    );
+
+    // Stopping: not a quiet point either (a client saying Hello then is turned away).
+    let mut w = serving();
+    w.feed(Input::Terminate { signal: "SIGTERM" });
+    assert_eq!(
+        w.m.quiet(w.now, 1),
+        Err("the service is stopping".to_owned())
+    );
+
+    // Only control clients ask.
+    let mut w = serving();
+    let generation = w.peer_of(1);
+    assert_eq!(w.feed(Input::ReExecRequested { peer: generation }), vec![]);
+}
+
+#[test]
+fn a_failed_re_exec_is_told_to_its_client() {
+    let mut w = serving();
+    let client = w.control_client();
+    let out = w.feed(Input::ReExecRequested { peer: client });
+    assert!(matches!(out.as_slice(), [Action::ReExec(_)]), "{out:?}");
+    let out = w.feed(Input::ReExecFailed {
+        peer: client,
+        why: "cannot run /gone: No such file".to_owned(),
+        busy: false,
+    });
+    assert_eq!(
+        out,
+        vec![
+            Action::Send {
+                peer: client,
+                message: Message::Error {
+                    reason: "cannot run /gone: No such file".to_owned()
+                }
+            },
+            Action::Close(client)
+        ]
+    );
+    assert!(is_active(w.phase(1)), "the old image serves on");
+}

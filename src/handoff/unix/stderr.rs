@@ -62,6 +62,11 @@ pub(crate) fn lend_stderr(command: &mut tokio::process::Command) -> io::Result<O
 impl Lent {
     /// The read end, for the front's runtime. Call it once the spawn returned: it drops the
     /// front's copies of the child's ends, so that the child's exit reads as end of file.
+    /// A copy of the read end, kept so that it can cross a re-exec of the front.
+    pub(crate) fn reader_copy(&self) -> io::Result<OwnedFd> {
+        self.reader.try_clone()
+    }
+
     pub(crate) fn into_reader(self) -> io::Result<impl tokio::io::AsyncRead + Unpin + Send> {
         tokio::net::unix::pipe::Receiver::from_owned_fd(self.reader)
     }

@@ -1,0 +1,411 @@
+//! What crosses `exec` when the front re-executes itself into another build (Unix), besides
+//! the descriptors themselves: one line of text per fact, in [`STATE_VAR`], written by the
+//! old image and read once by the new one, which checks that it is the same process.
+//!
+//! The layout is fixed across releases (the two images are of different builds): `key=value`
+//! lines, numbers in decimal, paths, programs and addresses in hexadecimal, a `listener=` line
+//! per listening socket. A layout this build cannot read is refused, and the new image exits,
+//! since it holds the service's sockets but could not serve them.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::machine::{Gen, PeerId, Snapshot, Timeouts};
+use crate::net::Target;
+use crate::protocol::Program;
+
+/// The variable the new image finds its state in.
+pub(crate) const STATE_VAR: &str = "RISEFRONT_FRONT_STATE";
+
+/// The layout written here; a reader refuses any other.
+const FORMAT: u32 = 1;
+
+/// One listening socket across the exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Carried {
+    pub(crate) target: Target,
+    pub(crate) fd: RawFd,
+    /// The generations it was handed to.
+    pub(crate) users: Vec<Gen>,
+    /// The socket file the front created, and its identity.
+    pub(crate) file: Option<(PathBuf, (u64, u64))>,
+}
+
+/// One control connection across the exec: its descriptor and the version its peer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Connection {
+    pub(crate) fd: RawFd,
+    pub(crate) version: Option<u8>,
+}
+
+/// Everything the new image needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct State {
+    /// The pid of the process that wrote it: the new image must be that process.
+    pub(crate) front: u32,
+    pub(crate) snapshot: Snapshot,
+    pub(crate) endpoint: (PathBuf, PathBuf),
+    pub(crate) control: RawFd,
+    pub(crate) lock: RawFd,
+    pub(crate) generation: Connection,
+    pub(crate) client: Connection,
+    /// A copy of the read end of the serving generation's stderr pipe, if the front still
+    /// reads one (a process it started before ready may write there yet).
+    pub(crate) stderr: Option<RawFd>,
+    /// What the serving generation runs: what upgrades and respawns start.
+    pub(crate) serving: Option<Program>,
+    pub(crate) next_peer: PeerId,
+    pub(crate) listeners: Vec<Carried>,
+}
+
+impl State {
+    /// The text form.
+    pub(crate) fn encode(&self) -> String {
+        let s = &self.snapshot;
+        let mut lines = vec![
+            format!("format={FORMAT}"),
+            format!("front={}", self.front),
+            format!("generation={}", s.generation),
+            format!("pid={}", s.pid),
+            format!("peer={}", s.peer),
+            format!("spawned={}", u8::from(s.spawned)),
+            format!("ready_ms={}", millis(s.timeouts.ready)),
+            format!("drain_ms={}", millis(s.timeouts.drain)),
+            format!("probation_ms={}", millis(s.timeouts.probation)),
+            format!("served_ms={}", millis(s.served)),
+            format!("told_aside={}", s.told_aside),
+            format!("failures={}", s.failures),
+            format!("ever_ready={}", u8::from(s.ever_ready)),
+            format!("next_generation={}", s.next_generation),
+            format!("client={}", s.client),
+            format!(
+                "endpoint_socket={}",
+                hex(self.endpoint.0.as_os_str().as_bytes())
+            ),
+            format!(
+                "endpoint_lock={}",
+                hex(self.endpoint.1.as_os_str().as_bytes())
+            ),
+            format!("control_fd={}", self.control),
+            format!("lock_fd={}", self.lock),
+            format!("generation_fd={}", self.generation.fd),
+            format!("generation_version={}", version(self.generation.version)),
+            format!("client_fd={}", self.client.fd),
+            format!("client_version={}", version(self.client.version)),
+            format!("next_peer={}", self.next_peer),
+        ];
+        if let Some(fd) = self.stderr {
+            lines.push(format!("stderr_fd={fd}"));
+        }
+        if let Some(wire) = self.serving.as_ref().and_then(Program::to_wire) {
+            lines.push(format!("serving={}", hex(&wire)));
+        }
+        for carried in &self.listeners {
+            let target = crate::protocol::targets_to_bytes(std::slice::from_ref(&carried.target))
+                .unwrap_or_default();
+            let users: Vec<String> = carried.users.iter().map(ToString::to_string).collect();
+            let (path, (dev, ino)) = carried
+                .file
+                .as_ref()
+                .map_or((Vec::new(), (0, 0)), |(p, i)| {
+                    (p.as_os_str().as_bytes().to_vec(), *i)
+                });
+            lines.push(format!(
+                "listener={},{},{},{},{},{}",
+                carried.fd,
+                hex(&target),
+                users.join("."),
+                hex(&path),
+                dev,
+                ino
+            ));
+        }
+        lines.join("\n")
+    }
+
+    /// Reads what [`State::encode`] wrote; an error says what is wrong with it.
+    pub(crate) fn decode(text: &str) -> Result<State, String> {
+        let mut fields = BTreeMap::new();
+        let mut listeners = Vec::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("line {line:?} is not key=value"))?;
+            if key == "listener" {
+                listeners.push(listener(value)?);
+            } else if fields.insert(key, value).is_some() {
+                return Err(format!("{key} is given twice"));
+            }
+        }
+        let get = |key: &str| -> Result<&str, String> {
+            fields
+                .get(key)
+                .copied()
+                .ok_or_else(|| format!("{key} is missing"))
+        };
+        let format: u32 = number(get("format")?, "format")?;
+        if format != FORMAT {
+            return Err(format!(
+                "its layout is version {format}, and this build reads {FORMAT}"
+            ));
+        }
+        let num = |key: &str| -> Result<u64, String> { number(get(key)?, key) };
+        let small = |key: &str| -> Result<u32, String> { number(get(key)?, key) };
+        let fd = |key: &str| -> Result<RawFd, String> { number(get(key)?, key) };
+        let ms = |key: &str| -> Result<Duration, String> { num(key).map(Duration::from_millis) };
+        let flag = |key: &str| -> Result<bool, String> {
+            match get(key)? {
+                "0" => Ok(false),
+                "1" => Ok(true),
+                other => Err(format!("{key}={other} is neither 0 nor 1")),
+            }
+        };
+        let path = |key: &str| -> Result<PathBuf, String> {
+            Ok(PathBuf::from(OsStr::from_bytes(&unhex(get(key)?, key)?)))
+        };
+        let peer_version = |key: &str| -> Result<Option<u8>, String> {
+            match get(key)? {
+                "-" => Ok(None),
+                v => number(v, key).map(Some),
+            }
+        };
+        let serving = match fields.get("serving") {
+            Some(wire) => Some(
+                Program::from_wire(&unhex(wire, "serving")?)
+                    .map_err(|e| format!("serving: {e:?}"))?,
+            ),
+            None => None,
+        };
+        let stderr = match fields.get("stderr_fd") {
+            Some(v) => Some(number(v, "stderr_fd")?),
+            None => None,
+        };
+        Ok(State {
+            front: small("front")?,
+            snapshot: Snapshot {
+                generation: num("generation")?,
+                pid: small("pid")?,
+                peer: num("peer")?,
+                spawned: flag("spawned")?,
+                timeouts: Timeouts {
+                    ready: ms("ready_ms")?,
+                    drain: ms("drain_ms")?,
+                    probation: ms("probation_ms")?,
+                },
+                served: ms("served_ms")?,
+                told_aside: small("told_aside")?,
+                failures: small("failures")?,
+                ever_ready: flag("ever_ready")?,
+                next_generation: num("next_generation")?,
+                client: num("client")?,
+            },
+            endpoint: (path("endpoint_socket")?, path("endpoint_lock")?),
+            control: fd("control_fd")?,
+            lock: fd("lock_fd")?,
+            generation: Connection {
+                fd: fd("generation_fd")?,
+                version: peer_version("generation_version")?,
+            },
+            client: Connection {
+                fd: fd("client_fd")?,
+                version: peer_version("client_version")?,
+            },
+            stderr,
+            serving,
+            next_peer: num("next_peer")?,
+            listeners,
+        })
+    }
+}
+
+fn listener(value: &str) -> Result<Carried, String> {
+    let parts: Vec<&str> = value.split(',').collect();
+    let [fd, target, users, path, dev, ino] = parts.as_slice() else {
+        return Err(format!("listener={value} has not 6 fields"));
+    };
+    let mut targets = crate::protocol::targets_from_bytes(&unhex(target, "listener")?)
+        .map_err(|e| format!("listener address: {e:?}"))?;
+    let (Some(target), true) = (targets.pop(), targets.is_empty()) else {
+        return Err(format!("listener={value} names not one address"));
+    };
+    let users = users
+        .split('.')
+        .filter(|u| !u.is_empty())
+        .map(|u| number(u, "listener user"))
+        .collect::<Result<_, _>>()?;
+    let path = unhex(path, "listener file")?;
+    let file = (!path.is_empty()).then(|| -> Result<_, String> {
+        Ok((
+            PathBuf::from(OsStr::from_bytes(&path)),
+            (number(dev, "listener dev")?, number(ino, "listener ino")?),
+        ))
+    });
+    Ok(Carried {
+        target,
+        fd: number(fd, "listener fd")?,
+        users,
+        file: file.transpose()?,
+    })
+}
+
+fn number<T: std::str::FromStr>(value: &str, key: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{key}={value} is not a number in range"))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn version(v: Option<u8>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str, key: &str) -> Result<Vec<u8>, String> {
+    if !text.len().is_multiple_of(2) {
+        return Err(format!("{key}: odd hexadecimal length"));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("{key}: not hexadecimal"))
+        })
+        .collect()
+}
+
+/// The state left for this process by its previous image, read once: `None` when there is
+/// none, or it was written by another process (a generation inherits the variable's absence:
+/// the front removes it from what it starts; anything else is not ours).
+pub(crate) fn take() -> io::Result<Option<State>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let Some(text) = std::env::var_os(STATE_VAR) else {
+        return Ok(None);
+    };
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Ok(None);
+    }
+    let bad = |why: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("risefront: {STATE_VAR} cannot be used: {why}"),
+        )
+    };
+    let text = text
+        .to_str()
+        .ok_or_else(|| bad("it is not text".to_owned()))?;
+    let state = State::decode(text).map_err(bad)?;
+    if state.front != std::process::id() {
+        return Ok(None);
+    }
+    Ok(Some(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            front: 4242,
+            snapshot: Snapshot {
+                generation: 7,
+                pid: 5000,
+                peer: 12,
+                spawned: true,
+                timeouts: Timeouts {
+                    ready: Duration::from_secs(60),
+                    drain: Duration::from_millis(u64::MAX),
+                    probation: Duration::ZERO,
+                },
+                served: Duration::from_millis(12_345),
+                told_aside: 2,
+                failures: 1,
+                ever_ready: true,
+                next_generation: 9,
+                client: 30,
+            },
+            endpoint: ("/run/a b/x.sock".into(), "/run/a b/x.lock".into()),
+            control: 5,
+            lock: 6,
+            generation: Connection {
+                fd: 7,
+                version: None,
+            },
+            client: Connection {
+                fd: 8,
+                version: Some(7),
+            },
+            stderr: Some(9),
+            serving: Some(Program {
+                exe: "/srv/app/v2/app".into(),
+                args: vec!["--x=1,2".into(), "".into()],
+                cwd: "/srv".into(),
+            }),
+            next_peer: 31,
+            listeners: vec![
+                Carried {
+                    target: Target::Tcp(vec!["127.0.0.1:8080".parse().expect("addr")]),
+                    fd: 10,
+                    users: vec![6, 7],
+                    file: None,
+                },
+                Carried {
+                    target: Target::Unix("/run/app/http.sock".into()),
+                    fd: 11,
+                    users: vec![],
+                    file: Some(("/run/app/http.sock".into(), (3, 99))),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_state_reads_back_as_written() {
+        let state = state();
+        assert_eq!(State::decode(&state.encode()), Ok(state.clone()));
+        let bare = State {
+            stderr: None,
+            serving: None,
+            listeners: Vec::new(),
+            ..state
+        };
+        assert_eq!(State::decode(&bare.encode()), Ok(bare));
+    }
+
+    #[test]
+    fn a_damaged_state_is_refused_with_what_is_wrong() {
+        let text = state().encode();
+        let cases = [
+            (text.replace("format=1", "format=2"), "layout is version 2"),
+            (text.replace("pid=5000\n", ""), "pid is missing"),
+            (text.replace("spawned=1", "spawned=yes"), "neither 0 nor 1"),
+            (format!("{text}\nfront=1"), "front is given twice"),
+            (format!("{text}\nnonsense"), "not key=value"),
+            (text.replace("lock_fd=6", "lock_fd=-x"), "lock_fd=-x"),
+            (format!("{text}\nlistener=1,zz,,,0,0"), "not hexadecimal"),
+            (format!("{text}\nlistener=1,0000,,,0,0"), "not one address"),
+            (format!("{text}\nlistener=1"), "not 6 fields"),
+            (
+                text.replace("endpoint_lock=", "endpoint_lock=a"),
+                "odd hexadecimal",
+            ),
+        ];
+        for (damaged, why) in cases {
+            let e = State::decode(&damaged).expect_err(why);
+            assert!(e.contains(why), "{e:?} should say {why:?}");
+        }
+    }
+}
