@@ -282,6 +282,8 @@ pub(crate) const KNOWN_VARS: &[&str] = &[
     // `handoff::STDERR_VAR` on Unix).
     "RISEFRONT_CHANNEL",
     "RISEFRONT_STDERR",
+    // Set by a front for its own next image when it re-executes (`front/reexec.rs`).
+    "RISEFRONT_FRONT_STATE",
 ];
 
 pub(crate) const READY_TIMEOUT_VAR: &str = "RISEFRONT_READY_TIMEOUT";

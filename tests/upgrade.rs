@@ -542,3 +542,106 @@ async fn a_ready_generation_writes_to_the_services_stderr_not_through_the_front(
     common::kill_pid(front);
     service.wait_log("generation 2 lost the front").await;
 }
+
+/// The front re-executes itself into the build that serves (`risefrontctl reexec PID`, after a
+/// deploy of a newer risefront): the same pid, its executable the new build's, the serving
+/// generation untouched and still in touch, no request failed under load; then a reload, the
+/// old generation's exit (reaped by the new image, which adopted it) and a crash go as before.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_front_re_executes_into_the_serving_build_keeping_its_pid_and_generation() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let dir = common::TempDir::new();
+    let (v1, v2) = (dir.0.join("v1"), dir.0.join("v2"));
+    for release in [&v1, &v2] {
+        fs::create_dir(release).expect("release directory");
+        fs::copy(common::example("hello"), release.join("hello")).expect("copy the build");
+    }
+    let mut service = Service::start_with(&v1.join("hello"), &[("RISEFRONT_PROBATION", "0")]).await;
+    let front = service.front_pid();
+    assert_eq!(runs(front).0, v1.join("hello"));
+    let pid = service.start_program_in(&v2.join("hello"), Some(&v2), &[]);
+    let g2 = service.wait_generation(2).await;
+    assert_eq!(g2.pid, pid);
+    service.wait_log("generation 2 ready after").await;
+
+    // A load that never retries, across the re-exec.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), service.addr);
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match common::get(addr, "/").await {
+                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ctl = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_risefrontctl"));
+        command.args(args);
+        common::run_bounded(command, common::PATIENCE)
+    };
+    let output = ctl(&["reexec", &front.to_string()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}\n{}", service.log());
+    assert!(stdout.contains("generation 2 is serving"), "{stdout}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed,
+        0,
+        "{ok} answered, {failed} failed\n{}",
+        service.log()
+    );
+    assert!(ok > 0);
+    assert!(alive(front), "the front lives on");
+    assert_eq!(runs(front).0, v2.join("hello"), "{}", service.log());
+    assert_eq!(service.hello().await, g2, "generation 2 serves on");
+    assert!(
+        service.log().contains("front re-executed into"),
+        "{}",
+        service.log()
+    );
+
+    // The new image upgrades as the old one did.
+    service.signal_front(Signal::HUP);
+    let g3 = service.wait_generation(3).await;
+    assert_eq!(runs(g3.pid).0, v2.join("hello"));
+    service.wait_log("generation 3 ready after").await;
+    // Again, now with a generation the front spawned: the next image adopts it as its child,
+    // so it reaps it when it ends (nobody else can: the front is its parent).
+    let output = ctl(&["reexec", &front.to_string()]);
+    assert!(output.status.success(), "{output:?}\n{}", service.log());
+    assert_eq!(service.hello().await, g3);
+    service.signal_front(Signal::HUP);
+    service.wait_generation(4).await;
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while common::proc_stat(g3.pid).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "generation 3 not reaped: {:?}\n{}",
+            common::proc_stat(g3.pid),
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        service.log().contains("generation 3 (pid"),
+        "{}",
+        service.log()
+    );
+    // A crash of a generation the new image started is respawned.
+    service.wait_log("generation 4 ready after").await;
+    let g4 = service.hello().await;
+    common::kill_pid(g4.pid);
+    service.wait_generation_allowing_errors(5).await;
+    assert!(service.terminate().success(), "{}", service.log());
+}

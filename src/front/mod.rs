@@ -1102,13 +1102,15 @@ impl Front<'_> {
             endpoint: (socket_path.to_owned(), lock_path.to_owned()),
             control: control.fd().as_raw_fd(),
             lock: self.lock.fd().as_raw_fd(),
+            // Said outright: the next image may be of another release, whose own version
+            // is not this one's.
             generation: reexec::Connection {
                 fd: generation.0.as_raw_fd(),
-                version: generation.1,
+                version: Some(generation.1.unwrap_or(crate::protocol::VERSION)),
             },
             client: reexec::Connection {
                 fd: client.0.as_raw_fd(),
-                version: client.1,
+                version: Some(client.1.unwrap_or(crate::protocol::VERSION)),
             },
             stderr: stderr.map(AsRawFd::as_raw_fd),
             serving: self.serving.clone(),
