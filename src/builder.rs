@@ -117,7 +117,7 @@ where
 /// # }
 /// ```
 pub async fn upgrade_pid(pid: u32) -> Result<u64, UpgradeError> {
-    let (endpoint, config) = front_of_pid(pid)?;
+    let (endpoint, config) = front_of_pid(pid).map_err(|e| *e)?;
     crate::upgrade::request(&endpoint, &config).await
 }
 
@@ -142,27 +142,27 @@ pub async fn upgrade_pid(pid: u32) -> Result<u64, UpgradeError> {
 /// # }
 /// ```
 pub async fn reexec_front_pid(pid: u32) -> Result<u64, UpgradeError> {
-    let (endpoint, config) = front_of_pid(pid)?;
+    let (endpoint, config) = front_of_pid(pid).map_err(|e| *e)?;
     crate::upgrade::reexec(&endpoint, &config).await
 }
 
 /// The control endpoint of the front with process id `pid`, and a configuration to talk to
 /// it with.
-fn front_of_pid(pid: u32) -> Result<(Endpoint, Config), UpgradeError> {
+fn front_of_pid(pid: u32) -> Result<(Endpoint, Config), Box<UpgradeError>> {
     if !cfg!(target_os = "linux") {
-        return Err(UpgradeError::Io(io::Error::new(
+        return Err(Box::new(UpgradeError::Io(io::Error::new(
             io::ErrorKind::Unsupported,
             "risefront: finding a front by its process id needs Linux's /proc: use upgrade(addrs)",
-        )));
+        ))));
     }
     let Some(socket) = crate::holder::control_socket_of(pid) else {
-        return Err(UpgradeError::NoFront {
+        return Err(Box::new(UpgradeError::NoFront {
             service: format!("of process {pid}"),
             endpoint: format!(
                 "process {pid} (no risefront control socket this user may see: not a front, gone, or another user's)"
             ),
             holder: None,
-        });
+        }));
     };
     let name = socket
         .file_stem()
@@ -173,8 +173,11 @@ fn front_of_pid(pid: u32) -> Result<(Endpoint, Config), UpgradeError> {
     if let Some(dir) = socket.parent() {
         builder = builder.control_dir(dir);
     }
-    let config = builder.config(&[])?;
-    let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
+    let config = builder
+        .config(&[])
+        .map_err(|e| Box::new(UpgradeError::from(e)))?;
+    let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())
+        .map_err(|e| Box::new(UpgradeError::from(e)))?;
     Ok((endpoint, config))
 }
 

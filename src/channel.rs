@@ -62,9 +62,9 @@ impl Channel {
     /// The connection and the version its peer speaks, if nothing of a frame is waiting to be
     /// read (else the channel back, unchanged): what crosses a re-exec of the front.
     #[cfg(unix)]
-    pub(crate) fn into_parts(self) -> Result<(Stream, Option<u8>), Self> {
+    pub(crate) fn into_parts(self) -> Result<(Stream, Option<u8>), Box<Self>> {
         if !self.decoder.is_empty() || !self.fds.is_empty() {
-            return Err(self);
+            return Err(Box::new(self));
         }
         Ok((self.stream, self.version))
     }

@@ -36,7 +36,9 @@ use crate::config::{Config, deadline_after};
 use crate::error::BindError;
 use crate::handoff::{self, ControlListener, Endpoint, FrontLock, ProcessHandle, Stream};
 use crate::net::{Target, bind_target};
-use crate::protocol::{Message, Program, Role, STDERR_TAIL};
+#[cfg(unix)]
+use crate::protocol::Role;
+use crate::protocol::{Message, Program, STDERR_TAIL};
 use crate::socket::Socket;
 use crate::systemd::Supervisor;
 

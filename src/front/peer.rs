@@ -129,7 +129,8 @@ pub(crate) async fn run(
 /// How a connection the peer task served ended, when it ended well.
 enum Ended {
     Closed,
-    /// Handed back to the front ([`Command::Detach`]).
+    /// Handed back to the front (`Command::Detach`, Unix only).
+    #[cfg_attr(not(unix), allow(dead_code))]
     Detached,
 }
 
@@ -251,26 +252,30 @@ async fn converse(
     commands: &mut mpsc::Receiver<Command>,
     cx: &PeerContext,
 ) -> io::Result<Ended> {
+    // Windows has no re-exec: nothing asks for the connection back.
+    #[cfg(not(unix))]
+    return match relay(peer, &mut channel, talk, picks, commands, cx).await? {
+        None => Ok(Ended::Closed),
+        Some(never) => match never {},
+    };
+    #[cfg(unix)]
     loop {
-        match relay(peer, &mut channel, talk, picks, commands, cx).await? {
-            None => return Ok(Ended::Closed),
-            #[cfg(unix)]
-            Some(reply) => match channel.into_parts() {
-                Ok(parts) => {
-                    if let Err(Some(parts)) = reply.send(Some(parts)) {
-                        // The front gave up waiting: the connection stays here.
-                        channel = Channel::resumed(parts.0, parts.1);
-                        continue;
-                    }
-                    return Ok(Ended::Detached);
+        let Some(reply) = relay(peer, &mut channel, talk, picks, commands, cx).await? else {
+            return Ok(Ended::Closed);
+        };
+        match channel.into_parts() {
+            Ok(parts) => {
+                if let Err(Some(parts)) = reply.send(Some(parts)) {
+                    // The front gave up waiting: the connection stays here.
+                    channel = Channel::resumed(parts.0, parts.1);
+                    continue;
                 }
-                Err(kept) => {
-                    channel = kept;
-                    let _ = reply.send(None);
-                }
-            },
-            #[cfg(not(unix))]
-            Some(never) => match never {},
+                return Ok(Ended::Detached);
+            }
+            Err(kept) => {
+                channel = *kept;
+                let _ = reply.send(None);
+            }
         }
     }
 }

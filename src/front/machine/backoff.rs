@@ -53,7 +53,8 @@ impl Backoff {
         self.ever_ready
     }
 
-    /// The count as a front's previous image left it (see `reexec`).
+    /// The count as a front's previous image left it (see `reexec`; Unix only, and tests).
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(super) fn resume(&mut self, failures: u32, ever_ready: bool) {
         self.failures = failures;
         self.ever_ready = ever_ready;

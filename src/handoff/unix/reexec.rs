@@ -163,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_adopted_child_is_waited_for_and_killed_when_asked() {
-        let quick = std::process::Command::new("sh")
+        let mut quick = std::process::Command::new("sh")
             .args(["-c", "exit 3"])
             .spawn()
             .expect("spawn");
@@ -175,8 +175,9 @@ mod tests {
         .await
         .expect("its exit is seen");
         assert_eq!(status, ("exit status: 3".to_owned(), false));
+        assert!(quick.wait().is_err(), "reaped already");
 
-        let slow = std::process::Command::new("sleep")
+        let mut slow = std::process::Command::new("sleep")
             .arg("60")
             .spawn()
             .expect("spawn");
@@ -188,6 +189,7 @@ mod tests {
             .expect("killed in time")
             .expect("no panic");
         assert_eq!(status, ("signal: 9 (SIGKILL)".to_owned(), false));
+        assert!(slow.wait().is_err(), "reaped already");
     }
 
     #[test]
