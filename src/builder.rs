@@ -181,6 +181,47 @@ fn front_of_pid(pid: u32) -> Result<(Endpoint, Config), Box<UpgradeError>> {
     Ok((endpoint, config))
 }
 
+/// Whether `e` says the front speaks the protocol version just before ours, from a release
+/// that can re-execute into a build of ours.
+fn front_can_reexec_into_us(e: &io::Error) -> bool {
+    let front = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<crate::error::BindError>())
+        .and_then(|bind| match bind {
+            crate::error::BindError::ProtocolMismatch { front, .. } => Some(*front),
+            _ => None,
+        });
+    front.is_some_and(|front| {
+        front == crate::protocol::OLDEST_VERSION && front >= crate::protocol::REEXEC_SINCE
+    })
+}
+
+/// A build started by hand meets a front one protocol version older: it asks the front to
+/// re-execute into this build (same pid, sockets and serving generation), after which it
+/// joins as usual.
+async fn reexec_front_into_this(endpoint: &Endpoint, config: &Config) -> io::Result<()> {
+    let front = crate::protocol::OLDEST_VERSION;
+    tracing::info!(
+        "the front of service {:?} speaks protocol {front}, this build {}: asking it to re-execute into this build",
+        config.name,
+        crate::protocol::VERSION
+    );
+    let program = crate::protocol::Program::of_this_process()?;
+    crate::upgrade::reexec_into(endpoint, config, front, program)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::Other,
+                format!(
+                    "risefront: the front of service {:?} speaks protocol {front} and could not re-execute into this build (protocol {}): {e}",
+                    config.name,
+                    crate::protocol::VERSION
+                ),
+            )
+        })
+}
+
 /// Options for [`bind`]; every timeout has a default suitable for HTTP services.
 ///
 /// Timeouts can be overridden at run time without rebuilding, which is what an operator
@@ -574,9 +615,17 @@ impl Builder {
         }
         let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
         let deadline = deadline_after(Instant::now(), config.handshake_timeout);
+        let mut asked_to_reexec = false;
         loop {
             if let Some(stream) = endpoint.connect().await? {
-                return generation::join(stream, &config, &addrs).await;
+                match generation::join(stream, &config, &addrs).await {
+                    Err(e) if !asked_to_reexec && front_can_reexec_into_us(&e) => {
+                        asked_to_reexec = true;
+                        reexec_front_into_this(&endpoint, &config).await?;
+                        continue;
+                    }
+                    joined => return joined,
+                }
             }
             if let Some(lock) = endpoint.try_lock()? {
                 match front::run(config, addrs, endpoint, lock).await? {}

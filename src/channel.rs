@@ -69,6 +69,14 @@ impl Channel {
         Ok((self.stream, self.version))
     }
 
+    /// A connection to a front of the previous release, spoken in its `version` (one back):
+    /// how a build of a newer protocol asks such a front to re-execute into it.
+    pub(crate) fn speaking(mut self, version: u8) -> Self {
+        self.decoder = FrameDecoder::reading_one_version_back();
+        self.version = Some(version);
+        self
+    }
+
     /// The version this channel writes in: the peer's.
     fn speaks(&self) -> u8 {
         self.version.unwrap_or(protocol::VERSION)

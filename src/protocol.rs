@@ -88,7 +88,14 @@ pub(crate) const STDERR_TAIL: &str = "its last lines on stderr:";
 /// added the addresses a generation asked for to `Hello`, so that it gets exactly those.
 /// Version 8 added `ReExec`, with which a control client has the front re-execute itself into
 /// another build.
-pub(crate) const VERSION: u8 = 8;
+///
+/// `RISEFRONT_PROTOCOL_NEXT`, set when the crate is compiled, makes a build one version ahead
+/// (laid out as this one): for the tests of a front that re-executes across a protocol change,
+/// never for a release.
+pub(crate) const VERSION: u8 = match option_env!("RISEFRONT_PROTOCOL_NEXT") {
+    Some(_) => 9,
+    None => 8,
+};
 
 /// The oldest version the front still reads, and answers in: one back, so that the generations
 /// and control clients of the previous release (a rollback, an old `--upgrade`, an old
@@ -96,10 +103,11 @@ pub(crate) const VERSION: u8 = 8;
 /// between generations of the two. Only the front's side (and the receiving side of a handoff)
 /// reads older frames: a generation or client that meets an older front reports the mismatch.
 /// Version 7 differs from 8 only in having no `ReExec`.
-pub(crate) const OLDEST_VERSION: u8 = 7;
+pub(crate) const OLDEST_VERSION: u8 = VERSION - 1;
 
-/// The first version with `ReExec`.
-const REEXEC_SINCE: u8 = 8;
+/// The first version with `ReExec`: a front of this version or later can re-execute into a
+/// build of the next.
+pub(crate) const REEXEC_SINCE: u8 = 8;
 
 /// The first version whose `Hello` carries the addresses.
 const HELLO_ADDRESSES_SINCE: u8 = 7;

@@ -10,7 +10,7 @@ use crate::channel::Channel;
 use crate::config::Config;
 use crate::error::BindError;
 use crate::handoff::Endpoint;
-use crate::protocol::{Message, Role, STDERR_TAIL, VERSION, other_version};
+use crate::protocol::{Message, Program, Role, STDERR_TAIL, VERSION, other_version};
 
 /// Why [`upgrade`](crate::upgrade) did not produce a new serving generation.
 ///
@@ -165,10 +165,34 @@ pub(crate) async fn reexec(endpoint: &Endpoint, config: &Config) -> Result<u64, 
     request_for(endpoint, config, &Message::ReExec { program: None }).await
 }
 
+/// Asks a front of protocol `version` (the previous one) to re-execute itself into `program`
+/// (this build), in its own version; the generation serving once it did.
+pub(crate) async fn reexec_into(
+    endpoint: &Endpoint,
+    config: &Config,
+    version: u8,
+    program: Program,
+) -> Result<u64, UpgradeError> {
+    let request = Message::ReExec {
+        program: Some(program),
+    };
+    request_in(endpoint, config, &request, Some(version)).await
+}
+
 async fn request_for(
     endpoint: &Endpoint,
     config: &Config,
     request: &Message,
+) -> Result<u64, UpgradeError> {
+    request_in(endpoint, config, request, None).await
+}
+
+/// Asks for `request`, in `version` if given (else ours).
+async fn request_in(
+    endpoint: &Endpoint,
+    config: &Config,
+    request: &Message,
+    version: Option<u8>,
 ) -> Result<u64, UpgradeError> {
     let Some(stream) = endpoint.connect().await? else {
         return Err(UpgradeError::NoFront {
@@ -178,6 +202,9 @@ async fn request_for(
         });
     };
     let mut channel = Channel::new(stream, false);
+    if let Some(version) = version {
+        channel = channel.speaking(version);
+    }
     let hello = Message::Hello {
         pid: std::process::id(),
         role: Role::Control,

@@ -101,6 +101,35 @@ fn build_examples(profile_dir: &Path) {
     });
 }
 
+/// The `hello` example built one control protocol version ahead of this build
+/// (`RISEFRONT_PROTOCOL_NEXT`, see `src/protocol.rs`), as a newer risefront release would be: in
+/// its own target directory (`target/protocol-next`), so that the examples every other test
+/// runs stay this build's. The first call builds it (its dependencies too: a few minutes on a
+/// cold cache); `ci/test` builds it before the suite.
+#[cfg(unix)]
+pub fn next_protocol_hello() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let target = profile_dir.parent().expect("target").join("protocol-next");
+    BUILT.call_once(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", "hello", "--quiet", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env("RISEFRONT_PROTOCOL_NEXT", "1")
+            .status()
+            .expect("run cargo build --example hello");
+        assert!(status.success(), "building the next-protocol hello failed");
+    });
+    target.join("debug").join("examples").join("hello")
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")

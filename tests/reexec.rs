@@ -1,0 +1,111 @@
+//! The front re-executing itself across a change of the control protocol: a build of the next
+//! protocol version (`common::next_protocol_hello`, as a newer risefront release would be) joins
+//! a running service with no restart, and a build of the previous one still joins after.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fs;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Service, alive};
+
+/// The executable a process runs.
+fn exe_of(pid: u32) -> std::path::PathBuf {
+    fs::read_link(format!("/proc/{pid}/exe")).expect("read /proc/PID/exe")
+}
+
+/// Requests on new connections, never retried, until stopped: (answered 200, failed).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let task = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match common::get(addr, "/").await {
+                        Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        };
+        Load {
+            stop,
+            ok,
+            failed,
+            task,
+        }
+    }
+
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("load task");
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A build of the next protocol version started by hand asks the front (one version older) to
+/// re-execute into it, then joins: the front keeps its pid and now runs the new build, no
+/// request fails; a build of the previous version, started after, joins the new front too.
+#[tokio::test]
+async fn a_build_of_the_next_protocol_joins_by_having_the_front_re_execute_into_it() {
+    let next = common::next_protocol_hello();
+    let dir = common::TempDir::new();
+    let (old, new) = (dir.0.join("old"), dir.0.join("new"));
+    for (release, build) in [(&old, common::example("hello")), (&new, next)] {
+        fs::create_dir(release).expect("release directory");
+        // The same file name: the same service.
+        fs::copy(build, release.join("hello")).expect("copy the build");
+    }
+    let mut service =
+        Service::start_with(&old.join("hello"), &[("RISEFRONT_PROBATION", "0")]).await;
+    let front = service.front_pid();
+    let g1 = service.hello().await;
+    let load = Load::start(service.addr);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pid = service.start_program_in(&new.join("hello"), Some(&new), &[]);
+    let g2 = service.wait_generation(2).await;
+    assert_eq!(g2.pid, pid, "{}", service.log());
+    service.wait_log("generation 2 ready after").await;
+    assert!(alive(front), "the front lives on\n{}", service.log());
+    assert_eq!(exe_of(front), new.join("hello"), "{}", service.log());
+    let log = service.log();
+    assert!(
+        log.contains("asking it to re-execute into this build")
+            && log.contains("front re-executed into")
+            && log.contains("(protocol 9)"),
+        "{log}"
+    );
+    assert!(!alive(g1.pid) || common::proc_stat(g1.pid).is_some());
+
+    // Back: a build of the previous protocol joins the new front, which reads it.
+    let pid = service.start_program_in(&old.join("hello"), Some(&old), &[]);
+    let g3 = service.wait_generation(3).await;
+    assert_eq!(g3.pid, pid, "{}", service.log());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = load.stop().await;
+    assert_eq!(
+        failed,
+        0,
+        "{ok} answered, {failed} failed\n{}",
+        service.log()
+    );
+    assert!(ok > 0);
+    assert_eq!(exe_of(front), new.join("hello"));
+    assert!(service.terminate().success(), "{}", service.log());
+}
