@@ -133,13 +133,12 @@ pub(crate) enum Input {
     Tick,
     /// A control client that said Hello asked the front to re-execute (into a newer build).
     ReExecRequested { peer: PeerId },
+    /// The process on a spawned generation's channel speaks the next protocol version: its
+    /// Hello could not be read, and it is about to exit.
+    NewerBuild { peer: PeerId },
     /// The re-exec [`Action::ReExec`] asked for did not happen; the old image goes on. `busy`
-    /// when it may work if asked again (something happened meanwhile).
-    ReExecFailed {
-        peer: PeerId,
-        why: String,
-        busy: bool,
-    },
+    /// when it may work if tried again (something happened meanwhile).
+    ReExecFailed { why: String, busy: bool },
 }
 
 /// What the shell must do.
@@ -240,6 +239,9 @@ struct Generation {
     stepped_aside: u32,
     /// When the `Ping` it has not answered yet was sent.
     ping: Option<Instant>,
+    /// It speaks the next protocol version (its Hello could not be read): its end waits for
+    /// the front to re-execute into its build rather than failing its upgrade.
+    newer: bool,
 }
 
 impl Generation {
@@ -259,6 +261,7 @@ impl Generation {
             told_aside: 0,
             stepped_aside: 0,
             ping: None,
+            newer: false,
         }
     }
 
@@ -337,6 +340,10 @@ pub(crate) struct Machine {
     timers: Timers,
     backoff: Backoff,
     next_generation: Gen,
+    /// An upgrade to a build of the next protocol, waiting for a quiet point to re-execute.
+    pending_reexec: Option<reexec::Waiting>,
+    /// The re-exec the shell is performing, and who waits on it.
+    reexec_in_flight: Option<reexec::Waiting>,
     out: Vec<Action>,
 }
 
@@ -353,6 +360,8 @@ impl Machine {
             timers: Timers::default(),
             backoff: Backoff::default(),
             next_generation: 1,
+            pending_reexec: None,
+            reexec_in_flight: None,
             out: Vec::new(),
         }
     }
@@ -362,6 +371,7 @@ impl Machine {
         if matches!(self.life, Life::Exited) {
             return Vec::new();
         }
+        let retrying = matches!(input, Input::ReExecFailed { .. });
         match input {
             Input::Start => {
                 if let Err(why) = self.spawn(now, "first start") {
@@ -399,12 +409,17 @@ impl Machine {
             Input::Terminate { signal } => self.on_terminate(now, signal),
             Input::Tick => self.on_tick(now),
             Input::ReExecRequested { peer } => self.on_reexec_requested(now, peer),
-            Input::ReExecFailed { peer, why, busy } => self.on_reexec_failed(peer, why, busy),
+            Input::NewerBuild { peer } => self.on_newer_build(peer),
+            Input::ReExecFailed { why, busy } => self.on_reexec_failed(why, busy),
         }
         // Whatever just happened (a confirmation, an exit, a lost channel, a stop) may settle
         // the pending report, or end the probation whose successor is being watched.
         self.settle_upgrade();
         self.keep_watch();
+        // Not right after a failed try: the event that made it fail is heard first.
+        if !retrying {
+            self.reexec_when_quiet(now);
+        }
         let code = match self.life {
             Life::StopDelay { code } | Life::Stopping { code } => Some(code),
             Life::Running { .. } | Life::Exited => None,

@@ -375,8 +375,12 @@ struct Front<'a> {
     spawn_retry: Option<(Gen, u32, Instant)>,
     /// What control clients asked the front to re-execute into, until answered.
     reexec_programs: BTreeMap<PeerId, Option<Program>>,
-    /// A re-exec the machine decided, for the loop to perform before anything else.
+    /// A re-exec the machine decided, for the loop to perform once the event at hand is done.
     reexec: Option<Snapshot>,
+    /// The program of each generation the front spawned, and the one a spawned build of the
+    /// next protocol runs: what the front re-executes into for it.
+    spawned_programs: BTreeMap<Gen, Program>,
+    newer_program: Option<Program>,
     /// A copy of the read end of each spawned generation's stderr pipe, to carry across a
     /// re-exec: a process it started before ready may still write there.
     #[cfg(unix)]
@@ -421,6 +425,8 @@ impl<'a> Front<'a> {
             spawn_retry: None,
             reexec_programs: BTreeMap::new(),
             reexec: None,
+            spawned_programs: BTreeMap::new(),
+            newer_program: None,
             #[cfg(unix)]
             stderr_copies: BTreeMap::new(),
             exit: None,
@@ -456,10 +462,6 @@ impl<'a> Front<'a> {
         }
         let mut accept_paused_until: Option<Instant> = None;
         loop {
-            if let Some(snapshot) = self.reexec.take() {
-                let failed = self.reexec_now(snapshot, &control).await;
-                self.feed(failed);
-            }
             if let Some(code) = self.exit {
                 return code;
             }
@@ -504,6 +506,7 @@ impl<'a> Front<'a> {
                 Some((generation, status, success)) = self.exits.recv() => {
                     self.children.remove(&generation);
                     self.child_pids.remove(&generation);
+                    self.spawned_programs.remove(&generation);
                     #[cfg(unix)]
                     self.stderr_copies.remove(&generation);
                     self.feed(Input::Exited { generation, status, success });
@@ -516,6 +519,12 @@ impl<'a> Front<'a> {
                 }
                 signal = terminate.recv() => self.feed(Input::Terminate { signal }),
                 _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => self.feed(Input::Tick),
+            }
+            // After the event that decided it; tried again (when something happened meanwhile)
+            // only after one more event, so that what happened is heard first.
+            if let Some(snapshot) = self.reexec.take() {
+                let failed = self.reexec_now(snapshot, &control).await;
+                self.feed(failed);
             }
         }
     }
@@ -804,6 +813,13 @@ impl<'a> Front<'a> {
             Event::StopRequested { peer } => self.feed(Input::StopRequested { peer }),
             Event::SteppedAside { peer } => self.feed(Input::SteppedAside { peer }),
             Event::Pong { peer } => self.feed(Input::Pong { peer }),
+            Event::NewerBuild { peer } => {
+                let generation = self.peers.get(&peer).and_then(|slot| slot.preconnected);
+                self.newer_program = generation
+                    .and_then(|n| self.spawned_programs.get(&n))
+                    .cloned();
+                self.feed(Input::NewerBuild { peer });
+            }
             Event::ReExec { peer, program } => {
                 self.reexec_programs.insert(peer, program);
                 self.feed(Input::ReExecRequested { peer });
@@ -984,6 +1000,7 @@ impl<'a> Front<'a> {
             }
         };
         let pid = child.id().unwrap_or_default();
+        self.spawned_programs.insert(n, program.clone());
         let (kill, killed) = oneshot::channel::<()>();
         self.children.insert(n, kill);
         self.child_pids.insert(n, pid);
@@ -1017,18 +1034,17 @@ impl<'a> Front<'a> {
 /// The front re-executing itself (Unix): the old image's side, then the new one's.
 #[cfg(unix)]
 impl Front<'_> {
-    /// Re-executes into the program the client asked for (or what serves), carrying the
-    /// serving generation's connection and the client's; returns only if that did not happen,
-    /// as the input that tells the machine why.
+    /// Re-executes into the program asked for (the client's, a newer build's, or what
+    /// serves), carrying the serving generation's connection and those of the control clients
+    /// waiting; returns only if that did not happen, as the input that tells the machine why.
     async fn reexec_now(&mut self, snapshot: Snapshot, control: &ControlListener) -> Input {
-        let client = snapshot.client;
-        let failed = |why: String, busy: bool| Input::ReExecFailed {
-            peer: client,
-            why,
-            busy,
-        };
-        let program = match self.reexec_programs.remove(&client).flatten() {
-            Some(asked) => asked,
+        let failed = |why: String, busy: bool| Input::ReExecFailed { why, busy };
+        let asked_for = snapshot
+            .asked
+            .and_then(|client| self.reexec_programs.remove(&client).flatten());
+        let newer = self.newer_program.take();
+        let program = match asked_for.or(newer) {
+            Some(program) => program,
             None => self.program_to_start().clone(),
         };
         if !program.exe.is_file() {
@@ -1040,45 +1056,46 @@ impl Front<'_> {
                 false,
             );
         }
-        let (generation, talking) = (snapshot.peer, snapshot.client);
-        let Some(carried_generation) = self.detach(generation).await else {
-            return failed(
-                format!(
-                    "generation {} is busy talking to the front; try again",
-                    snapshot.generation
-                ),
-                true,
-            );
-        };
-        let Some(carried_client) = self.detach(talking).await else {
-            self.reattach(generation, carried_generation, Role::Generation);
-            return failed("the client's connection is busy".to_owned(), true);
-        };
+        let mut carried: Vec<(PeerId, Role, Detached)> = Vec::new();
+        let mut wanted = vec![(snapshot.peer, Role::Generation)];
+        wanted.extend(
+            snapshot
+                .asked
+                .iter()
+                .chain(&snapshot.clients)
+                .map(|client| (*client, Role::Control)),
+        );
+        for (peer, role) in wanted {
+            match self.detach(peer).await {
+                Some(detached) => carried.push((peer, role, detached)),
+                None if role == Role::Generation => {
+                    self.reattach_all(carried);
+                    return failed(
+                        format!(
+                            "generation {} is busy talking to the front; try again",
+                            snapshot.generation
+                        ),
+                        true,
+                    );
+                }
+                // A client that left (or is mid-frame) is not carried: it hears nothing more.
+                None => {}
+            }
+        }
         // An event already queued (an exit, a frame relayed just before the detach) would be
-        // lost with this image: the machine hears it first, and the client asks again.
+        // lost with this image: the machine hears it first, and the re-exec is tried again.
         if !self.events.is_empty() || !self.exits.is_empty() {
-            self.reattach(generation, carried_generation, Role::Generation);
-            self.reattach(talking, carried_client, Role::Control);
+            self.reattach_all(carried);
             return failed(
                 "the service changed while the front prepared to re-execute; try again".to_owned(),
                 true,
             );
         }
-        let outcome = self.exec_with(
-            &snapshot,
-            &program,
-            control,
-            (&carried_generation.1, carried_generation.0.1),
-            (&carried_client.1, carried_client.0.1),
-        );
+        let e = self.exec_with(&snapshot, &program, control, &carried);
         // Only a failed exec comes back.
-        self.reattach(generation, carried_generation, Role::Generation);
-        self.reattach(talking, carried_client, Role::Control);
+        self.reattach_all(carried);
         failed(
-            format!(
-                "cannot re-execute into {}: {outcome}",
-                program.exe.display()
-            ),
+            format!("cannot re-execute into {}: {e}", program.exe.display()),
             false,
         )
     }
@@ -1090,30 +1107,43 @@ impl Front<'_> {
         snapshot: &Snapshot,
         program: &Program,
         control: &ControlListener,
-        generation: (&Stream, Option<u8>),
-        client: (&Stream, Option<u8>),
+        carried: &[(PeerId, Role, Detached)],
     ) -> io::Error {
         use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
         let registry = lock_listeners(&self.sockets);
         let listeners = registry.carried();
         let stderr = self.stderr_copies.get(&snapshot.generation);
         let (socket_path, lock_path) = self.endpoint.paths();
+        let connections = carried
+            .iter()
+            .map(|(peer, _, ((_, version), stream))| {
+                (
+                    *peer,
+                    reexec::Connection {
+                        fd: stream.as_raw_fd(),
+                        // Said outright: the next image may be of another release, whose own
+                        // version is not this one's.
+                        version: Some(version.unwrap_or(crate::protocol::VERSION)),
+                    },
+                )
+            })
+            .collect();
+        // Clients that left are not carried: nobody is to answer them.
+        let generation = snapshot.generation;
+        let mut snapshot = snapshot.clone();
+        snapshot
+            .clients
+            .retain(|client| carried.iter().any(|(peer, _, _)| peer == client));
+        snapshot.asked = snapshot
+            .asked
+            .filter(|asked| carried.iter().any(|(peer, _, _)| peer == asked));
         let state = reexec::State {
             front: std::process::id(),
-            snapshot: snapshot.clone(),
+            snapshot,
             endpoint: (socket_path.to_owned(), lock_path.to_owned()),
             control: control.fd().as_raw_fd(),
             lock: self.lock.fd().as_raw_fd(),
-            // Said outright: the next image may be of another release, whose own version
-            // is not this one's.
-            generation: reexec::Connection {
-                fd: generation.0.as_raw_fd(),
-                version: Some(generation.1.unwrap_or(crate::protocol::VERSION)),
-            },
-            client: reexec::Connection {
-                fd: client.0.as_raw_fd(),
-                version: Some(client.1.unwrap_or(crate::protocol::VERSION)),
-            },
+            connections,
             stderr: stderr.map(AsRawFd::as_raw_fd),
             serving: self.serving.clone(),
             next_peer: self.next_peer,
@@ -1130,12 +1160,8 @@ impl Front<'_> {
                 })
                 .collect(),
         };
-        let mut fds: Vec<BorrowedFd<'_>> = vec![
-            control.fd(),
-            self.lock.fd(),
-            generation.0.as_fd(),
-            client.0.as_fd(),
-        ];
+        let mut fds: Vec<BorrowedFd<'_>> = vec![control.fd(), self.lock.fd()];
+        fds.extend(carried.iter().map(|(_, _, (_, stream))| stream.as_fd()));
         fds.extend(stderr.map(AsFd::as_fd));
         fds.extend(listeners.iter().map(|(_, socket, _, _)| socket.as_fd()));
         let kept = fds
@@ -1144,9 +1170,8 @@ impl Front<'_> {
         let e = match kept {
             Ok(()) => {
                 tracing::info!(
-                    "front re-executing into {}; generation {} serves on",
-                    program.exe.display(),
-                    snapshot.generation
+                    "front re-executing into {}; generation {generation} serves on",
+                    program.exe.display()
                 );
                 handoff::exec(
                     &program.exe,
@@ -1169,7 +1194,7 @@ impl Front<'_> {
 
     /// Takes a peer's connection back from its task, which ends without a word; `None` if it
     /// cannot be had now (a frame half read, the task gone or not answering).
-    async fn detach(&mut self, peer: PeerId) -> Option<((PeerSlot, Option<u8>), Stream)> {
+    async fn detach(&mut self, peer: PeerId) -> Option<Detached> {
         let (reply, answer) = oneshot::channel();
         let slot = self.peers.get(&peer)?;
         slot.tx.try_send(Command::Detach(reply)).ok()?;
@@ -1181,11 +1206,12 @@ impl Front<'_> {
         Some(((slot, version), stream))
     }
 
-    /// Gives a detached connection a task again, as it was.
-    fn reattach(&mut self, peer: PeerId, detached: ((PeerSlot, Option<u8>), Stream), role: Role) {
-        let ((slot, version), stream) = detached;
-        let talk = peer::Talk::resumed(role, slot.pid.unwrap_or_default());
-        self.resume_peer(peer, stream, version, talk, slot.program, slot.preconnected);
+    /// Gives detached connections a task again, as they were.
+    fn reattach_all(&mut self, carried: Vec<(PeerId, Role, Detached)>) {
+        for (peer, role, ((slot, version), stream)) in carried {
+            let talk = peer::Talk::resumed(role, slot.pid.unwrap_or_default());
+            self.resume_peer(peer, stream, version, talk, slot.program, slot.preconnected);
+        }
     }
 
     fn resume_peer(
@@ -1216,7 +1242,7 @@ impl Front<'_> {
     }
 
     /// The new image: adopts what the old one carried and returns the resumed machine's first
-    /// actions (the answer to the client that asked).
+    /// actions (the answer to the client that asked, or the upgrade started again).
     fn resumed(&mut self, state: &reexec::State) -> io::Result<Vec<Action>> {
         let s = &state.snapshot;
         let (machine, first) = Machine::resume(
@@ -1226,27 +1252,28 @@ impl Front<'_> {
             s,
         );
         self.machine = machine;
-        self.next_peer = state.next_peer.max(s.peer + 1).max(s.client + 1);
+        let highest = state.connections.iter().map(|(peer, _)| *peer).max();
+        self.next_peer = state.next_peer.max(highest.unwrap_or_default() + 1);
         self.serving = state.serving.clone();
-        let generation = carried_stream(state.generation)?;
-        let client = carried_stream(state.client)?;
-        let preconnected = s.spawned.then_some(s.generation);
-        self.resume_peer(
-            s.peer,
-            generation,
-            state.generation.version,
-            peer::Talk::resumed(Role::Generation, s.pid),
-            state.serving.clone(),
-            preconnected,
-        );
-        self.resume_peer(
-            s.client,
-            client,
-            state.client.version,
-            peer::Talk::resumed(Role::Control, 0),
-            None,
-            None,
-        );
+        for (peer, connection) in &state.connections {
+            let stream = carried_stream(*connection)?;
+            if *peer == s.peer {
+                let preconnected = s.spawned.then_some(s.generation);
+                let talk = peer::Talk::resumed(Role::Generation, s.pid);
+                let program = state.serving.clone();
+                self.resume_peer(
+                    *peer,
+                    stream,
+                    connection.version,
+                    talk,
+                    program,
+                    preconnected,
+                );
+            } else {
+                let talk = peer::Talk::resumed(Role::Control, 0);
+                self.resume_peer(*peer, stream, connection.version, talk, None, None);
+            }
+        }
         if let Some(fd) = state.stderr {
             let copy = handoff::adopt(fd)?;
             let again = copy.try_clone()?;
@@ -1287,13 +1314,20 @@ impl Front<'_> {
     }
 }
 
+/// A connection taken back from its peer task: the slot it had, the version its peer speaks,
+/// and the stream.
+#[cfg(unix)]
+type Detached = ((PeerSlot, Option<u8>), Stream);
+
 /// Windows has no `exec` that keeps handles: a front there upgrades by a restart.
 #[cfg(windows)]
 impl Front<'_> {
     async fn reexec_now(&mut self, snapshot: Snapshot, _control: &ControlListener) -> Input {
-        self.reexec_programs.remove(&snapshot.client);
+        if let Some(asked) = snapshot.asked {
+            self.reexec_programs.remove(&asked);
+        }
+        self.newer_program = None;
         Input::ReExecFailed {
-            peer: snapshot.client,
             why: "a front on Windows cannot re-execute itself (Windows has no exec that keeps handles); restart the service to run a newer front".to_owned(),
             busy: false,
         }

@@ -52,6 +52,10 @@ pub(crate) enum Event {
     Pong {
         peer: PeerId,
     },
+    /// The front's own child on a pre-connected channel speaks the next protocol version.
+    NewerBuild {
+        peer: PeerId,
+    },
     /// A control client asks the front to re-execute into `program` (none: what serves).
     ReExec {
         peer: PeerId,
@@ -308,6 +312,13 @@ async fn introduce(
     let hello = match hello {
         Ok(hello) => hello,
         Err(e) => {
+            // A build the front started that speaks the next protocol version: the front can
+            // re-execute into it (the build itself exits, unable to join this front).
+            if preconnected.is_some()
+                && crate::protocol::other_version(&e) == Some(crate::protocol::VERSION + 1)
+            {
+                let _ = cx.events.send(Event::NewerBuild { peer });
+            }
             if e.kind() == io::ErrorKind::InvalidData {
                 // Say why in a frame: a build speaking another protocol version reads our
                 // header and reports the mismatch instead of a bare hang-up.

@@ -52,8 +52,8 @@ pub(crate) struct State {
     pub(crate) endpoint: (PathBuf, PathBuf),
     pub(crate) control: RawFd,
     pub(crate) lock: RawFd,
-    pub(crate) generation: Connection,
-    pub(crate) client: Connection,
+    /// The serving generation's control connection and the control clients' that cross.
+    pub(crate) connections: Vec<(PeerId, Connection)>,
     /// A copy of the read end of the serving generation's stderr pipe, if the front still
     /// reads one (a process it started before ready may write there yet).
     pub(crate) stderr: Option<RawFd>,
@@ -82,7 +82,13 @@ impl State {
             format!("failures={}", s.failures),
             format!("ever_ready={}", u8::from(s.ever_ready)),
             format!("next_generation={}", s.next_generation),
-            format!("client={}", s.client),
+            format!(
+                "asked={}",
+                s.asked.map_or_else(|| "-".to_owned(), |p| p.to_string())
+            ),
+            format!("clients={}", dotted(&s.clients)),
+            format!("reloading={}", u8::from(s.reloading)),
+            format!("upgrade_after={}", u8::from(s.upgrade_after)),
             format!(
                 "endpoint_socket={}",
                 hex(self.endpoint.0.as_os_str().as_bytes())
@@ -93,12 +99,15 @@ impl State {
             ),
             format!("control_fd={}", self.control),
             format!("lock_fd={}", self.lock),
-            format!("generation_fd={}", self.generation.fd),
-            format!("generation_version={}", version(self.generation.version)),
-            format!("client_fd={}", self.client.fd),
-            format!("client_version={}", version(self.client.version)),
             format!("next_peer={}", self.next_peer),
         ];
+        for (peer, connection) in &self.connections {
+            lines.push(format!(
+                "connection={peer},{},{}",
+                connection.fd,
+                version(connection.version)
+            ));
+        }
         if let Some(fd) = self.stderr {
             lines.push(format!("stderr_fd={fd}"));
         }
@@ -108,7 +117,7 @@ impl State {
         for carried in &self.listeners {
             let target = crate::protocol::targets_to_bytes(std::slice::from_ref(&carried.target))
                 .unwrap_or_default();
-            let users: Vec<String> = carried.users.iter().map(ToString::to_string).collect();
+
             let (path, (dev, ino)) = carried
                 .file
                 .as_ref()
@@ -119,7 +128,7 @@ impl State {
                 "listener={},{},{},{},{},{}",
                 carried.fd,
                 hex(&target),
-                users.join("."),
+                dotted(&carried.users),
                 hex(&path),
                 dev,
                 ino
@@ -132,12 +141,15 @@ impl State {
     pub(crate) fn decode(text: &str) -> Result<State, String> {
         let mut fields = BTreeMap::new();
         let mut listeners = Vec::new();
+        let mut connections = Vec::new();
         for line in text.lines().filter(|l| !l.is_empty()) {
             let (key, value) = line
                 .split_once('=')
                 .ok_or_else(|| format!("line {line:?} is not key=value"))?;
             if key == "listener" {
                 listeners.push(listener(value)?);
+            } else if key == "connection" {
+                connections.push(connection(value)?);
             } else if fields.insert(key, value).is_some() {
                 return Err(format!("{key} is given twice"));
             }
@@ -168,11 +180,9 @@ impl State {
         let path = |key: &str| -> Result<PathBuf, String> {
             Ok(PathBuf::from(OsStr::from_bytes(&unhex(get(key)?, key)?)))
         };
-        let peer_version = |key: &str| -> Result<Option<u8>, String> {
-            match get(key)? {
-                "-" => Ok(None),
-                v => number(v, key).map(Some),
-            }
+        let asked = match get("asked")? {
+            "-" => None,
+            v => Some(number(v, "asked")?),
         };
         let serving = match fields.get("serving") {
             Some(wire) => Some(
@@ -202,19 +212,15 @@ impl State {
                 failures: small("failures")?,
                 ever_ready: flag("ever_ready")?,
                 next_generation: num("next_generation")?,
-                client: num("client")?,
+                asked,
+                clients: undotted(get("clients")?, "clients")?,
+                reloading: flag("reloading")?,
+                upgrade_after: flag("upgrade_after")?,
             },
             endpoint: (path("endpoint_socket")?, path("endpoint_lock")?),
             control: fd("control_fd")?,
             lock: fd("lock_fd")?,
-            generation: Connection {
-                fd: fd("generation_fd")?,
-                version: peer_version("generation_version")?,
-            },
-            client: Connection {
-                fd: fd("client_fd")?,
-                version: peer_version("client_version")?,
-            },
+            connections,
             stderr,
             serving,
             next_peer: num("next_peer")?,
@@ -233,11 +239,7 @@ fn listener(value: &str) -> Result<Carried, String> {
     let (Some(target), true) = (targets.pop(), targets.is_empty()) else {
         return Err(format!("listener={value} names not one address"));
     };
-    let users = users
-        .split('.')
-        .filter(|u| !u.is_empty())
-        .map(|u| number(u, "listener user"))
-        .collect::<Result<_, _>>()?;
+    let users = undotted(users, "listener users")?;
     let path = unhex(path, "listener file")?;
     let file = (!path.is_empty()).then(|| -> Result<_, String> {
         Ok((
@@ -251,6 +253,40 @@ fn listener(value: &str) -> Result<Carried, String> {
         users,
         file: file.transpose()?,
     })
+}
+
+fn connection(value: &str) -> Result<(PeerId, Connection), String> {
+    let parts: Vec<&str> = value.split(',').collect();
+    let [peer, fd, version] = parts.as_slice() else {
+        return Err(format!("connection={value} has not 3 fields"));
+    };
+    let version = match *version {
+        "-" => None,
+        v => Some(number(v, "connection version")?),
+    };
+    Ok((
+        number(peer, "connection peer")?,
+        Connection {
+            fd: number(fd, "connection fd")?,
+            version,
+        },
+    ))
+}
+
+/// Numbers joined by dots (none: empty).
+fn dotted(numbers: &[u64]) -> String {
+    numbers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn undotted(text: &str, key: &str) -> Result<Vec<u64>, String> {
+    text.split('.')
+        .filter(|n| !n.is_empty())
+        .map(|n| number(n, key))
+        .collect()
 }
 
 fn number<T: std::str::FromStr>(value: &str, key: &str) -> Result<T, String> {
@@ -335,26 +371,37 @@ mod tests {
                 failures: 1,
                 ever_ready: true,
                 next_generation: 9,
-                client: 30,
+                asked: Some(30),
+                clients: vec![31, 33],
+                reloading: true,
+                upgrade_after: false,
             },
             endpoint: ("/run/a b/x.sock".into(), "/run/a b/x.lock".into()),
             control: 5,
             lock: 6,
-            generation: Connection {
-                fd: 7,
-                version: None,
-            },
-            client: Connection {
-                fd: 8,
-                version: Some(7),
-            },
+            connections: vec![
+                (
+                    12,
+                    Connection {
+                        fd: 7,
+                        version: None,
+                    },
+                ),
+                (
+                    30,
+                    Connection {
+                        fd: 8,
+                        version: Some(7),
+                    },
+                ),
+            ],
             stderr: Some(9),
             serving: Some(Program {
                 exe: "/srv/app/v2/app".into(),
                 args: vec!["--x=1,2".into(), "".into()],
                 cwd: "/srv".into(),
             }),
-            next_peer: 31,
+            next_peer: 34,
             listeners: vec![
                 Carried {
                     target: Target::Tcp(vec!["127.0.0.1:8080".parse().expect("addr")]),
@@ -376,12 +423,15 @@ mod tests {
     fn the_state_reads_back_as_written() {
         let state = state();
         assert_eq!(State::decode(&state.encode()), Ok(state.clone()));
-        let bare = State {
+        let mut bare = State {
             stderr: None,
             serving: None,
             listeners: Vec::new(),
+            connections: Vec::new(),
             ..state
         };
+        bare.snapshot.asked = None;
+        bare.snapshot.clients.clear();
         assert_eq!(State::decode(&bare.encode()), Ok(bare));
     }
 
@@ -398,6 +448,8 @@ mod tests {
             (format!("{text}\nlistener=1,zz,,,0,0"), "not hexadecimal"),
             (format!("{text}\nlistener=1,0000,,,0,0"), "not one address"),
             (format!("{text}\nlistener=1"), "not 6 fields"),
+            (format!("{text}\nconnection=1,2"), "not 3 fields"),
+            (text.replace("clients=31.33", "clients=31.x"), "clients=x"),
             (
                 text.replace("endpoint_lock=", "endpoint_lock=a"),
                 "odd hexadecimal",

@@ -14,6 +14,7 @@ impl Machine {
         if let Some(upgrade) = self.upgrade_mut() {
             upgrade.clients.retain(|p| *p != peer);
         }
+        self.reexec_client_gone(peer);
         let why = format!("its control connection ended: {why}");
         // A spawned child's inherited channel, before its Hello: most likely it is exiting.
         if let Some((n, g)) = self
@@ -96,6 +97,12 @@ impl Machine {
         match g.phase {
             Phase::Active | Phase::Lost => {
                 self.active_ended(now, n, &g, status, success);
+            }
+            Phase::Starting if self.defer_to_reexec(n, g.newer) => {
+                tracing::info!(
+                    generation = n,
+                    "generation {n}{pid} (a build of the next protocol) exited with {status}; the front re-executes into its build"
+                );
             }
             Phase::Starting if self.ends_the_service(success) => {
                 report!(

@@ -103,6 +103,9 @@ enum Op {
     /// the shell's part is played here: the old image's connections other than the serving
     /// generation's and the client's end, and a new machine resumes from the snapshot.
     ReExec,
+    /// A spawned process says Hello in the next protocol version (unreadable: the shell
+    /// reports it), then exits, unable to join.
+    NewerHello(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -132,6 +135,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<usize>().prop_map(Op::SteppedAside),
         4 => any::<usize>().prop_map(Op::Pong),
         1 => Just(Op::ReExec),
+        1 => any::<usize>().prop_map(Op::NewerHello),
     ]
 }
 
@@ -201,6 +205,8 @@ struct Model {
     stop_delay: Duration,
     /// Re-execs done, for the test to show it explored them.
     reexecs: u32,
+    /// Generations whose build spoke the next protocol version.
+    newer: BTreeSet<Gen>,
     now: Instant,
     next_peer: PeerId,
     next_pid: u32,
@@ -253,6 +259,7 @@ impl Model {
             defaults: timeouts,
             stop_delay,
             reexecs: 0,
+            newer: BTreeSet::new(),
             now: Instant::now(),
             next_peer: 100,
             next_pid: 1000,
@@ -418,8 +425,9 @@ impl Model {
                 && !self.m.generations.is_empty();
             let busy_only = self.stopping.is_some() || is_terminate;
             let out = self.m.handle(self.now, input.clone());
+            // (A re-exec tried again after a busy try goes out after whatever comes next.)
             assert!(
-                !repeated_hello || out.is_empty(),
+                !repeated_hello || out.iter().all(|a| matches!(a, Action::ReExec(_))),
                 "a second Hello changed something: {out:?}"
             );
             if let Some(client) = upgrade_from
@@ -552,6 +560,14 @@ impl Model {
         for (n, was) in before {
             let now = after.get(n);
             let failed = match was {
+                // A build of the next protocol whose end the front re-executes for instead.
+                Phase::Starting
+                    if self.newer.contains(n)
+                        && (self.m.pending_reexec.is_some()
+                            || self.m.reexec_in_flight.is_some()) =>
+                {
+                    false
+                }
                 Phase::Starting => matches!(now, None | Some(Phase::Killed)),
                 Phase::Active | Phase::Lost => {
                     let ended = matches!(now, None | Some(Phase::Killed))
@@ -768,26 +784,40 @@ impl Model {
     /// with it, and a machine resumed from the snapshot takes over.
     fn reexec(&mut self, snapshot: &super::Snapshot, queue: &mut Vec<Input>) {
         assert!(self.stopping.is_none(), "re-exec while the service stops");
-        // The shell gives up (Busy) while it holds an event about the serving generation or
-        // an exit, which would be lost with the old image: a process that died is one.
+        // What crosses: the serving generation's connection, and the clients still there.
+        let mut snapshot = snapshot.clone();
+        snapshot.clients.retain(|c| self.open.contains(c));
+        snapshot.asked = snapshot.asked.filter(|c| self.open.contains(c));
+        let crossing: Vec<PeerId> = std::iter::once(snapshot.peer)
+            .chain(snapshot.asked)
+            .chain(snapshot.clients.iter().copied())
+            .collect();
+        // The shell gives up (Busy) while it holds an event about what crosses or an exit,
+        // which would be lost with the old image: a process that died is one.
         let concerns_it = |input: &Input| match input {
             Input::Exited { .. } => true,
             Input::PeerGone { peer, .. }
             | Input::Ready { peer }
             | Input::StopRequested { peer }
             | Input::SteppedAside { peer }
-            | Input::Pong { peer } => *peer == snapshot.peer || *peer == snapshot.client,
+            | Input::Pong { peer } => crossing.contains(peer),
             _ => false,
         };
         if self.pending.iter().chain(queue.iter()).any(concerns_it) {
             queue.push(Input::ReExecFailed {
-                peer: snapshot.client,
                 why: "something happened meanwhile".to_owned(),
                 busy: true,
             });
             return;
         }
-        assert!(!self.reloading, "re-exec with RELOADING=1 unanswered");
+        assert_eq!(
+            self.reloading, snapshot.reloading,
+            "RELOADING=1 unanswered and the snapshot disagree"
+        );
+        assert!(
+            !snapshot.upgrade_after || snapshot.asked.is_none(),
+            "a re-exec both asked for and for a newer build"
+        );
         let live: Vec<(u32, &Proc)> = self
             .procs
             .iter()
@@ -809,17 +839,13 @@ impl Model {
             "re-exec while generation {} is not the one serving in touch",
             snapshot.generation
         );
-        assert!(
-            self.open.contains(&snapshot.client),
-            "re-exec for a client gone"
-        );
         self.reexecs += 1;
-        // The old image's connections end with it, but for the two that cross.
+        // The old image's connections end with it, but for those that cross.
         let ending: Vec<PeerId> = self
             .open
             .iter()
             .copied()
-            .filter(|peer| *peer != snapshot.peer && *peer != snapshot.client)
+            .filter(|peer| !crossing.contains(peer))
             .collect();
         for peer in ending {
             self.open.remove(&peer);
@@ -830,13 +856,13 @@ impl Model {
         }
         self.pending.clear();
         queue.clear();
-        let (m, actions) = Machine::resume(self.defaults, self.stop_delay, self.now, snapshot);
+        let (m, actions) = Machine::resume(self.defaults, self.stop_delay, self.now, &snapshot);
         self.m = m;
         let step = Step {
             before: self.m.phases(),
             is_tick: false,
             answering: None,
-            may_begin_upgrade: false,
+            may_begin_upgrade: true,
             getting_ready: None,
             busy_only: false,
         };
@@ -1178,6 +1204,28 @@ impl Model {
                 });
                 if self.open.contains(&peer) {
                     self.input(Input::ReExecRequested { peer });
+                }
+            }
+            Op::NewerHello(i) => {
+                let fresh = self
+                    .procs
+                    .iter()
+                    .filter(|(_, p)| {
+                        p.spawned
+                            && p.alive
+                            && !p.frozen
+                            && !p.said_hello
+                            && p.channel.is_some_and(|c| self.open.contains(&c))
+                    })
+                    .map(|(pid, _)| *pid);
+                if let Some(pid) = Self::pick(fresh, i) {
+                    let p = &self.procs[&pid];
+                    let peer = p.channel.expect("channel");
+                    if let Some(n) = p.generation {
+                        self.newer.insert(n);
+                    }
+                    self.input(Input::NewerBuild { peer });
+                    self.dies(pid, 1);
                 }
             }
             Op::ClientLeaves(i) => {
@@ -1555,5 +1603,30 @@ fn a_re_exec_in_a_history_keeps_the_invariants() {
         model.step(Op::Tick);
     }
     model.step(Op::ReExec);
+    model.stops();
+}
+
+/// The other way in: an upgrade whose new build speaks the next protocol re-executes the
+/// front, which starts the upgrade again and answers the client that asked.
+#[test]
+fn an_upgrade_to_a_newer_build_re_executes_and_answers_its_client() {
+    let mut model = Model::new(Duration::ZERO);
+    model.step(Op::Hello(0, false, false));
+    model.step(Op::Ready(0));
+    model.step(Op::Advance(20_000));
+    model.step(Op::Upgrade);
+    model.step(Op::NewerHello(0));
+    while !model.pending.is_empty() {
+        model.step(Op::Deliver(0));
+    }
+    assert_eq!(model.reexecs, 1, "re-executed for the newer build");
+    model.step(Op::Hello(0, false, false));
+    model.step(Op::Ready(0));
+    model.step(Op::SteppedAside(0));
+    model.step(Op::Tick);
+    assert!(
+        model.clients.values().any(|c| c.asked && c.answers == 1),
+        "the client heard the outcome"
+    );
     model.stops();
 }

@@ -16,6 +16,15 @@ impl Machine {
         if !self.running() {
             return Err("the service is shutting down".to_owned());
         }
+        if self.active().is_none() {
+            self.abandon_reexec("the serving generation ended first");
+        }
+        if self.pending_reexec.is_some() || self.reexec_in_flight.is_some() {
+            return Err(
+                "the front is about to re-execute into a newer build, whose upgrade follows; try again once it is done"
+                    .to_owned(),
+            );
+        }
         if let Some(n) = self.starting() {
             let pid = self.generations.get(&n).and_then(|g| g.pid);
             return Err(format!(
@@ -172,6 +181,13 @@ impl Machine {
                 self.refuse(
                     peer,
                     "this process is already a generation of the service".to_owned(),
+                );
+                return;
+            }
+            (None, None) if self.pending_reexec.is_some() || self.reexec_in_flight.is_some() => {
+                self.refuse(
+                    peer,
+                    "the front is about to re-execute into a newer build, whose upgrade follows; start this build again once it is done".to_owned(),
                 );
                 return;
             }
@@ -334,7 +350,11 @@ impl Machine {
     /// A starting generation failed (deadline, lost connection, stop): kill it, roll back.
     pub(super) fn fail_starting(&mut self, now: Instant, n: Gen, why: &str) {
         let pid = self.generations.get(&n).and_then(|g| g.pid);
+        let newer = self.generations.get(&n).is_some_and(|g| g.newer);
         self.kill(n);
+        if self.defer_to_reexec(n, newer) {
+            return;
+        }
         self.log_failed_start(n, pid, why);
         self.upgrade_failed(
             n,

@@ -1841,10 +1841,11 @@ fn a_quiet_service_re_executes_and_the_new_machine_serves_on() {
             snapshot.generation,
             snapshot.pid,
             snapshot.peer,
-            snapshot.client
+            snapshot.asked
         ),
-        (2, w.pid(2), w.peer_of(2), client)
+        (2, w.pid(2), w.peer_of(2), Some(client))
     );
+    assert!(snapshot.clients.is_empty() && !snapshot.upgrade_after);
     assert_eq!((snapshot.served, snapshot.failures), (3 * SEC, 1));
     assert!(snapshot.spawned && snapshot.ever_ready);
     assert_eq!(snapshot.next_generation, 3);
@@ -1895,10 +1896,7 @@ fn a_re_exec_is_refused_while_anything_is_under_way() {
     // Stopping: not a quiet point either (a client saying Hello then is turned away).
     let mut w = serving();
     w.feed(Input::Terminate { signal: "SIGTERM" });
-    assert_eq!(
-        w.m.quiet(w.now, 1),
-        Err("the service is stopping".to_owned())
-    );
+    assert_eq!(w.m.quiet(w.now), Err("the service is stopping".to_owned()));
 
     // Only control clients ask.
     let mut w = serving();
@@ -1913,7 +1911,6 @@ fn a_failed_re_exec_is_told_to_its_client() {
     let out = w.feed(Input::ReExecRequested { peer: client });
     assert!(matches!(out.as_slice(), [Action::ReExec(_)]), "{out:?}");
     let out = w.feed(Input::ReExecFailed {
-        peer: client,
         why: "cannot run /gone: No such file".to_owned(),
         busy: false,
     });
@@ -1930,4 +1927,115 @@ fn a_failed_re_exec_is_told_to_its_client() {
         ]
     );
     assert!(is_active(w.phase(1)), "the old image serves on");
+}
+
+#[test]
+fn an_upgrade_to_a_build_of_the_next_protocol_re_executes_the_front_then_starts_it_again() {
+    let mut w = serving();
+    w.advance(20 * SEC);
+    let client = w.control_client();
+    assert_eq!(
+        w.feed(Input::UpgradeRequested { peer: client }),
+        vec![Action::Spawn(2)]
+    );
+    w.spawned(2);
+    let channel = w.peer_of(2);
+    // Its Hello is of the next version: unreadable; it exits, unable to join.
+    assert_eq!(w.feed(Input::NewerBuild { peer: channel }), vec![]);
+    w.feed(Input::PeerGone {
+        peer: channel,
+        why: "refused".to_owned(),
+    });
+    let out = w.exited(2, "exit status: 1");
+    let snapshot = out
+        .iter()
+        .find_map(|a| match a {
+            Action::ReExec(snapshot) => Some(snapshot.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the front re-executes at once: {out:?}"));
+    assert!(
+        error_to(&out, client).is_none(),
+        "the client waits: {out:?}"
+    );
+    assert_eq!(
+        (
+            snapshot.generation,
+            snapshot.asked,
+            snapshot.clients.clone(),
+            snapshot.upgrade_after
+        ),
+        (1, None, vec![client], true)
+    );
+    assert!(snapshot.reloading, "systemd still waits for READY=1");
+    assert_eq!(snapshot.failures, 0, "not a failure");
+    assert_eq!(snapshot.next_generation, 3);
+
+    // The new image starts the upgrade again, and the client hears its outcome.
+    let (m, out) = Machine::resume(defaults(), Duration::ZERO, w.now, &snapshot);
+    assert_eq!(out, vec![Action::Spawn(3)]);
+    w.m = m;
+    w.bring_up(3);
+    assert!(is_active(w.phase(3)));
+    let out = w.feed(Input::Tick);
+    let _ = out;
+    assert!(
+        w.notified
+            .iter()
+            .any(|n| matches!(n, Supervisor::Ready { status } if status.contains("generation 3"))),
+        "READY=1 follows: {:?}",
+        w.notified
+    );
+}
+
+#[test]
+fn a_build_of_the_next_protocol_waits_for_a_quiet_point_and_a_failed_re_exec_fails_its_upgrade() {
+    let mut w = serving();
+    let client = w.control_client();
+    w.feed(Input::UpgradeRequested { peer: client });
+    w.spawned(2);
+    w.feed(Input::NewerBuild { peer: w.peer_of(2) });
+    // Killed at its deadline rather than exiting: the same, once reaped.
+    let out = w.tick_after(2 * EXIT_GRACE.max(61 * SEC));
+    assert!(out.contains(&Action::Kill(2)), "{out:?}");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::ReExec(_))),
+        "not while it lives"
+    );
+    let out = w.exited(2, "signal: 9 (SIGKILL)");
+    assert!(
+        out.iter().any(|a| matches!(a, Action::ReExec(_))),
+        "{out:?}"
+    );
+    // Meanwhile nothing else starts.
+    let other = w.control_client();
+    let refused = w.feed(Input::UpgradeRequested { peer: other });
+    assert!(error_to(&refused, other).is_some(), "{refused:?}");
+    // Busy: tried again at the next quiet point, the client still waiting.
+    let out = w.feed(Input::ReExecFailed {
+        why: "the service changed".to_owned(),
+        busy: true,
+    });
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::ReExec(_))),
+        "not before the next event: {out:?}"
+    );
+    let out = w.feed(Input::Tick);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::ReExec(_))),
+        "tried again: {out:?}"
+    );
+    // Failed for good: the client hears why, and the old generation serves on.
+    let out = w.feed(Input::ReExecFailed {
+        why: "cannot run /gone".to_owned(),
+        busy: false,
+    });
+    let reason = error_to(&out, client).expect("the client hears why");
+    assert!(reason.contains("cannot run /gone"), "{reason}");
+    assert!(is_active(w.phase(1)));
+    assert_eq!(
+        w.feed(Input::Hangup),
+        vec![Action::Spawn(3)],
+        "upgrades work again"
+    );
 }
