@@ -109,3 +109,58 @@ async fn a_build_of_the_next_protocol_joins_by_having_the_front_re_execute_into_
     assert_eq!(exe_of(front), new.join("hello"));
     assert!(service.terminate().success(), "{}", service.log());
 }
+
+/// An ordinary upgrade after the serving build's file was replaced in place by a build of the
+/// next protocol (a package upgrade): that build cannot join the old front, so the front
+/// re-executes into it and starts it again; the client that asked (`upgrade_pid`, as
+/// `risefrontctl upgrade $MAINPID` is) hears the outcome from the new front, in its own
+/// version. Same front pid, no request failed; then a reload as usual.
+#[tokio::test]
+async fn an_upgrade_onto_a_build_of_the_next_protocol_re_executes_the_front_first() {
+    let next = common::next_protocol_hello();
+    let dir = common::TempDir::new();
+    let app = dir.0.join("app");
+    fs::create_dir(&app).expect("app directory");
+    fs::copy(common::example("hello"), app.join("hello")).expect("copy the build");
+    let mut service =
+        Service::start_with(&app.join("hello"), &[("RISEFRONT_PROBATION", "0")]).await;
+    let front = service.front_pid();
+    let load = Load::start(service.addr);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The package manager's way: the new file beside, then renamed over the old one.
+    fs::copy(&next, app.join("hello.new")).expect("copy the next build");
+    fs::rename(app.join("hello.new"), app.join("hello")).expect("replace the build");
+    let generation = tokio::time::timeout(Duration::from_secs(60), risefront::upgrade_pid(front))
+        .await
+        .expect("the upgrade's outcome in time");
+    let generation = generation.unwrap_or_else(|e| panic!("{e}\n{}", service.log()));
+    let g = service.wait_generation(generation).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = load.stop().await;
+    assert_eq!(
+        failed,
+        0,
+        "{ok} answered, {failed} failed\n{}",
+        service.log()
+    );
+    assert!(ok > 0);
+    assert!(alive(front));
+    assert_eq!(exe_of(front), app.join("hello"), "{}", service.log());
+    assert_eq!(exe_of(g.pid), app.join("hello"));
+    let log = service.log();
+    assert!(
+        log.contains("speaks the next control protocol version")
+            && log.contains("front re-executed into")
+            && log.contains("(protocol 9)"),
+        "{log}"
+    );
+
+    // The new front goes on as any: a reload starts the same build again.
+    service
+        .wait_log(&format!("generation {generation} ready after"))
+        .await;
+    service.signal_front(rustix::process::Signal::HUP);
+    service.wait_generation(generation + 1).await;
+    assert!(service.terminate().success(), "{}", service.log());
+}
