@@ -97,6 +97,32 @@ where
     Builder::new().upgrade(addrs).await
 }
 
+/// Asks the running front for `addrs` to re-execute itself into the build that serves (what
+/// upgrades start), and waits until it did: same process id, listening sockets, control
+/// socket and serving generation, no connection refused. For a front's own fixes in a newer
+/// risefront with the same control protocol (one with a newer protocol is re-executed into by
+/// an ordinary upgrade). `RISEFRONT_UPGRADE=front` makes `bind` do this and exit, as
+/// `RISEFRONT_UPGRADE=1` does an upgrade.
+///
+/// Returns the serving generation's number. Only at a quiet point (one generation serving,
+/// nothing under way): otherwise [`UpgradeError::Busy`], and asking again later works. Unix:
+/// a Windows front answers [`UpgradeError::Failed`], saying it cannot.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// let generation = risefront::reexec_front(["127.0.0.1:8080"]).await?;
+/// println!("the front runs the serving build; generation {generation} serves");
+/// # Ok(())
+/// # }
+/// ```
+pub async fn reexec_front<I, A>(addrs: I) -> Result<u64, UpgradeError>
+where
+    I: IntoIterator<Item = A>,
+    A: ToListenAddr,
+{
+    Builder::new().reexec_front(addrs).await
+}
+
 /// Asks the front whose process id is `pid` for a new generation and waits for the outcome,
 /// as [`upgrade`] does, finding the front's control socket from the process itself instead of
 /// from the program's name and addresses. For a reload that runs none of the app's code: the
@@ -211,8 +237,7 @@ async fn reexec_front_into_this(endpoint: &Endpoint, config: &Config) -> io::Res
         .await
         .map(|_| ())
         .map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::Other,
+            io::Error::other(
                 format!(
                     "risefront: the front of service {:?} speaks protocol {front} and could not re-execute into this build (protocol {}): {e}",
                     config.name,
@@ -588,6 +613,22 @@ impl Builder {
         let config = self.config(&addrs)?;
         // A front that re-executed itself into this build goes on here, as the front.
         front::resume_if_reexecuted(&config).await?;
+        if crate::config::env_upgrade_front() {
+            let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
+            let code = match crate::upgrade::reexec(&endpoint, &config).await {
+                Ok(generation) => {
+                    println!(
+                        "risefront: the front re-executed into the serving build; generation {generation} is serving"
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
         if env_upgrade()? {
             // `ExecReload=` for any program: ask the running front, report, exit.
             let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
@@ -642,6 +683,19 @@ impl Builder {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Asks the running front for `addrs` to re-execute into the serving build; see
+    /// [`reexec_front`](crate::reexec_front).
+    pub async fn reexec_front<I, A>(self, addrs: I) -> Result<u64, UpgradeError>
+    where
+        I: IntoIterator<Item = A>,
+        A: ToListenAddr,
+    {
+        let addrs = resolve(addrs).await?;
+        let config = self.config(&addrs)?;
+        let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
+        crate::upgrade::reexec(&endpoint, &config).await
     }
 
     /// Asks the running front for `addrs` to start a new generation; see [`upgrade`](crate::upgrade).

@@ -158,7 +158,7 @@ mod upgrade;
 
 pub use accept::Accept;
 pub use addr::{Addr, ListenAddr, ToListenAddr, UnixPeer};
-pub use builder::{Builder, bind, reexec_front_pid, upgrade, upgrade_pid};
+pub use builder::{Builder, bind, reexec_front, reexec_front_pid, upgrade, upgrade_pid};
 pub use error::BindError;
 pub use holder::Holder;
 pub use layer::{DrainFuture, DrainLayer, DrainService};

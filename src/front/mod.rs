@@ -1,6 +1,8 @@
 //! The front: the first process of a service. It binds the listening sockets once, keeps them
 //! for its whole life, and runs the upgrade state machine. It runs no request handlers, so app
-//! changes never need a new front and its PID stays stable for supervisors.
+//! changes never need a new front and its PID stays stable for supervisors. When its own code
+//! must change (a release with another control protocol, or its own fixes), it re-executes
+//! itself into the newer build, same pid, sockets and generations ([`reexec`], Unix).
 //!
 //! This file is the I/O shell: sockets, child processes, signals and timers. It turns what
 //! happens into [`machine::Input`]s and performs the [`machine::Action`]s that come back;

@@ -299,6 +299,20 @@ impl Model {
         self.next_peer
     }
 
+    /// Spawned processes that live, answer and have not said Hello on their open channel.
+    fn fresh_children(&self) -> impl Iterator<Item = u32> + '_ {
+        self.procs
+            .iter()
+            .filter(|(_, p)| {
+                p.spawned
+                    && p.alive
+                    && !p.frozen
+                    && !p.said_hello
+                    && p.channel.is_some_and(|c| self.open.contains(&c))
+            })
+            .map(|(pid, _)| *pid)
+    }
+
     fn new_pid(&mut self) -> u32 {
         self.next_pid += 1;
         self.next_pid
@@ -1207,18 +1221,7 @@ impl Model {
                 }
             }
             Op::NewerHello(i) => {
-                let fresh = self
-                    .procs
-                    .iter()
-                    .filter(|(_, p)| {
-                        p.spawned
-                            && p.alive
-                            && !p.frozen
-                            && !p.said_hello
-                            && p.channel.is_some_and(|c| self.open.contains(&c))
-                    })
-                    .map(|(pid, _)| *pid);
-                if let Some(pid) = Self::pick(fresh, i) {
+                if let Some(pid) = Self::pick(self.fresh_children(), i) {
                     let p = &self.procs[&pid];
                     let peer = p.channel.expect("channel");
                     if let Some(n) = p.generation {
@@ -1244,18 +1247,7 @@ impl Model {
                 }
             }
             Op::Hello(i, probation, wrong_pid) => {
-                let fresh = self
-                    .procs
-                    .iter()
-                    .filter(|(_, p)| {
-                        p.spawned
-                            && p.alive
-                            && !p.frozen
-                            && !p.said_hello
-                            && p.channel.is_some_and(|c| self.open.contains(&c))
-                    })
-                    .map(|(pid, _)| *pid);
-                if let Some(pid) = Self::pick(fresh, i) {
+                if let Some(pid) = Self::pick(self.fresh_children(), i) {
                     let p = self.procs.get_mut(&pid).expect("process");
                     let peer = p.channel.expect("channel");
                     p.said_hello = true;

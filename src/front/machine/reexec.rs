@@ -208,18 +208,26 @@ impl Machine {
             warn,
             "the front no longer re-executes into the newer build: {why}"
         );
+        self.fail_waiting(waiting, why);
+    }
+
+    /// The upgrade a re-exec was for failed: systemd (if it heard `RELOADING=1`) and the
+    /// clients still waiting hear `why`.
+    fn fail_waiting(&mut self, waiting: Waiting, why: &str) {
         if waiting.reloading {
             self.out.push(Action::Notify(Supervisor::Ready {
                 status: format!("last upgrade failed: {why}"),
             }));
         }
         for client in waiting.clients {
-            self.answer(
-                client,
-                Message::Error {
-                    reason: format!("the upgrade failed: {why}"),
-                },
-            );
+            if self.peers.contains_key(&client) {
+                self.answer(
+                    client,
+                    Message::Error {
+                        reason: format!("the upgrade failed: {why}"),
+                    },
+                );
+            }
         }
     }
 
@@ -292,21 +300,10 @@ impl Machine {
             error,
             "the front could not re-execute into the newer build ({why}); the upgrade failed and the serving generation serves on"
         );
-        if waiting.reloading {
-            self.out.push(Action::Notify(Supervisor::Ready {
-                status: format!("last upgrade failed: the front could not re-execute ({why})"),
-            }));
-        }
-        for client in waiting.clients {
-            if self.peers.contains_key(&client) {
-                self.answer(
-                    client,
-                    Message::Error {
-                        reason: format!("the front could not re-execute into the new build: {why}"),
-                    },
-                );
-            }
-        }
+        self.fail_waiting(
+            waiting,
+            &format!("the front could not re-execute into the new build ({why})"),
+        );
     }
 
     /// The machine of a front's new image, from what its old image left at a quiet point, at
