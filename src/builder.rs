@@ -101,8 +101,7 @@ where
 /// upgrades start), and waits until it did: same process id, listening sockets, control
 /// socket and serving generation, no connection refused. For a front's own fixes in a newer
 /// risefront with the same control protocol (one with a newer protocol is re-executed into by
-/// an ordinary upgrade). `RISEFRONT_UPGRADE=front` makes `bind` do this and exit, as
-/// `RISEFRONT_UPGRADE=1` does an upgrade.
+/// an ordinary upgrade).
 ///
 /// Returns the serving generation's number. Only at a quiet point (one generation serving,
 /// nothing under way): otherwise [`UpgradeError::Busy`], and asking again later works. Unix:
@@ -613,22 +612,6 @@ impl Builder {
         let config = self.config(&addrs)?;
         // A front that re-executed itself into this build goes on here, as the front.
         front::resume_if_reexecuted(&config).await?;
-        if crate::config::env_upgrade_front() {
-            let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
-            let code = match crate::upgrade::reexec(&endpoint, &config).await {
-                Ok(generation) => {
-                    println!(
-                        "risefront: the front re-executed into the serving build; generation {generation} is serving"
-                    );
-                    0
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    1
-                }
-            };
-            std::process::exit(code);
-        }
         if env_upgrade()? {
             // `ExecReload=` for any program: ask the running front, report, exit.
             let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;

@@ -197,11 +197,6 @@ pub(crate) fn derive_addrs_name(addrs: &[Named<'_>]) -> String {
 }
 
 /// `RISEFRONT_UPGRADE=1`: this run asks the running front for an upgrade instead of serving.
-/// `RISEFRONT_UPGRADE=front`: ask the running front to re-execute into the serving build.
-pub(crate) fn env_upgrade_front() -> bool {
-    std::env::var("RISEFRONT_UPGRADE").is_ok_and(|v| v.eq_ignore_ascii_case("front"))
-}
-
 pub(crate) fn env_upgrade() -> io::Result<bool> {
     env_switch(
         "RISEFRONT_UPGRADE",

@@ -190,28 +190,3 @@ async fn a_control_client_of_the_previous_protocol_version_is_answered_in_it() {
     assert_eq!(answer, upgraded, "{}", service.log());
     assert_eq!(service.hello().await.generation, 2);
 }
-
-/// `RISEFRONT_UPGRADE=front` (`app --upgrade` for the front itself): the front re-executes
-/// into the serving build, keeping its pid and the serving generation (Unix), or says it cannot
-/// (Windows, which has no `exec` that keeps handles); either way generation 1 serves on.
-#[tokio::test]
-async fn risefront_upgrade_front_re_executes_the_front_or_says_why_not() {
-    let service = Service::start().await;
-    let g1 = service.hello().await;
-    let command = service.command(&[("RISEFRONT_UPGRADE", "front")]);
-    let output = common::run_bounded(command, common::PATIENCE);
-    let log = service.log();
-    if cfg!(windows) {
-        assert_eq!(output.status.code(), Some(1), "{output:?}\n{log}");
-        assert!(log.contains("cannot re-execute itself"), "{log}");
-    } else {
-        assert!(output.status.success(), "{output:?}\n{log}");
-        assert!(
-            log.contains("the front re-executed into the serving build; generation 1 is serving")
-                && log.contains("front re-executed into"),
-            "{log}"
-        );
-        assert!(common::alive(service.front_pid()));
-    }
-    assert_eq!(service.hello().await, g1, "{}", service.log());
-}
