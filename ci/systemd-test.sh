@@ -10,8 +10,9 @@
 #   - `ExecReload=risefrontctl upgrade $MAINPID` (runs none of the app's code) reloads, and
 #     fails the reload when the new build fails;
 #   - `systemctl stop` with a slow request in flight: it completes, the unit ends in success;
-#   - the fd-store unit: the front killed with -9 under load, 0 failed (252 needs
-#     RISEFRONT_FDSTORE=1, which the unit sets);
+#   - the fd-store unit: the front killed with -9 during its own re-exec, then again (not
+#     re-executing), each under load, 0 failed (252 needs RISEFRONT_FDSTORE=1, which the unit
+#     sets);
 #   - socket activation: 2 reloads and a kill -9 of the front under load, 0 failed.
 # With SYSTEMD_VERSION=254, the container runs systemd 254 from bookworm-backports (installed in
 # the overlay only, from the mirror the host's apt uses) and these are checked too:
@@ -112,6 +113,24 @@ done
 wait
 LOAD
 chmod +x "$base/load"
+# In the container: has front $1 re-execute (risefrontctl, as the unit's user) and kills it
+# with -9 the moment its new image exists (the environment carries the old image's state).
+# perl (Debian's perl-base) looks without a process per look, so the kill lands within
+# microseconds of the exec, before the new image has set up its runtime.
+cat >"$root/usr/local/bin/reexec-and-kill" <<'KILL'
+#!/bin/bash
+runuser -u app -- /usr/local/bin/risefrontctl reexec "$1" >/tmp/reexec.out 2>&1 &
+perl -e '
+    my ($pid, $end) = ($ARGV[0], time + 30);
+    while (time < $end) {
+        open(my $f, "<", "/proc/$pid/environ") or next;
+        local $/;
+        my $env = <$f>;
+        if (grep { /^RISEFRONT_FRONT_STATE=/ } split /\0/, $env) { kill 9, $pid; exit 0 }
+    }
+    exit 1;' "$1" || { cat /tmp/reexec.out; exit 1; }
+KILL
+chmod +x "$root/usr/local/bin/reexec-and-kill"
 
 systemd-nspawn --boot -D "$root" --register=no --keep-unit --link-journal=no \
     --private-network --console=passive >"$base/nspawn.log" 2>&1 &
@@ -260,11 +279,33 @@ fi
 ctr systemctl start app-fdstore
 ctr journalctl -u app-fdstore --no-pager 2>/dev/null | grep -q "stored the socket" ||
     fail "the front did not store its socket with systemd"
+
+# The front killed with -9 in the middle of its own re-exec (`risefrontctl reexec`, as the
+# unit's user): the moment the new image exists (its environment carries the old one's state),
+# before it has taken over what it was handed. systemd restarts it from the store.
+start_load 6
+sleep 1
+pid=$(ctr systemctl show app-fdstore -p MainPID --value)
+ctr /usr/local/bin/reexec-and-kill "$pid" >"$base/reexec.out" 2>&1 ||
+    fail "the front did not re-execute: $(cat "$base/reexec.out")"
+finish_load "fd store, front killed with -9 during its re-exec"
+in_journal app-fdstore "front re-executing into" ||
+    fail "the journal does not say the front began to re-execute"
+for _ in $(seq 1 100); do
+    [ "$(ctr systemctl show app-fdstore -p NRestarts --value)" = 1 ] && break
+    sleep 0.1
+done
+[ "$(ctr systemctl show app-fdstore -p NRestarts --value)" = 1 ] ||
+    fail "the front killed during its re-exec was not restarted"
+[ -n "$(generation)" ] || fail "no answer after the front killed during its re-exec restarted"
+resumed=$(journal_count app-fdstore "front re-executed into")
+log "killed during its re-exec (the new image had logged taking over: $resumed times): restarted, serving"
+
 start_load 6
 sleep 1.5
 ctr kill -9 "$(ctr systemctl show app-fdstore -p MainPID --value)"
 finish_load "fd store, front killed with -9"
-[ "$(ctr systemctl show app-fdstore -p NRestarts --value)" = 1 ] || fail "the front was not restarted"
+[ "$(ctr systemctl show app-fdstore -p NRestarts --value)" = 2 ] || fail "the front was not restarted"
 ctr systemctl stop app-fdstore
 
 ctr systemctl start appsock.socket
