@@ -4,6 +4,9 @@
 //! hello [ADDR]...              serve (default 127.0.0.1:8080); the first run becomes the front
 //!                              (ADDR is HOST:PORT, or unix:PATH for a Unix domain socket)
 //! hello --upgrade [ADDR]...    ask the running front to start a new generation
+//! hello --upgrade-front [ADDR]...
+//!                              ask the running front to re-execute itself into the serving
+//!                              build (same pid, Unix), for the front's own fixes
 //! ```
 //!
 //! `GET /` answers `hello from generation <N> pid <PID>`; `GET /slow?ms=<n>` answers the same

@@ -8,9 +8,9 @@ use tokio::time::Instant;
 
 use crate::addr::ToListenAddr;
 use crate::config::{
-    Config, DRAIN_TIMEOUT_VAR, NAME_VAR, READY_TIMEOUT_VAR, control_handshake_var, deadline_after,
-    derive_name, env_duration, env_handoff, env_off, env_tls_handshake_timeout, env_unix_mode,
-    env_upgrade, nonzero_timeout, program_name, validate_name, warn_unknown_vars,
+    Config, DRAIN_TIMEOUT_VAR, NAME_VAR, READY_TIMEOUT_VAR, UpgradeRequest, control_handshake_var,
+    deadline_after, derive_name, env_duration, env_handoff, env_off, env_tls_handshake_timeout,
+    env_unix_mode, env_upgrade, nonzero_timeout, program_name, validate_name, warn_unknown_vars,
 };
 use crate::handoff::{self, Endpoint};
 use crate::listener::RiseFrontListener;
@@ -24,7 +24,9 @@ use crate::{front, generation, process};
 /// With `RISEFRONT_UPGRADE=1` in its environment, the program instead asks the running front
 /// for an upgrade, waits for the outcome, prints it and exits (0 once the new generation
 /// serves, 1 if it failed): any program built on risefront is its own `ExecReload=` command,
-/// `ExecReload=/usr/bin/env RISEFRONT_UPGRADE=1 /usr/bin/app ARGS`.
+/// `ExecReload=/usr/bin/env RISEFRONT_UPGRADE=1 /usr/bin/app ARGS`. With
+/// `RISEFRONT_UPGRADE=front` it asks the front to re-execute itself into the serving build
+/// instead (see [`reexec_front`]).
 ///
 /// Code before `bind` runs in every process, the front included. In tests, set
 /// `RISEFRONT=off` (or use [`Builder::standalone`]) to get a plain listener in the test
@@ -101,7 +103,8 @@ where
 /// upgrades start), and waits until it did: same process id, listening sockets, control
 /// socket and serving generation, no connection refused. For a front's own fixes in a newer
 /// risefront with the same control protocol (one with a newer protocol is re-executed into by
-/// an ordinary upgrade).
+/// an ordinary upgrade). `RISEFRONT_UPGRADE=front` makes `bind` do this and exit, as
+/// `RISEFRONT_UPGRADE=1` does an upgrade.
 ///
 /// Returns the serving generation's number. Only at a quiet point (one generation serving,
 /// nothing under way): otherwise [`UpgradeError::Busy`], and asking again later works. Unix:
@@ -612,12 +615,26 @@ impl Builder {
         let config = self.config(&addrs)?;
         // A front that re-executed itself into this build goes on here, as the front.
         front::resume_if_reexecuted(&config).await?;
-        if env_upgrade()? {
+        if let Some(request) = env_upgrade()? {
             // `ExecReload=` for any program: ask the running front, report, exit.
             let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
-            let code = match crate::upgrade::request(&endpoint, &config).await {
-                Ok(generation) => {
-                    println!("risefront: upgraded: generation {generation} is serving");
+            let outcome = match request {
+                UpgradeRequest::Generation => crate::upgrade::request(&endpoint, &config)
+                    .await
+                    .map(|generation| format!("upgraded: generation {generation} is serving")),
+                UpgradeRequest::Front => {
+                    crate::upgrade::reexec(&endpoint, &config)
+                        .await
+                        .map(|generation| {
+                            format!(
+                                "the front re-executed into the serving build; generation {generation} is serving"
+                            )
+                        })
+                }
+            };
+            let code = match outcome {
+                Ok(said) => {
+                    println!("risefront: {said}");
                     0
                 }
                 Err(e) => {

@@ -196,14 +196,29 @@ pub(crate) fn derive_addrs_name(addrs: &[Named<'_>]) -> String {
     format!("{prefix}-{hash:016x}")
 }
 
-/// `RISEFRONT_UPGRADE=1`: this run asks the running front for an upgrade instead of serving.
-pub(crate) fn env_upgrade() -> io::Result<bool> {
-    env_switch(
+/// What `RISEFRONT_UPGRADE` asks a run to do instead of serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpgradeRequest {
+    /// `1`: ask the running front for a new generation.
+    Generation,
+    /// `front`: ask the running front to re-execute into the serving build.
+    Front,
+}
+
+/// `RISEFRONT_UPGRADE=1` or `=front`: this run asks the running front for an upgrade (of the
+/// generation or of the front itself) instead of serving.
+pub(crate) fn env_upgrade() -> io::Result<Option<UpgradeRequest>> {
+    if std::env::var("RISEFRONT_UPGRADE").is_ok_and(|v| v.eq_ignore_ascii_case("front")) {
+        return Ok(Some(UpgradeRequest::Front));
+    }
+    let generation = env_switch(
         "RISEFRONT_UPGRADE",
         &["1", "true", "yes", "on"],
         &["0", "false", "no", "off", ""],
-        "use RISEFRONT_UPGRADE=1 to ask the running front for an upgrade",
-    )
+        "use RISEFRONT_UPGRADE=1 to ask the running front for an upgrade, \
+         RISEFRONT_UPGRADE=front for an upgrade of the front itself",
+    )?;
+    Ok(generation.then_some(UpgradeRequest::Generation))
 }
 
 /// `RISEFRONT=off`: bind plainly, with no front.

@@ -106,7 +106,8 @@
 //!   last connection closed (after its probation window, if superseded);
 //! - any generation at its drain deadline (plus one second for one that did), and on a second
 //!   stop signal while draining;
-//! - a program run with `RISEFRONT_UPGRADE=1`, after reporting the upgrade's outcome.
+//! - a program run with `RISEFRONT_UPGRADE=1` (or `=front`), after reporting the upgrade's
+//!   outcome.
 //!
 //! To flush before that, await [`drained`] (or your server's end) and flush in `main`, which
 //! then returns normally; keep the drain deadline above the time that takes.

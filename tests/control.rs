@@ -190,3 +190,47 @@ async fn a_control_client_of_the_previous_protocol_version_is_answered_in_it() {
     assert_eq!(answer, upgraded, "{}", service.log());
     assert_eq!(service.hello().await.generation, 2);
 }
+
+/// `RISEFRONT_UPGRADE=front` (for any program, as `RISEFRONT_UPGRADE=1` is `ExecReload=`'s
+/// upgrade) and `hello --upgrade-front`: the front re-executes into the serving build, keeping
+/// its pid and the serving generation (Unix), or says it cannot (Windows, which has no `exec`
+/// that keeps handles); either way generation 1 serves on.
+#[tokio::test]
+async fn an_upgrade_of_the_front_itself_re_executes_it_or_says_why_not() {
+    let service = Service::start().await;
+    let g1 = service.hello().await;
+    let by_env = service.command(&[("RISEFRONT_UPGRADE", "front")]);
+    let mut by_flag = service.command(&[]);
+    by_flag.arg("--upgrade-front");
+    for (how, command) in [
+        ("RISEFRONT_UPGRADE=front", by_env),
+        ("--upgrade-front", by_flag),
+    ] {
+        let output = common::run_bounded(command, common::PATIENCE);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let log = service.log();
+        if cfg!(windows) {
+            assert_eq!(output.status.code(), Some(1), "{how}: {said}\n{log}");
+            assert!(
+                said.contains("cannot re-execute itself"),
+                "{how}: {said}\n{log}"
+            );
+        } else {
+            assert!(output.status.success(), "{how}: {said}\n{log}");
+            assert!(
+                said.contains("re-executed into the serving build; generation 1 is serving"),
+                "{how}: {said}\n{log}"
+            );
+            assert!(common::alive(service.front_pid()));
+        }
+        assert_eq!(service.hello().await, g1, "{how}: {}", service.log());
+    }
+    if !cfg!(windows) {
+        let log = service.log();
+        assert_eq!(log.matches("front re-executed into").count(), 2, "{log}");
+    }
+}

@@ -4,24 +4,38 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Parses `[--upgrade] [ADDR]...`. With `--upgrade`, asks the running front for a new
-/// generation, prints the outcome and returns the exit code; otherwise returns the addresses.
+/// Parses `[--upgrade | --upgrade-front] [ADDR]...`. With `--upgrade`, asks the running
+/// front for a new generation (with `--upgrade-front`, to re-execute itself into the serving
+/// build), prints the outcome and returns the exit code; otherwise returns the addresses.
 pub async fn command_line() -> Result<Vec<String>, ExitCode> {
     init_logging();
 
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let upgrade = args.first().is_some_and(|a| a == "--upgrade");
-    if upgrade {
-        args.remove(0);
+    let mut request = None;
+    let mut args = Vec::new();
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--upgrade" => request = Some(Request::Generation),
+            "--upgrade-front" => request = Some(Request::Front),
+            _ => args.push(arg),
+        }
     }
     if args.is_empty() {
         args.push("127.0.0.1:8080".to_owned());
     }
-    if !upgrade {
-        start_hook();
-        return Ok(args);
+    match request {
+        None => {
+            start_hook();
+            Ok(args)
+        }
+        Some(request) => Err(request_upgrade(request, &args).await),
     }
-    Err(request_upgrade(&args).await)
+}
+
+/// What `--upgrade` and `--upgrade-front` ask the running front for.
+#[derive(Clone, Copy)]
+enum Request {
+    Generation,
+    Front,
 }
 
 /// Logs to stderr, at `RUST_LOG` or `info`.
@@ -35,11 +49,22 @@ fn init_logging() {
         .init();
 }
 
-/// `--upgrade`: asks the running front for a new generation and says how it went.
-async fn request_upgrade(addrs: &[String]) -> ExitCode {
-    match risefront::upgrade(addrs).await {
-        Ok(generation) => {
-            println!("upgraded: generation {generation} is serving");
+/// `--upgrade`: asks the running front for a new generation (`--upgrade-front`: to
+/// re-execute itself into the serving build) and says how it went.
+async fn request_upgrade(request: Request, addrs: &[String]) -> ExitCode {
+    let outcome = match request {
+        Request::Generation => risefront::upgrade(addrs)
+            .await
+            .map(|generation| format!("upgraded: generation {generation} is serving")),
+        Request::Front => risefront::reexec_front(addrs).await.map(|generation| {
+            format!(
+                "the front re-executed into the serving build; generation {generation} is serving"
+            )
+        }),
+    };
+    match outcome {
+        Ok(said) => {
+            println!("{said}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -206,15 +231,16 @@ pub struct TlsCommandLine {
 pub async fn tls_command_line() -> Result<TlsCommandLine, ExitCode> {
     init_logging();
 
-    let usage = "usage: tls [--upgrade] [ADDR]... --cert FILE --key FILE";
-    let mut upgrade = false;
+    let usage = "usage: tls [--upgrade | --upgrade-front] [ADDR]... --cert FILE --key FILE";
+    let mut request = None;
     let mut addrs = Vec::new();
     let (mut cert, mut key): (Option<std::path::PathBuf>, Option<std::path::PathBuf>) =
         (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--upgrade" => upgrade = true,
+            "--upgrade" => request = Some(Request::Generation),
+            "--upgrade-front" => request = Some(Request::Front),
             "--cert" | "--key" => {
                 let Some(file) = args.next() else {
                     eprintln!("{arg} needs a file name\n{usage}");
@@ -229,8 +255,8 @@ pub async fn tls_command_line() -> Result<TlsCommandLine, ExitCode> {
     if addrs.is_empty() {
         addrs.push("127.0.0.1:8443".to_owned());
     }
-    if upgrade {
-        return Err(request_upgrade(&addrs).await);
+    if let Some(request) = request {
+        return Err(request_upgrade(request, &addrs).await);
     }
     let (Some(cert), Some(key)) = (cert, key) else {
         eprintln!("--cert and --key are required\n{usage}");
