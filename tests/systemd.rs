@@ -176,6 +176,59 @@ async fn the_front_tells_systemd_about_start_reloads_rollbacks_reinstatements_an
     println!("datagrams, in order:\n{}", seen.join("\n--\n"));
 }
 
+/// The build `STATUS=` names: what serves, and the front's own build while it is another one.
+fn builds_in(status: &str) -> Option<&str> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("STATUS="))
+        .and_then(|status| status.split("; runs ").nth(1))
+}
+
+#[tokio::test]
+async fn status_names_the_serving_build_and_the_front_s_own_until_it_re_executes() {
+    let notify = Notifications::new();
+    let dir = TempDir::new();
+    let (v1, v2) = (dir.0.join("v1"), dir.0.join("v2"));
+    for release in [&v1, &v2] {
+        std::fs::create_dir(release).expect("release directory");
+        std::fs::copy(example("hello"), release.join("hello")).expect("copy the build");
+    }
+    let mut service =
+        Service::start_with(&v1.join("hello"), &[("NOTIFY_SOCKET", &notify.path)]).await;
+    let first = notify.expect(&["READY=1", "STATUS=generation 1 (pid "]);
+    let v1_runs = format!("{}", v1.join("hello").display());
+    assert_eq!(builds_in(&first), Some(v1_runs.as_str()), "{first}");
+
+    // v2 deployed by hand: it serves, and the front is still v1's.
+    service.start_program_in(&v2.join("hello"), Some(&v2), &[]);
+    let until = |wanted: &str| loop {
+        let datagram = notify.next();
+        if datagram.contains(wanted) {
+            return datagram;
+        }
+    };
+    let second = until("STATUS=generation 2");
+    let both = format!("{} (the front runs {v1_runs})", v2.join("hello").display());
+    assert_eq!(builds_in(&second), Some(both.as_str()), "{second}");
+
+    // The front re-executes into v2 (`RISEFRONT_UPGRADE=front`) once the service is quiet
+    // (generation 1 gone): one build again.
+    service.wait_log("finished draining").await;
+    service.start_program_in(
+        &v2.join("hello"),
+        Some(&v2),
+        &[("RISEFRONT_UPGRADE", "front")],
+    );
+    let third = until("the front re-executed");
+    let v2_runs = format!("{}", v2.join("hello").display());
+    assert_eq!(
+        builds_in(&third),
+        Some(v2_runs.as_str()),
+        "{third}\n{}",
+        service.log()
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_notify_socket_is_a_warning_and_serving_goes_on() {
     let mut service = Service::start_with(

@@ -542,7 +542,15 @@ impl<'a> Front<'a> {
         let Some(program) = program else {
             return event;
         };
-        let with_build = |status: String| format!("{status}; runs {}", program.exe.display());
+        // The front's own build too when it is another one (until an upgrade that needs it
+        // re-executes the front): which risefront answers `risefrontctl` and upgrades.
+        let front = if program.exe == self.own.exe {
+            String::new()
+        } else {
+            format!(" (the front runs {})", self.own.exe.display())
+        };
+        let with_build =
+            |status: String| format!("{status}; runs {}{front}", program.exe.display());
         match event {
             Supervisor::Ready { status } => Supervisor::Ready {
                 status: with_build(status),

@@ -19,7 +19,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::timers::Timer;
-use super::{Action, Gen, Generation, Life, Machine, Message, Peer, PeerId, Phase, Role, Timeouts};
+use super::{
+    Action, Gen, Generation, Life, Machine, Message, Peer, PeerId, Phase, Role, Timeouts, pid_note,
+};
 use crate::notice::report;
 use crate::systemd::Supervisor;
 
@@ -347,6 +349,14 @@ impl Machine {
                 },
             );
         }
+        // systemd's status line named the build the old image ran; the shell names the new one.
+        machine.out.push(Action::Notify(Supervisor::Status {
+            status: format!(
+                "generation {}{} serving; the front re-executed",
+                snapshot.generation,
+                pid_note(Some(snapshot.pid))
+            ),
+        }));
         if let Some(asked) = snapshot.asked {
             machine.answer(
                 asked,

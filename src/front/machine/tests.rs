@@ -1855,6 +1855,12 @@ fn a_quiet_service_re_executes_and_the_new_machine_serves_on() {
     assert_eq!(
         out,
         vec![
+            Action::Notify(Supervisor::Status {
+                status: format!(
+                    "generation 2 (pid {}) serving; the front re-executed",
+                    w.pid(2)
+                )
+            }),
             Action::Send {
                 peer: client,
                 message: Message::Upgraded { generation: 2 }
@@ -1973,7 +1979,10 @@ fn an_upgrade_to_a_build_of_the_next_protocol_re_executes_the_front_then_starts_
 
     // The new image starts the upgrade again, and the client hears its outcome.
     let (m, out) = Machine::resume(defaults(), Duration::ZERO, w.now, &snapshot);
-    assert_eq!(out, vec![Action::Spawn(3)]);
+    assert!(
+        matches!(&out[..], [Action::Notify(Supervisor::Status { status }), Action::Spawn(3)] if status.ends_with("serving; the front re-executed")),
+        "{out:?}"
+    );
     w.m = m;
     w.bring_up(3);
     assert!(is_active(w.phase(3)));
