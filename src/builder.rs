@@ -692,10 +692,23 @@ impl Builder {
         I: IntoIterator<Item = A>,
         A: ToListenAddr,
     {
+        let (_, config, endpoint) = self.front_for(addrs).await?;
+        crate::upgrade::reexec(&endpoint, &config).await
+    }
+
+    /// Where a control client finds the running front for `addrs`.
+    async fn front_for<I, A>(
+        self,
+        addrs: I,
+    ) -> Result<(Vec<Target>, Config, Endpoint), UpgradeError>
+    where
+        I: IntoIterator<Item = A>,
+        A: ToListenAddr,
+    {
         let addrs = resolve(addrs).await?;
         let config = self.config(&addrs)?;
         let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
-        crate::upgrade::reexec(&endpoint, &config).await
+        Ok((addrs, config, endpoint))
     }
 
     /// Asks the running front for `addrs` to start a new generation; see [`upgrade`](crate::upgrade).
@@ -704,9 +717,7 @@ impl Builder {
         I: IntoIterator<Item = A>,
         A: ToListenAddr,
     {
-        let addrs = resolve(addrs).await?;
-        let config = self.config(&addrs)?;
-        let endpoint = Endpoint::for_service(&config.name, config.control_dir.as_deref())?;
+        let (addrs, config, endpoint) = self.front_for(addrs).await?;
         match crate::upgrade::request(&endpoint, &config).await {
             Err(UpgradeError::NoFront {
                 service,

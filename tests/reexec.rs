@@ -6,56 +6,25 @@
 mod common;
 
 use std::fs;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Service, alive};
+use common::{Service, alive, load};
 
 /// The executable a process runs.
 fn exe_of(pid: u32) -> std::path::PathBuf {
     fs::read_link(format!("/proc/{pid}/exe")).expect("read /proc/PID/exe")
 }
 
-/// Requests on new connections, never retried, until stopped: (answered 200, failed).
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
+/// One worker requesting on a new connection each time, never retrying.
+fn no_retry_load(service: &Service) -> load::Load {
+    load::start(service.addr, &[(load::Kind::NewConnection, 1, "/")])
 }
 
-impl Load {
-    fn start(addr: std::net::SocketAddr) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let task = {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match common::get(addr, "/").await {
-                        Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        };
-        Load {
-            stop,
-            ok,
-            failed,
-            task,
-        }
-    }
-
-    async fn stop(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("load task");
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
+/// Stops the load: none of its requests may have failed, and some must have been answered.
+async fn none_failed(load: load::Load, service: &Service) {
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}\n{}", service.log());
+    assert!(report.ok > 0);
 }
 
 /// A build of the next protocol version started by hand asks the front (one version older) to
@@ -65,17 +34,13 @@ impl Load {
 async fn a_build_of_the_next_protocol_joins_by_having_the_front_re_execute_into_it() {
     let next = common::next_protocol_hello();
     let dir = common::TempDir::new();
-    let (old, new) = (dir.0.join("old"), dir.0.join("new"));
-    for (release, build) in [(&old, common::example("hello")), (&new, next)] {
-        fs::create_dir(release).expect("release directory");
-        // The same file name: the same service.
-        fs::copy(build, release.join("hello")).expect("copy the build");
-    }
+    let old = common::release(&dir, "old", &common::example("hello"));
+    let new = common::release(&dir, "new", &next);
     let mut service =
         Service::start_with(&old.join("hello"), &[("RISEFRONT_PROBATION", "0")]).await;
     let front = service.front_pid();
     let g1 = service.hello().await;
-    let load = Load::start(service.addr);
+    let load = no_retry_load(&service);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let pid = service.start_program_in(&new.join("hello"), Some(&new), &[]);
@@ -98,14 +63,7 @@ async fn a_build_of_the_next_protocol_joins_by_having_the_front_re_execute_into_
     let g3 = service.wait_generation(3).await;
     assert_eq!(g3.pid, pid, "{}", service.log());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, failed) = load.stop().await;
-    assert_eq!(
-        failed,
-        0,
-        "{ok} answered, {failed} failed\n{}",
-        service.log()
-    );
-    assert!(ok > 0);
+    none_failed(load, &service).await;
     assert_eq!(exe_of(front), new.join("hello"));
     assert!(service.terminate().success(), "{}", service.log());
 }
@@ -119,13 +77,11 @@ async fn a_build_of_the_next_protocol_joins_by_having_the_front_re_execute_into_
 async fn an_upgrade_onto_a_build_of_the_next_protocol_re_executes_the_front_first() {
     let next = common::next_protocol_hello();
     let dir = common::TempDir::new();
-    let app = dir.0.join("app");
-    fs::create_dir(&app).expect("app directory");
-    fs::copy(common::example("hello"), app.join("hello")).expect("copy the build");
+    let app = common::release(&dir, "app", &common::example("hello"));
     let mut service =
         Service::start_with(&app.join("hello"), &[("RISEFRONT_PROBATION", "0")]).await;
     let front = service.front_pid();
-    let load = Load::start(service.addr);
+    let load = no_retry_load(&service);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The package manager's way: the new file beside, then renamed over the old one.
@@ -137,14 +93,7 @@ async fn an_upgrade_onto_a_build_of_the_next_protocol_re_executes_the_front_firs
     let generation = generation.unwrap_or_else(|e| panic!("{e}\n{}", service.log()));
     let g = service.wait_generation(generation).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, failed) = load.stop().await;
-    assert_eq!(
-        failed,
-        0,
-        "{ok} answered, {failed} failed\n{}",
-        service.log()
-    );
-    assert!(ok > 0);
+    none_failed(load, &service).await;
     assert!(alive(front));
     assert_eq!(exe_of(front), app.join("hello"), "{}", service.log());
     assert_eq!(exe_of(g.pid), app.join("hello"));

@@ -188,11 +188,8 @@ fn builds_in(status: &str) -> Option<&str> {
 async fn status_names_the_serving_build_and_the_front_s_own_until_it_re_executes() {
     let notify = Notifications::new();
     let dir = TempDir::new();
-    let (v1, v2) = (dir.0.join("v1"), dir.0.join("v2"));
-    for release in [&v1, &v2] {
-        std::fs::create_dir(release).expect("release directory");
-        std::fs::copy(example("hello"), release.join("hello")).expect("copy the build");
-    }
+    let v1 = common::release(&dir, "v1", &example("hello"));
+    let v2 = common::release(&dir, "v2", &example("hello"));
     let mut service =
         Service::start_with(&v1.join("hello"), &[("NOTIFY_SOCKET", &notify.path)]).await;
     let first = notify.expect(&["READY=1", "STATUS=generation 1 (pid "]);

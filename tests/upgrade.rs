@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
-use common::{Service, alive, wait_gone};
+use common::{Service, alive, load, wait_gone};
 #[cfg(unix)]
 use rustix::process::Signal;
 
@@ -432,12 +432,8 @@ fn runs(pid: u32) -> (std::path::PathBuf, std::path::PathBuf) {
 #[tokio::test]
 async fn the_newest_build_is_what_reloads_and_respawns_start() {
     let dir = common::TempDir::new();
-    let (v1, v2) = (dir.0.join("v1"), dir.0.join("v2"));
-    for release in [&v1, &v2] {
-        fs::create_dir(release).expect("release directory");
-        // The same file name: the same service.
-        fs::copy(common::example("hello"), release.join("hello")).expect("copy the build");
-    }
+    let v1 = common::release(&dir, "v1", &common::example("hello"));
+    let v2 = common::release(&dir, "v2", &common::example("hello"));
     // Probation off: a crash is respawned, not answered by reinstating the previous build.
     let mut service = Service::start_with(&v1.join("hello"), &[("RISEFRONT_PROBATION", "0")]).await;
     let g1 = service.hello().await;
@@ -550,15 +546,9 @@ async fn a_ready_generation_writes_to_the_services_stderr_not_through_the_front(
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_front_re_executes_into_the_serving_build_keeping_its_pid_and_generation() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
     let dir = common::TempDir::new();
-    let (v1, v2) = (dir.0.join("v1"), dir.0.join("v2"));
-    for release in [&v1, &v2] {
-        fs::create_dir(release).expect("release directory");
-        fs::copy(common::example("hello"), release.join("hello")).expect("copy the build");
-    }
+    let v1 = common::release(&dir, "v1", &common::example("hello"));
+    let v2 = common::release(&dir, "v2", &common::example("hello"));
     let mut service = Service::start_with(&v1.join("hello"), &[("RISEFRONT_PROBATION", "0")]).await;
     let front = service.front_pid();
     assert_eq!(runs(front).0, v1.join("hello"));
@@ -568,19 +558,7 @@ async fn the_front_re_executes_into_the_serving_build_keeping_its_pid_and_genera
     service.wait_log("generation 2 ready after").await;
 
     // A load that never retries, across the re-exec.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), service.addr);
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match common::get(addr, "/").await {
-                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let load = load::start(service.addr, &[(load::Kind::NewConnection, 1, "/")]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ctl = |args: &[&str]| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_risefrontctl"));
@@ -592,16 +570,9 @@ async fn the_front_re_executes_into_the_serving_build_keeping_its_pid_and_genera
     assert!(output.status.success(), "{output:?}\n{}", service.log());
     assert!(stdout.contains("generation 2 is serving"), "{stdout}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.expect("load");
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert_eq!(
-        failed,
-        0,
-        "{ok} answered, {failed} failed\n{}",
-        service.log()
-    );
-    assert!(ok > 0);
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}\n{}", service.log());
+    assert!(report.ok > 0);
     assert!(alive(front), "the front lives on");
     assert_eq!(runs(front).0, v2.join("hello"), "{}", service.log());
     assert_eq!(service.hello().await, g2, "generation 2 serves on");

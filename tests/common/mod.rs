@@ -137,6 +137,16 @@ pub fn free_addr() -> SocketAddr {
         .expect("free port")
 }
 
+/// `build` copied to `<dir>/<name>/hello`, as a deploy lays releases out: the same file name in
+/// each, so that every release is the same service. Returns the release's directory.
+#[allow(dead_code)] // Not every test crate deploys releases.
+pub fn release(dir: &TempDir, name: &str, build: &Path) -> PathBuf {
+    let release = dir.0.join(name);
+    fs::create_dir(&release).expect("release directory");
+    fs::copy(build, release.join("hello")).expect("copy the build");
+    release
+}
+
 /// A private scratch directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 
