@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
-use common::{Service, alive, load, wait_gone};
+use common::{Service, alive, wait_gone};
 #[cfg(unix)]
 use rustix::process::Signal;
 
@@ -558,7 +558,7 @@ async fn the_front_re_executes_into_the_serving_build_keeping_its_pid_and_genera
     service.wait_log("generation 2 ready after").await;
 
     // A load that never retries, across the re-exec.
-    let load = load::start(service.addr, &[(load::Kind::NewConnection, 1, "/")]);
+    let load = common::load::start(service.addr, &[(common::load::Kind::NewConnection, 1, "/")]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ctl = |args: &[&str]| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_risefrontctl"));
