@@ -217,6 +217,11 @@ async fn status_names_the_serving_build_and_the_front_s_own_until_it_re_executes
         &[("RISEFRONT_UPGRADE", "front")],
     );
     let third = until("the front re-executed");
+    // The outcome of the last upgrade is not forgotten by the new image.
+    assert!(
+        third.contains("the front re-executed; last upgrade: generation 2 ready in"),
+        "{third}"
+    );
     let v2_runs = format!("{}", v2.join("hello").display());
     assert_eq!(
         builds_in(&third),

@@ -344,6 +344,9 @@ pub(crate) struct Machine {
     pending_reexec: Option<reexec::Waiting>,
     /// The re-exec the shell is performing, and who waits on it.
     reexec_in_flight: Option<reexec::Waiting>,
+    /// How the last upgrade systemd heard of ended, as its status line said: carried across a
+    /// re-exec, so `systemctl status` keeps saying it.
+    last_upgrade: Option<String>,
     out: Vec<Action>,
 }
 
@@ -362,6 +365,7 @@ impl Machine {
             next_generation: 1,
             pending_reexec: None,
             reexec_in_flight: None,
+            last_upgrade: None,
             out: Vec::new(),
         }
     }

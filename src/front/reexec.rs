@@ -90,6 +90,12 @@ impl State {
             format!("reloading={}", u8::from(s.reloading)),
             format!("upgrade_after={}", u8::from(s.upgrade_after)),
             format!(
+                "last_upgrade={}",
+                s.last_upgrade
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |o| hex(o.as_bytes()))
+            ),
+            format!(
                 "endpoint_socket={}",
                 hex(self.endpoint.0.as_os_str().as_bytes())
             ),
@@ -191,6 +197,14 @@ impl State {
             ),
             None => None,
         };
+        // Absent from the state of an image before it was carried: nothing to say then.
+        let last_upgrade = match fields.get("last_upgrade").copied() {
+            None | Some("-") => None,
+            Some(text) => Some(
+                String::from_utf8(unhex(text, "last_upgrade")?)
+                    .map_err(|_| "last_upgrade is not UTF-8".to_owned())?,
+            ),
+        };
         let stderr = match fields.get("stderr_fd") {
             Some(v) => Some(number(v, "stderr_fd")?),
             None => None,
@@ -216,6 +230,7 @@ impl State {
                 clients: undotted(get("clients")?, "clients")?,
                 reloading: flag("reloading")?,
                 upgrade_after: flag("upgrade_after")?,
+                last_upgrade,
             },
             endpoint: (path("endpoint_socket")?, path("endpoint_lock")?),
             control: fd("control_fd")?,
@@ -375,6 +390,7 @@ mod tests {
                 clients: vec![31, 33],
                 reloading: true,
                 upgrade_after: false,
+                last_upgrade: Some("last upgrade failed: generation 6 exited (status 1) ✗".into()),
             },
             endpoint: ("/run/a b/x.sock".into(), "/run/a b/x.lock".into()),
             control: 5,
@@ -432,7 +448,16 @@ mod tests {
         };
         bare.snapshot.asked = None;
         bare.snapshot.clients.clear();
-        assert_eq!(State::decode(&bare.encode()), Ok(bare));
+        bare.snapshot.last_upgrade = None;
+        assert_eq!(State::decode(&bare.encode()), Ok(bare.clone()));
+        // The state of an image from before the last upgrade's outcome was carried.
+        let without = bare
+            .encode()
+            .lines()
+            .filter(|l| !l.starts_with("last_upgrade="))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(State::decode(&without), Ok(bare));
     }
 
     #[test]
@@ -450,6 +475,10 @@ mod tests {
             (format!("{text}\nlistener=1"), "not 6 fields"),
             (format!("{text}\nconnection=1,2"), "not 3 fields"),
             (text.replace("clients=31.33", "clients=31.x"), "clients=x"),
+            (
+                text.replace("last_upgrade=", "last_upgrade=ff"),
+                "last_upgrade is not UTF-8",
+            ),
             (
                 text.replace("endpoint_lock=", "endpoint_lock=a"),
                 "odd hexadecimal",

@@ -242,12 +242,16 @@ impl Machine {
             pid_note(g.pid),
             pid_note(pid)
         );
+        let outcome = format!(
+            "last upgrade undone: generation {dead} {what} {lived} ms after taking over, generation {back} reinstated"
+        );
         self.out.push(Action::Notify(Supervisor::Status {
             status: format!(
                 "generation {back}{} serving again (reinstated): generation {dead} {what} {lived} ms after taking over",
                 pid_note(pid)
             ),
         }));
+        self.last_upgrade = Some(outcome);
         // A failed start like any other, so a build that keeps dying is noticed; the
         // reinstated generation's time serving counts from its first ready, so one that
         // served for long restarts the count, and with it serving nothing is respawned.

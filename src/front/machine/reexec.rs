@@ -54,6 +54,8 @@ pub(crate) struct Snapshot {
     /// The new image starts the upgrade again: the re-exec was for a build of the next
     /// protocol.
     pub(crate) upgrade_after: bool,
+    /// How the last upgrade systemd heard of ended (its status line's words).
+    pub(crate) last_upgrade: Option<String>,
 }
 
 /// Who waits on a re-exec: until it is done (then the new image answers them), or it failed.
@@ -111,6 +113,7 @@ impl Machine {
             clients: Vec::new(),
             reloading: false,
             upgrade_after: false,
+            last_upgrade: self.last_upgrade.clone(),
         })
     }
 
@@ -217,9 +220,11 @@ impl Machine {
     /// clients still waiting hear `why`.
     fn fail_waiting(&mut self, waiting: Waiting, why: &str) {
         if waiting.reloading {
+            let outcome = format!("last upgrade failed: {why}");
             self.out.push(Action::Notify(Supervisor::Ready {
-                status: format!("last upgrade failed: {why}"),
+                status: outcome.clone(),
             }));
+            self.last_upgrade = Some(outcome);
         }
         for client in waiting.clients {
             if self.peers.contains_key(&client) {
@@ -350,9 +355,15 @@ impl Machine {
             );
         }
         // systemd's status line named the build the old image ran; the shell names the new one.
+        machine.last_upgrade.clone_from(&snapshot.last_upgrade);
+        let outcome = snapshot
+            .last_upgrade
+            .as_ref()
+            .map(|o| format!("; {o}"))
+            .unwrap_or_default();
         machine.out.push(Action::Notify(Supervisor::Status {
             status: format!(
-                "generation {}{} serving; the front re-executed",
+                "generation {}{} serving; the front re-executed{outcome}",
                 snapshot.generation,
                 pid_note(Some(snapshot.pid))
             ),

@@ -62,9 +62,11 @@ impl Machine {
                     format!("generation {a}{} serving", pid_note(pid))
                 })
                 .unwrap_or_else(|| "no generation serving".to_owned());
+            let outcome = format!("last upgrade failed: generation {n} {why}");
             self.out.push(Action::Notify(Supervisor::Ready {
-                status: format!("{serving}; last upgrade failed: generation {n} {why}"),
+                status: format!("{serving}; {outcome}"),
             }));
+            self.last_upgrade = Some(outcome);
         }
         for client in failed.clients {
             self.answer_failed(client, n, reason.clone());
@@ -149,13 +151,15 @@ impl Machine {
         }
         let pid = self.generations.get(&n).and_then(|g| g.pid);
         let (outcome, superseded) = match &done.takeover {
-            Some(t) if done.reloading => (
-                format!(
-                    "; last upgrade: generation {n} ready in {} ms",
+            Some(t) if done.reloading => {
+                let outcome = format!(
+                    "last upgrade: generation {n} ready in {} ms",
                     t.took.as_millis()
-                ),
-                t.superseded.len(),
-            ),
+                );
+                let said = format!("; {outcome}");
+                self.last_upgrade = Some(outcome);
+                (said, t.superseded.len())
+            }
             Some(t) => (String::new(), t.superseded.len()),
             None => (String::new(), 0),
         };

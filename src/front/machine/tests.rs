@@ -1886,6 +1886,71 @@ fn a_quiet_service_re_executes_and_the_new_machine_serves_on() {
 }
 
 #[test]
+fn the_last_upgrade_s_outcome_crosses_a_re_exec() {
+    let mut w = serving();
+    assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(2)]);
+    w.spawned(2);
+    w.exited(2, "exit status: 1");
+    assert!(
+        matches!(w.notified.last(), Some(Supervisor::Ready { status }) if status.contains("last upgrade failed: generation 2")),
+        "{:?}",
+        w.notified
+    );
+    let client = w.control_client();
+    let out = w.feed(Input::ReExecRequested { peer: client });
+    let [Action::ReExec(snapshot)] = out.as_slice() else {
+        panic!("a quiet service re-executes: {out:?}");
+    };
+    let outcome = snapshot
+        .last_upgrade
+        .clone()
+        .expect("the outcome is carried");
+    assert!(
+        outcome.starts_with("last upgrade failed: generation 2"),
+        "{outcome}"
+    );
+
+    // The new image says it again, and keeps it for its next re-exec.
+    let (m, out) = Machine::resume(defaults(), Duration::ZERO, w.now, snapshot);
+    assert!(
+        matches!(out.first(), Some(Action::Notify(Supervisor::Status { status })) if status.ends_with(&format!("the front re-executed; {outcome}"))),
+        "{out:?}"
+    );
+    w.m = m;
+    let client = w.control_client();
+    let out = w.feed(Input::ReExecRequested { peer: client });
+    let [Action::ReExec(again)] = out.as_slice() else {
+        panic!("the resumed service re-executes again: {out:?}");
+    };
+    assert_eq!(again.last_upgrade, Some(outcome));
+
+    // A successful reload replaces it.
+    let (m, _) = Machine::resume(defaults(), Duration::ZERO, w.now, again);
+    w.m = m;
+    assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(3)]);
+    w.bring_up(3);
+    let old = w.peer_of(1);
+    w.feed(Input::SteppedAside { peer: old });
+    w.exited(1, "exit status: 0");
+    let client = w.control_client();
+    let out = w.feed(Input::ReExecRequested { peer: client });
+    let [Action::ReExec(after)] = out.as_slice() else {
+        panic!(
+            "a quiet service re-executes: {out:?}\n{:?}",
+            w.m.quiet(w.now)
+        );
+    };
+    assert!(
+        after
+            .last_upgrade
+            .as_deref()
+            .is_some_and(|o| o.starts_with("last upgrade: generation 3 ready in")),
+        "{:?}",
+        after.last_upgrade
+    );
+}
+
+#[test]
 fn a_re_exec_is_refused_while_anything_is_under_way() {
     let mut w = serving();
     assert_eq!(w.feed(Input::Hangup), vec![Action::Spawn(2)]);
