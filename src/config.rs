@@ -297,7 +297,7 @@ pub(crate) const KNOWN_VARS: &[&str] = &[
     // `handoff::STDERR_VAR` on Unix).
     "RISEFRONT_CHANNEL",
     "RISEFRONT_STDERR",
-    // Set by a front for its own next image when it re-executes (`front/reexec.rs`).
+    // Set by a front for its own next image when it re-executes (`front/reexec/state.rs`).
     "RISEFRONT_FRONT_STATE",
 ];
 
