@@ -20,7 +20,7 @@
 //! and [`Input::Tick`] walk. The rest is split by concern: starting and taking over
 //! ([`starting`]), probation and the liveness check of the generation that took over
 //! ([`probation`]), generations ending ([`ending`]), the stop ([`stopping`]), the respawn
-//! policy ([`backoff`]), what systemd and control clients hear ([`report`]), and the front's
+//! policy ([`backoff`]), what systemd and control clients hear ([`outcome`]), and the front's
 //! re-exec into another build at a quiet point ([`reexec`]).
 //!
 //! An upgrade is reported done (to the control client that asked, and to systemd) only once
@@ -35,9 +35,9 @@
 
 mod backoff;
 mod ending;
+mod outcome;
 mod probation;
 mod reexec;
-mod report;
 mod starting;
 mod stopping;
 mod timers;
