@@ -276,7 +276,7 @@ impl From<SocketAddr> for Addr {
     }
 }
 
-/// What [`bind`](crate::bind) and [`upgrade`](crate::upgrade) take as one address: whatever
+/// What [`bind`](crate::bind) and [`upgrade`](fn@crate::upgrade) take as one address: whatever
 /// tokio's `ToSocketAddrs` takes, `unix:PATH` strings, and [`ListenAddr`].
 ///
 /// Sealed: the addresses are described by this crate, as tokio's `ToSocketAddrs` is.

@@ -686,7 +686,7 @@ impl Builder {
     }
 
     /// Asks the running front for `addrs` to re-execute into the serving build; see
-    /// [`reexec_front`](crate::reexec_front).
+    /// [`risefront::reexec_front`](crate::reexec_front).
     pub async fn reexec_front<I, A>(self, addrs: I) -> Result<u64, UpgradeError>
     where
         I: IntoIterator<Item = A>,
@@ -711,7 +711,7 @@ impl Builder {
         Ok((addrs, config, endpoint))
     }
 
-    /// Asks the running front for `addrs` to start a new generation; see [`upgrade`](crate::upgrade).
+    /// Asks the running front for `addrs` to start a new generation; see [`upgrade`](fn@crate::upgrade).
     pub async fn upgrade<I, A>(self, addrs: I) -> Result<u64, UpgradeError>
     where
         I: IntoIterator<Item = A>,

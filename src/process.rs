@@ -70,7 +70,7 @@ pub(crate) struct Process {
     stage: watch::Sender<Stage>,
     draining_now: AtomicBool,
     stopping_now: AtomicBool,
-    /// Wakes [`stopping`](crate::stopping) futures; `stopping_now` is the cheap read.
+    /// Wakes [`risefront::stopping`](crate::stopping) futures; `stopping_now` is the cheap read.
     stopping_changed: watch::Sender<bool>,
     /// Joined to a front: a stop signal from outside asks the front for a replacement.
     has_front: AtomicBool,

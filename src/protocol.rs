@@ -382,7 +382,7 @@ pub(crate) fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolErr
     encode_as(msg, VERSION, out)
 }
 
-/// [`encode`] in protocol `version`, [`OLDEST_VERSION`] or later: how the front answers a peer
+/// `encode` in protocol `version`, [`OLDEST_VERSION`] or later: how the front answers a peer
 /// of the previous release. Fields an older version does not have are left out.
 pub(crate) fn encode_as(
     msg: &Message,
@@ -592,7 +592,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, ProtocolErr
     Ok(decode_from(buf, VERSION)?.map(|(msg, consumed, _)| (msg, consumed)))
 }
 
-/// [`decode`], reading versions `oldest` (at least [`OLDEST_VERSION`]) to [`VERSION`]; also
+/// `decode`, reading versions `oldest` (at least [`OLDEST_VERSION`]) to [`VERSION`]; also
 /// returns the frame's version.
 pub(crate) fn decode_from(
     buf: &[u8],

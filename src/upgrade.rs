@@ -12,7 +12,7 @@ use crate::error::BindError;
 use crate::handoff::Endpoint;
 use crate::protocol::{Message, Program, Role, STDERR_TAIL, VERSION, other_version};
 
-/// Why [`upgrade`](crate::upgrade) did not produce a new serving generation.
+/// Why [`upgrade`](fn@crate::upgrade) did not produce a new serving generation.
 ///
 /// A deploy script can tell "retry later" ([`Busy`](Self::Busy)) from "roll back"
 /// ([`Failed`](Self::Failed)) from "nothing to upgrade" ([`NoFront`](Self::NoFront)). It
