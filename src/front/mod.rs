@@ -15,6 +15,7 @@ mod listeners;
 mod machine;
 mod orphans;
 mod peer;
+#[cfg(unix)]
 mod reexec;
 mod tail;
 
@@ -992,6 +993,21 @@ impl<'a> Front<'a> {
         });
         let peer = self.start_peer(ours, Some(n));
         Ok((pid, peer))
+    }
+}
+
+/// Windows has no `exec` that keeps handles: a front there upgrades by a restart.
+#[cfg(windows)]
+impl Front<'_> {
+    async fn reexec_now(&mut self, snapshot: Snapshot, _control: &ControlListener) -> Input {
+        if let Some(asked) = snapshot.asked {
+            self.reexec_programs.remove(&asked);
+        }
+        self.newer_program = None;
+        Input::ReExecFailed {
+            why: "a front on Windows cannot re-execute itself (Windows has no exec that keeps handles); restart the service to run a newer front".to_owned(),
+            busy: false,
+        }
     }
 }
 

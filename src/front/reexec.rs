@@ -1,56 +1,37 @@
 //! The front re-executing itself into another build (Unix): the old image hands its peers'
 //! connections back from their tasks, writes what it carries ([`state`]) and calls `exec`;
 //! the new image, the same process, adopts every descriptor and resumes the loop where the
-//! old one stopped, from the machine's [`Snapshot`]. When the machine decides is in
-//! `machine/reexec.rs`; the system calls are in `handoff/unix/reexec.rs`.
+//! old one stopped, from the machine's [`Snapshot`]. When to re-execute is the machine's
+//! decision (`machine/reexec.rs`); the system calls are in `handoff/unix/reexec.rs`.
 //!
-//! Windows has no `exec` that keeps handles: a front there answers that it cannot.
+//! Windows has no `exec` that keeps handles: a front there answers that it cannot (its
+//! `reexec_now` is in the front's main file).
 
-#[cfg(unix)]
 mod state;
 
-#[cfg(unix)]
 pub(super) use state::{STATE_VAR, take};
 
-#[cfg(unix)]
 use std::convert::Infallible;
-#[cfg(unix)]
 use std::io;
-#[cfg(unix)]
 use std::sync::{Arc, Mutex};
-#[cfg(unix)]
 use std::time::Duration;
 
-#[cfg(unix)]
 use tokio::sync::{mpsc, oneshot};
-#[cfg(unix)]
 use tokio::time::Instant;
 
 use super::Front;
-#[cfg(unix)]
 use super::listeners::Listeners;
-#[cfg(unix)]
-use super::machine::{Action, Gen, Machine, PeerId};
-use super::machine::{Input, Snapshot};
-#[cfg(unix)]
+use super::machine::{Action, Gen, Input, Machine, PeerId, Snapshot};
 use super::peer::{self, Command};
-#[cfg(unix)]
 use super::tail::{self, Tail};
-#[cfg(unix)]
 use super::{PeerSlot, lock_listeners, timeouts};
-#[cfg(unix)]
 use crate::config::Config;
-use crate::handoff::ControlListener;
-#[cfg(unix)]
-use crate::handoff::{self, Endpoint, FrontLock, ProcessHandle, Stream};
-#[cfg(unix)]
+use crate::handoff::{self, ControlListener, Endpoint, FrontLock, ProcessHandle, Stream};
 use crate::protocol::{Program, Role};
-#[cfg(unix)]
 use crate::socket::Socket;
 
 /// The front's new image: what the old one carried across `exec`, adopted, and the loop
 /// resumed where it stopped. Returns only errors from before the loop.
-#[cfg(unix)]
 pub(super) async fn resume(config: Config, state: state::State) -> io::Result<Infallible> {
     let lock = FrontLock::carried(handoff::adopt(state.lock)?);
     let control = ControlListener::carried(handoff::adopt(state.control)?)?;
@@ -84,7 +65,6 @@ pub(super) async fn resume(config: Config, state: state::State) -> io::Result<In
 }
 
 /// A control connection carried across `exec`, as the stream it was.
-#[cfg(unix)]
 fn carried_stream(connection: state::Connection) -> io::Result<Stream> {
     let stream = std::os::unix::net::UnixStream::from(handoff::adopt(connection.fd)?);
     stream.set_nonblocking(true)?;
@@ -92,7 +72,6 @@ fn carried_stream(connection: state::Connection) -> io::Result<Stream> {
 }
 
 /// The front re-executing itself (Unix): the old image's side, then the new one's.
-#[cfg(unix)]
 impl Front<'_> {
     /// Re-executes into the program asked for (the client's, a newer build's, or what
     /// serves), carrying the serving generation's connection and those of the control clients
@@ -380,24 +359,4 @@ impl Front<'_> {
 
 /// A connection taken back from its peer task: the slot it had, the version its peer speaks,
 /// and the stream.
-#[cfg(unix)]
 type Detached = ((PeerSlot, Option<u8>), Stream);
-
-/// Windows has no `exec` that keeps handles: a front there upgrades by a restart.
-#[cfg(windows)]
-impl Front<'_> {
-    pub(super) async fn reexec_now(
-        &mut self,
-        snapshot: Snapshot,
-        _control: &ControlListener,
-    ) -> Input {
-        if let Some(asked) = snapshot.asked {
-            self.reexec_programs.remove(&asked);
-        }
-        self.newer_program = None;
-        Input::ReExecFailed {
-            why: "a front on Windows cannot re-execute itself (Windows has no exec that keeps handles); restart the service to run a newer front".to_owned(),
-            busy: false,
-        }
-    }
-}
