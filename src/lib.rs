@@ -32,10 +32,11 @@
 //!
 //! Upgrade by starting the new binary with the same addresses, by `kill -HUP <front pid>`
 //! (the front runs the program at the path it was started from again), or with
-//! [`upgrade`](fn@upgrade) from any process of the same user. The new generation takes over only once it
-//! is ready (its server polls the listener, or it calls [`ready`]); if it exits or times out
-//! first, the old one keeps serving. If it dies within the [probation](Builder::probation)
-//! window after taking over (10 s by default), the old one is reinstated and serves again.
+//! [`upgrade`](fn@upgrade) from any process of the same user. The new generation takes over
+//! only once it is ready (its server polls the listener, or it calls [`ready`]); if it exits or
+//! times out first, the old one keeps serving. If it dies within the
+//! [probation](Builder::probation) window after taking over (10 s by default), the old one is
+//! reinstated and serves again.
 //!
 //! # How a takeover stays invisible
 //!
@@ -124,8 +125,8 @@
 //! clients are rejected, and each peer's process id and user are checked. Sockets are passed
 //! with `WSADuplicateSocketW` for the verified process. Ctrl-C, Ctrl-Break and closing the
 //! console stop the service; there is no SIGHUP, so upgrades are started by running the binary
-//! again or with [`upgrade`](fn@upgrade). Unix domain socket addresses are refused there, with an error
-//! that says so.
+//! again or with [`upgrade`](fn@upgrade). Unix domain socket addresses are refused there,
+//! with an error that says so.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

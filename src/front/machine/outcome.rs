@@ -3,7 +3,9 @@
 
 use super::starting::new_upgrade;
 use super::timers::Timer;
-use super::{Action, Gen, Life, Machine, Message, STEP_ASIDE_TIMEOUT, Upgrade, pid_note, report};
+use super::{
+    Action, Gen, Life, Machine, Message, STEP_ASIDE_TIMEOUT, Takeover, Upgrade, pid_note, report,
+};
 use crate::systemd::Supervisor;
 
 impl Machine {
@@ -89,11 +91,7 @@ impl Machine {
             self.upgrade_failed(n, why, format!("generation {n} {why}"));
             return;
         }
-        let late = takeover.superseded.iter().any(|old| {
-            self.generations
-                .get(old)
-                .is_some_and(|g| g.owes_step_aside())
-        });
+        let late = self.still_accepting(takeover).next().is_some();
         if !late
             && let Life::Running { upgrade } = &mut self.life
             && let Some(done) = upgrade.take()
@@ -115,15 +113,9 @@ impl Machine {
             // Dead or hung since it took over: the report is a failure, which follows.
             return;
         }
-        let late: Vec<String> = takeover
-            .superseded
-            .iter()
-            .filter(|old| {
-                self.generations
-                    .get(old)
-                    .is_some_and(|g| g.owes_step_aside())
-            })
-            .map(ToString::to_string)
+        let late: Vec<String> = self
+            .still_accepting(takeover)
+            .map(|n| n.to_string())
             .collect();
         let (who, they) = match late.len() {
             1 => ("generation", "it"),
@@ -139,6 +131,15 @@ impl Machine {
         {
             self.complete_upgrade(done);
         }
+    }
+
+    /// The generations `takeover` superseded that have not confirmed they stopped accepting.
+    fn still_accepting<'a>(&'a self, takeover: &'a Takeover) -> impl Iterator<Item = Gen> + 'a {
+        takeover.superseded.iter().copied().filter(|old| {
+            self.generations
+                .get(old)
+                .is_some_and(|g| g.owes_step_aside())
+        })
     }
 
     /// Reports a takeover: `Upgraded` to the control clients that asked for it, `READY=1` to
