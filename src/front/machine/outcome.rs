@@ -79,13 +79,9 @@ impl Machine {
     /// generation stepped aside, exited, lost its channel or was brought back. If the new
     /// generation stopped serving meanwhile, the upgrade failed.
     pub(super) fn settle_upgrade(&mut self) {
-        let Some(upgrade) = self.upgrade() else {
+        let Some((n, takeover)) = self.taken_over() else {
             return;
         };
-        let Some(takeover) = &upgrade.takeover else {
-            return;
-        };
-        let n = upgrade.generation;
         if self.active() != Some(n) {
             let why = "stopped serving right after it took over";
             self.upgrade_failed(n, why, format!("generation {n} {why}"));
@@ -102,13 +98,9 @@ impl Machine {
 
     /// [`Timer::Handover`]: the superseded generations had their time to confirm.
     pub(super) fn report_takeover_anyway(&mut self) {
-        let Some(upgrade) = self.upgrade() else {
+        let Some((n, takeover)) = self.taken_over() else {
             return;
         };
-        let Some(takeover) = &upgrade.takeover else {
-            return;
-        };
-        let n = upgrade.generation;
         if self.active() != Some(n) {
             // Dead or hung since it took over: the report is a failure, which follows.
             return;
@@ -131,6 +123,12 @@ impl Machine {
         {
             self.complete_upgrade(done);
         }
+    }
+
+    /// The pending upgrade's generation and its takeover, once it took over.
+    fn taken_over(&self) -> Option<(Gen, &Takeover)> {
+        let upgrade = self.upgrade()?;
+        Some((upgrade.generation, upgrade.takeover.as_ref()?))
     }
 
     /// The generations `takeover` superseded that have not confirmed they stopped accepting.
